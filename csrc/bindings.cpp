@@ -1,0 +1,68 @@
+// The one registration file of phide._C: operator schemas (torch.ops.phide.*), their CPU
+// implementations, and a small pybind11 module for build information. CUDA implementations
+// register themselves in csrc/tree_accept_cuda.cu, which is compiled only with PHIDE_BUILD_CUDA=1.
+// Fake (meta) implementations are Python: phide/_fake_ops.py.
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+#include <torch/version.h>
+
+#ifdef PHIDE_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#include "ops.h"
+
+#define PHIDE_STRINGIFY_(...) #__VA_ARGS__
+#define PHIDE_STRINGIFY(...) PHIDE_STRINGIFY_(__VA_ARGS__)
+
+TORCH_LIBRARY(phide, m) {
+  // Where torch finds the fake impls when tracing with FakeTensors (register_fake there).
+  m.set_python_module("phide._fake_ops");
+  // Greedy tree walk: accept a child while its token equals the target argmax at its parent.
+  m.def(
+      "tree_accept_greedy(Tensor tokens, Tensor parents, Tensor target_choice)"
+      " -> (Tensor, Tensor, Tensor)");
+  // Lossless stochastic tree walk (one coin per level, residual correction): see verify.py.
+  m.def(
+      "tree_accept_stochastic(Tensor tokens, Tensor parents, Tensor target_probs, Tensor coins,"
+      " Tensor final_coins) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(phide, CPU, m) {
+  m.impl("tree_accept_greedy", &phide::tree_accept_greedy_cpu);
+  m.impl("tree_accept_stochastic", &phide::tree_accept_stochastic_cpu);
+}
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "phide compiled ops; importing registers torch.ops.phide.*";
+  m.def(
+      "build_info",
+      [] {
+        py::dict info;
+        info["torch_version"] = TORCH_VERSION;  // the torch headers this .so was built against
+#ifdef PHIDE_WITH_CUDA
+        info["cuda"] = true;
+        info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." +
+                               std::to_string((CUDART_VERSION % 1000) / 10);
+#ifdef PHIDE_CUDA_ARCHS
+        info["cuda_archs"] = PHIDE_STRINGIFY(PHIDE_CUDA_ARCHS);
+#endif
+#else
+        info["cuda"] = false;
+        info["cuda_version"] = py::none();
+#endif
+#ifdef PHIDE_DEBUG
+        info["debug"] = true;
+#else
+        info["debug"] = false;
+#endif
+        py::list ops;
+        ops.append("tree_accept_greedy");
+        ops.append("tree_accept_stochastic");
+        info["ops"] = ops;
+        return info;
+      },
+      "What this build of phide._C contains: cuda, cuda_version, torch_version, debug, ops.");
+}

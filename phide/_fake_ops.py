@@ -1,0 +1,35 @@
+"""Fake (meta) implementations of the compiled ops in `phide._C`, for FakeTensor tracing
+(torch.compile, torch.export) and `torch.library.opcheck`.
+
+Imported by `phide._ext` once the extension is loaded; `csrc/bindings.cpp` also names this module
+with `set_python_module`, so torch imports it on demand when only `phide._C` was loaded.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _tree_outputs(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch._check(tokens.dim() == 2, lambda: f"tokens must be [B, N], got {tuple(tokens.shape)}")
+    B, N = tokens.shape
+    accept_nodes = tokens.new_empty((B, N), dtype=torch.int64)
+    out_tokens = tokens.new_empty((B, N), dtype=torch.int64)
+    accept_len = tokens.new_empty((B,), dtype=torch.int64)
+    return accept_nodes, out_tokens, accept_len
+
+
+@torch.library.register_fake("phide::tree_accept_greedy")
+def _tree_accept_greedy_fake(tokens, parents, target_choice):
+    torch._check(parents.shape == tokens.shape, lambda: "parents must match tokens [B, N]")
+    torch._check(target_choice.shape == tokens.shape, lambda: "target_choice must match [B, N]")
+    return _tree_outputs(tokens)
+
+
+@torch.library.register_fake("phide::tree_accept_stochastic")
+def _tree_accept_stochastic_fake(tokens, parents, target_probs, coins, final_coins):
+    torch._check(parents.shape == tokens.shape, lambda: "parents must match tokens [B, N]")
+    torch._check(target_probs.dim() == 3, lambda: "target_probs must be [B, N, V]")
+    torch._check(coins.shape == tokens.shape, lambda: "coins must match tokens [B, N]")
+    torch._check(final_coins.dim() == 1, lambda: "final_coins must be [B]")
+    return _tree_outputs(tokens)

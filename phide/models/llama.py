@@ -1,0 +1,259 @@
+"""phide's own LLaMA decoder: static KV cache, explicit positions and 4-D masks.
+
+One forward takes (tokens or embeddings, positions, cache slots, boolean attention mask), so the
+same code runs a prefill, a one-token decode step, a draft-tree expansion and a whole-tree
+verification. Numerics follow transformers' LlamaForCausalLM (fp32 RoPE tables, fp32 RMSNorm).
+
+Shapes: B batch, T new tokens, S cache slots, L layers, H query heads, Hkv kv heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from phide.errors import PhideError
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    rope: dict = field(default_factory=lambda: {"rope_type": "default", "rope_theta": 10000.0})
+    bos_token_id: int | None = 1
+    eos_token_id: list[int] = field(default_factory=lambda: [2])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LlamaConfig":
+        """Parse an HF LLaMA config dict (transformers 4.x `rope_theta`/`rope_scaling` or 5.x
+        `rope_parameters`)."""
+        try:
+            heads = int(d["num_attention_heads"])
+            hidden = int(d["hidden_size"])
+            rope = dict(d.get("rope_parameters") or {})
+            if not rope:
+                rope = dict(d.get("rope_scaling") or {})
+                rope.setdefault("rope_type", rope.pop("type", "default"))
+                rope["rope_theta"] = float(d.get("rope_theta", 10000.0))
+            rope.setdefault("rope_type", "default")
+            rope.setdefault("rope_theta", float(d.get("rope_theta", 10000.0)))
+            eos = d.get("eos_token_id", 2)
+            eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
+            cfg = cls(
+                vocab_size=int(d["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(d["intermediate_size"]),
+                num_hidden_layers=int(d["num_hidden_layers"]),
+                num_attention_heads=heads,
+                num_key_value_heads=int(d.get("num_key_value_heads") or heads),
+                head_dim=int(d.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+                hidden_act=str(d.get("hidden_act", "silu")),
+                max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+                attention_bias=bool(d.get("attention_bias", False)),
+                mlp_bias=bool(d.get("mlp_bias", False)),
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                rope=rope,
+                bos_token_id=d.get("bos_token_id", 1),
+                eos_token_id=eos_ids,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PhideError(f"config is not a LLaMA config ({type(exc).__name__}: {exc})") from None
+        if cfg.hidden_act not in _ACTIVATIONS:
+            raise PhideError(f"unsupported hidden_act {cfg.hidden_act!r}")
+        if cfg.num_attention_heads % cfg.num_key_value_heads:
+            raise PhideError("num_attention_heads must be a multiple of num_key_value_heads")
+        rope_inv_freq(cfg)  # fail early on an unsupported RoPE type
+        return cfg
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
+    """Inverse frequencies [D/2] in fp32 for the RoPE types phide supports."""
+    rope = cfg.rope
+    dim = int(cfg.head_dim * float(rope.get("partial_rotary_factor", 1.0)))
+    base = float(rope["rope_theta"])
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+    kind = rope.get("rope_type", "default")
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(rope["factor"])
+    if kind == "llama3":
+        factor = float(rope["factor"])
+        low, high = float(rope["low_freq_factor"]), float(rope["high_freq_factor"])
+        old_ctx = float(rope["original_max_position_embeddings"])
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled)
+    raise PhideError(f"unsupported RoPE type {kind!r} (phide supports default, linear, llama3)")
+
+
+class KVCache:
+    """Static per-request KV cache: k, v [L, B, Hkv, S, D]. The caller tracks valid lengths."""
+
+    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype, device):
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.h, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias=bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias=bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias=bias)
+        self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=bias)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len):
+        """x [B,T,hidden]; cos/sin [B,T,D]; k_cache/v_cache [B,Hkv,S,D] (one layer, written in
+        place at `slots` [B,T]); attn_mask [B,T,kv_len] bool (True = attend)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.d).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.hkv, self.d).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.hkv, self.d).transpose(1, 2)
+        cos_, sin_ = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = q * cos_ + _rotate_half(q) * sin_
+        k = k * cos_ + _rotate_half(k) * sin_
+        b_idx = torch.arange(B, device=x.device).unsqueeze(1).expand(B, T)
+        # Advanced indices around a slice put the indexed dims first: [B, T, Hkv, D].
+        k_cache[b_idx, :, slots] = k.transpose(1, 2).to(k_cache.dtype)
+        v_cache[b_idx, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
+        keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=attn_mask.unsqueeze(1), enable_gqa=self.h != self.hkv
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.h * self.d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        bias = cfg.mlp_bias
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=bias)
+        self.act = _ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x):
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, slots, attn_mask, kv_len)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """Decoder + LM head. Parameter names mirror HF (`model.*` stripped) for direct loading."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        return KVCache(self.cfg, batch, max_len, self.dtype, self.device)
+
+    def rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B,T] -> cos, sin [B,T,D] (fp32 tables cast to the model dtype, like HF)."""
+        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        positions: torch.Tensor,
+        cache: KVCache,
+        slots: torch.Tensor,
+        attn_mask: torch.Tensor,
+        kv_len: int,
+    ) -> torch.Tensor:
+        """Run the decoder and return final-norm hidden states [B,T,hidden].
+
+        input_ids [B,T] int64 or inputs_embeds [B,T,hidden]; positions [B,T] (RoPE positions,
+        tree depth for tree nodes); slots [B,T] cache rows to write; attn_mask [B,T,kv_len] bool
+        over cache rows [0, kv_len) (must include each token's own slot).
+        """
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        cos, sin = self.rope(positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache.k[i], cache.v[i], slots, attn_mask, kv_len)
+        return self.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden).float()

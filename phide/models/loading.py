@@ -1,0 +1,145 @@
+"""Load HF-format checkpoints from local directories: config, safetensors weights, tokenizer.
+
+Never unpickles: weights load from safetensors only (single file or sharded with an index).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from phide.errors import PhideError
+from phide.models.llama import LlamaConfig, LlamaModel, rope_inv_freq
+
+# Prefixes under which HF checkpoints store a LLaMA language model; the first that matches wins.
+LLAMA_PREFIXES = ("model.", "language_model.model.", "model.language_model.", "")
+LM_HEAD_KEYS = ("lm_head.weight", "language_model.lm_head.weight")
+
+
+def progress(msg: str) -> None:
+    """Progress for long work goes to stderr so `--json` stdout stays one object."""
+    print(f"phide: {msg}", file=sys.stderr, flush=True)
+
+
+def read_config(model_dir: str | os.PathLike) -> dict:
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise PhideError(f"checkpoint directory not found: {path}")
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise PhideError(f"{path} has no config.json (expected an HF-format checkpoint directory)")
+    try:
+        return json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PhideError(f"{cfg_path} is not valid JSON ({exc})") from None
+
+
+def safetensors_files(model_dir: str | os.PathLike) -> list[Path]:
+    """The weight files of a checkpoint: the shards named by model.safetensors.index.json, else
+    every *.safetensors file in the directory."""
+    path = Path(model_dir)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
+            raise PhideError(f"{index} is malformed ({exc})") from None
+        files = sorted({path / name for name in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise PhideError(f"{path}: shards named in the index are missing: {', '.join(missing)}")
+        return files
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = (
+            f" (found {', '.join(pickled)}: phide does not unpickle weights; re-save with "
+            "save_pretrained(safe_serialization=True))"
+            if pickled
+            else ""
+        )
+        raise PhideError(f"{path} has no .safetensors weights{hint}")
+    return files
+
+
+def load_state_dict(model_dir: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for f in safetensors_files(model_dir):
+        try:
+            part = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise PhideError(f"cannot read {f}: {exc}") from None
+        for k, v in part.items():
+            state[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return state
+
+
+def _pick_prefix(state: dict, prefixes=LLAMA_PREFIXES) -> str:
+    for prefix in prefixes:
+        if f"{prefix}embed_tokens.weight" in state:
+            return prefix
+    raise PhideError("weights contain no LLaMA decoder (no '*embed_tokens.weight' key)")
+
+
+def llama_from_state_dict(
+    cfg: LlamaConfig, state: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32, prefix=None
+) -> LlamaModel:
+    """Build phide's decoder from an HF state dict; missing keys are named in the error."""
+    prefix = _pick_prefix(state) if prefix is None else prefix
+    with torch.device("meta"):
+        model = LlamaModel(cfg)
+    wanted = {}
+    for name in model.state_dict():
+        if name == "lm_head.weight":
+            key = next((k for k in LM_HEAD_KEYS if k in state), None)
+            if key is None and cfg.tie_word_embeddings:
+                key = f"{prefix}embed_tokens.weight"
+            wanted[name] = key
+        else:
+            wanted[name] = f"{prefix}{name}"
+    missing = sorted(k or name for name, k in wanted.items() if k is None or k not in state)
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" ... ({len(missing)} in all)" if len(missing) > 6 else "")
+        raise PhideError(f"checkpoint is missing decoder weights: {shown}")
+    tensors = {}
+    for name, key in wanted.items():
+        t = state[key]
+        expect = model.state_dict()[name].shape
+        if tuple(t.shape) != tuple(expect):
+            raise PhideError(f"weight {key} has shape {tuple(t.shape)}, config implies {tuple(expect)}")
+        tensors[name] = t.to(device=device, dtype=dtype)
+    model.load_state_dict(tensors, assign=True)
+    model.inv_freq = rope_inv_freq(cfg).to(device)  # non-persistent buffer: not in the state dict
+    return model.eval()
+
+
+def load_llama(model_dir: str | os.PathLike, *, device="cpu", dtype=torch.float32, label="model") -> LlamaModel:
+    """Load a LlamaForCausalLM-format directory into phide's decoder."""
+    t0 = time.perf_counter()
+    raw = read_config(model_dir)
+    cfg = LlamaConfig.from_dict(raw.get("text_config", raw) if "vocab_size" not in raw else raw)
+    progress(f"loading {label} from {model_dir} ...")
+    state = load_state_dict(model_dir)
+    model = llama_from_state_dict(cfg, state, device=device, dtype=dtype)
+    n = sum(p.numel() for p in model.parameters())
+    progress(f"loaded {label}: {n / 1e6:.2f}M parameters, {dtype}, {device} ({time.perf_counter() - t0:.2f}s)")
+    return model
+
+
+def load_tokenizer(model_dir: str | os.PathLike):
+    """The checkpoint's tokenizer, from local files only."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # transformers raises many types for a missing/broken tokenizer
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PhideError(f"cannot load the tokenizer in {model_dir}: {first}") from None

@@ -1,0 +1,168 @@
+"""Per-request model state for speculation: a target that verifies trees and a draft that grows them.
+
+Both keep a static KV cache and `length` = committed rows. The target prefills the prompt minus
+its last token, so every round is the same operation: forward [root + tree] in one pass, where
+the root is the last committed token (not yet cached). The draft mirrors this with `pending`:
+committed tokens it has not cached yet (the root is always the last one).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from phide.models.llama import LlamaModel
+from phide.spec.commit import commit_accepted_path
+from phide.spec.tree import Tree, TreeGrower, verify_layout
+
+
+def _causal_inputs(start: int, n: int, device):
+    """positions/slots [1,n] = start..start+n-1 and the causal mask [1, n, start+n]."""
+    pos = torch.arange(start, start + n, device=device).unsqueeze(0)
+    mask = torch.ones(n, start + n, dtype=torch.bool, device=device)
+    mask[:, start:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    return pos, mask.unsqueeze(0)
+
+
+class TargetRunner:
+    """The target model for one request: prefill, verify a tree, commit the accepted path."""
+
+    def __init__(self, model: LlamaModel, max_len: int):
+        self.model = model
+        self.cache = model.new_cache(1, max_len)
+        self.length = 0
+        self.forwards = 0
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> None:
+        """Cache the prompt minus its last token (ids [1,P-1] or embeds [1,P-1,H])."""
+        n = (ids if embeds is None else embeds).shape[1]
+        if n == 0:
+            return
+        pos, mask = _causal_inputs(self.length, n, self.model.device)
+        self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
+                   attn_mask=mask, kv_len=self.length + n)
+        self.length += n
+        self.forwards += 1
+
+    @torch.inference_mode()
+    def verify(self, tree: Tree) -> torch.Tensor:
+        """Target logits [N, V] for every tree node, in one forward."""
+        if self.length + len(tree) > self.cache.max_len:
+            raise RuntimeError("target KV cache too small for this tree")
+        device = self.model.device
+        pos, slots, mask = verify_layout(tree, self.length, device)
+        ids = torch.tensor([tree.tokens], dtype=torch.int64, device=device)
+        hidden = self.model(ids, positions=pos, cache=self.cache, slots=slots, attn_mask=mask,
+                            kv_len=self.length + len(tree))
+        self.forwards += 1
+        return self.model.logits(hidden)[0]
+
+    def commit(self, accept_nodes: torch.Tensor, accept_len: int) -> None:
+        """Keep the accepted path's KV rows (root first) contiguous after the prefix."""
+        base = torch.tensor([self.length], device=self.cache.k.device)
+        commit_accepted_path(self.cache.k, self.cache.v, base, accept_nodes.view(1, -1).to(base.device),
+                             torch.tensor([accept_len], device=base.device))
+        self.length += accept_len + 1
+
+
+class DraftRunner:
+    """The draft model for one request: grows EAGLE-2 trees from its committed state.
+
+    vocab_limit: draft proposals are restricted to ids < vocab_limit (the vocabulary shared with
+    the target), so every drafted id is one the target can take.
+    """
+
+    def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int):
+        self.model = model
+        self.cache = model.new_cache(1, max_len)
+        self.length = 0
+        self.pending: list[int] = []
+        self.vocab_limit = vocab_limit
+        self.forwards = 0
+
+    @torch.inference_mode()
+    def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+                last_token: int | None = None) -> None:
+        """Cache the prompt minus its last token; that token becomes the first root."""
+        n = (ids if embeds is None else embeds).shape[1]
+        if n:
+            pos, mask = _causal_inputs(0, n, self.model.device)
+            self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
+                       attn_mask=mask, kv_len=n)
+            self.forwards += 1
+        self.length = n
+        self.pending = [] if last_token is None else [int(last_token)]
+
+    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.model.logits(hidden)[..., : self.vocab_limit]
+        return torch.log_softmax(logits, dim=-1)
+
+    @torch.inference_mode()
+    def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
+             stop: threading.Event | None = None, log: list | None = None) -> Tree:
+        """Cache the pending tokens, then grow a tree until `stop` is set, the frontier is
+        exhausted, or `max_expansions` nodes were run through the draft. Returns <= budget nodes.
+        `log`, when given, receives (perf_counter time, candidates so far) after every step.
+        """
+        device = self.model.device
+        n = len(self.pending)
+        pos, mask = _causal_inputs(self.length, n, device)
+        ids = torch.tensor([self.pending], dtype=torch.int64, device=device)
+        hidden = self.model(ids, positions=pos, cache=self.cache, slots=pos, attn_mask=mask,
+                            kv_len=self.length + n)
+        self.forwards += 1
+        self.length += n
+        root_token, root_slot = self.pending[-1], self.length - 1
+        self.pending = []
+        grower = TreeGrower(root_token, self._logprobs(hidden[0, -1]), topk=topk, max_depth=max_depth)
+        if log is not None:
+            log.append((time.perf_counter(), len(grower.cands)))
+        base = self.length
+        max_expansions = min(max_expansions, self.cache.max_len - base)
+
+        def expand(chosen: list[int]) -> torch.Tensor:
+            first_slot = base + grower.expanded
+            for k, ci in enumerate(chosen):
+                grower.cands[ci].slot = first_slot + k
+            kv_len = first_slot + len(chosen)
+            mask = torch.zeros(1, len(chosen), kv_len, dtype=torch.bool, device=device)
+            mask[0, :, :base] = True
+            for row, ci in enumerate(chosen):
+                for anc in grower.ancestors(ci):
+                    mask[0, row, grower.cands[anc].slot] = True
+            tok = torch.tensor([[grower.cands[ci].token for ci in chosen]], device=device)
+            pos = torch.tensor([[base - 1 + grower.cands[ci].depth for ci in chosen]], device=device)
+            slots = torch.arange(first_slot, kv_len, device=device).unsqueeze(0)
+            h = self.model(tok, positions=pos, cache=self.cache, slots=slots, attn_mask=mask, kv_len=kv_len)
+            self.forwards += 1
+            return self._logprobs(h[0])
+
+        while grower.can_grow() and not (stop is not None and stop.is_set()):
+            if grower.expanded + min(topk, len(grower.frontier)) > max_expansions:
+                break
+            grower.step(expand)
+            if log is not None:
+                log.append((time.perf_counter(), len(grower.cands)))
+        tree = grower.build(budget, root_slot)
+        return tree
+
+    def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
+        """Keep the draft KV of the accepted path's leading expanded nodes; the rest of the path
+        and the bonus token become pending (cached by the next `grow`)."""
+        path = accept_nodes[1:]
+        src = []
+        for node in path:
+            if tree.draft_slot[node] < 0:
+                break
+            src.append(tree.draft_slot[node])
+        if src:
+            k, v = self.cache.k, self.cache.v
+            dst = torch.arange(self.length, self.length + len(src), device=k.device)
+            src_t = torch.tensor(src, device=k.device)
+            k[:, :, :, dst] = k[:, :, :, src_t].clone()
+            v[:, :, :, dst] = v[:, :, :, src_t].clone()
+            self.length += len(src)
+        self.pending = [tree.tokens[n] for n in path[len(src):]] + [int(bonus)]

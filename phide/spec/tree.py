@@ -1,0 +1,227 @@
+"""Draft token trees: structure, masks, positions, and EAGLE-2 style dynamic growth.
+
+A tree has N nodes in topological order; node 0 is the root (the last committed token). Children
+of a node appear in ascending index, which phide's builders make descending draft score, so the
+verifier tries the draft's favourite first. Padding nodes (index > 0, parent -1) make trees of
+different sizes stack into one [B, N] batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Tree:
+    """tokens [N], parents [N] (parents[0] = -1), plus per-node draft bookkeeping."""
+
+    tokens: list[int]
+    parents: list[int]
+    scores: list[float] = field(default_factory=list)  # cumulative draft log-prob (root 0)
+    draft_slot: list[int] = field(default_factory=list)  # draft KV row of expanded nodes, else -1
+
+    def __post_init__(self):
+        n = len(self.tokens)
+        if len(self.parents) != n or n == 0 or self.parents[0] != -1:
+            raise ValueError("a tree needs N >= 1 nodes with parents[0] == -1")
+        for i in range(1, n):
+            if not (self.parents[i] == -1 or 0 <= self.parents[i] < i):
+                raise ValueError(f"node {i} has parent {self.parents[i]}: not topologically sorted")
+        if not self.scores:
+            self.scores = [0.0] * n
+        if not self.draft_slot:
+            self.draft_slot = [-1] * n
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def depths(self) -> list[int]:
+        d = [0] * len(self)
+        for i in range(1, len(self)):
+            d[i] = d[self.parents[i]] + 1 if self.parents[i] >= 0 else 1
+        return d
+
+    def max_depth(self) -> int:
+        return max(self.depths())
+
+
+def chain(root: int, drafts: list[int], scores: list[float] | None = None) -> Tree:
+    """A chain: root -> drafts[0] -> drafts[1] -> ..."""
+    n = len(drafts) + 1
+    return Tree(
+        tokens=[root, *drafts],
+        parents=[-1, *range(n - 1)],
+        scores=[0.0, *(scores or [0.0] * (n - 1))],
+    )
+
+
+def ancestor_mask(parents: list[int]) -> torch.Tensor:
+    """[N, N] bool: mask[i, j] = j is i or an ancestor of i (padding nodes see only themselves)."""
+    n = len(parents)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        mask[i, i] = True
+        p = parents[i]
+        if p >= 0:
+            mask[i] |= mask[p]
+    return mask
+
+
+def stack_trees(trees: list[Tree], n: int, pad_token: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad every tree to n nodes and stack: tokens, parents [B, n] int64."""
+    tokens = torch.full((len(trees), n), pad_token, dtype=torch.int64)
+    parents = torch.full((len(trees), n), -1, dtype=torch.int64)
+    for b, t in enumerate(trees):
+        if len(t) > n:
+            raise ValueError(f"tree {b} has {len(t)} nodes, more than the batch's {n}")
+        tokens[b, : len(t)] = torch.tensor(t.tokens)
+        parents[b, : len(t)] = torch.tensor(t.parents)
+    return tokens, parents
+
+
+def verify_layout(tree: Tree, prefix_len: int, device="cpu"):
+    """Inputs for verifying one tree in one forward after `prefix_len` cached rows.
+
+    Returns positions [1,N] (prefix_len + depth), slots [1,N] (prefix_len + i) and the
+    attention mask [1, N, prefix_len + N] (whole prefix, then ancestors-or-self).
+    """
+    n = len(tree)
+    depth = torch.tensor(tree.depths(), dtype=torch.int64)
+    positions = (prefix_len + depth).unsqueeze(0)
+    slots = torch.arange(prefix_len, prefix_len + n, dtype=torch.int64).unsqueeze(0)
+    mask = torch.ones(1, n, prefix_len + n, dtype=torch.bool)
+    mask[0, :, prefix_len:] = ancestor_mask(tree.parents)
+    return positions.to(device), slots.to(device), mask.to(device)
+
+
+def verify_batch_layout(trees: list[Tree], prefix_lens: list[int], n: int, device="cpu"):
+    """Batched `verify_layout` for B requests with different trees and prefix lengths, each tree
+    padded to n nodes (see `stack_trees`). Request b's tree occupies rows [prefix_lens[b],
+    prefix_lens[b] + n). Returns positions, slots [B, n] and the mask [B, n, max(prefix) + n].
+    """
+    kv_len = max(prefix_lens) + n
+    B = len(trees)
+    positions = torch.zeros(B, n, dtype=torch.int64)
+    slots = torch.zeros(B, n, dtype=torch.int64)
+    mask = torch.zeros(B, n, kv_len, dtype=torch.bool)
+    for b, (tree, plen) in enumerate(zip(trees, prefix_lens)):
+        parents = tree.parents + [-1] * (n - len(tree))
+        depth = torch.tensor(Tree([0] * n, parents).depths(), dtype=torch.int64)
+        positions[b] = plen + depth
+        slots[b] = torch.arange(plen, plen + n)
+        mask[b, :, :plen] = True
+        mask[b, :, plen : plen + n] = ancestor_mask(parents)
+    return positions.to(device), slots.to(device), mask.to(device)
+
+
+@dataclass
+class _Candidate:
+    token: int
+    score: float
+    parent: int  # index into the candidate list, -1 for the root
+    depth: int
+    slot: int = -1  # draft KV row once expanded
+
+
+# expand(frontier) -> log-probs [F, V] of the next token after each frontier candidate.
+ExpandFn = Callable[[list[int]], torch.Tensor]
+
+
+class TreeGrower:
+    """EAGLE-2 dynamic tree: expand the top-k of each frontier by cumulative log-prob, keep the
+    best `budget` nodes overall. Growth is incremental (`step`) so a caller can stop it at any
+    time (the end of the target's prefill) and still get a valid tree.
+
+    `expand(ids)` receives candidate indices (into `self.cands`; -1 never passed) whose ancestors
+    were all expanded before, runs the draft on them, and returns [F, V] log-probs. The caller
+    records each expanded candidate's KV slot via `cands[i].slot`.
+    """
+
+    def __init__(self, root_token: int, root_logprobs: torch.Tensor, *, topk: int, max_depth: int):
+        self.root_token = root_token
+        self.topk = max(1, topk)
+        self.max_depth = max_depth
+        self.cands: list[_Candidate] = []
+        self.frontier: list[int] = []
+        self.expanded = 0
+        self._add_children(-1, 0.0, 0, root_logprobs)
+
+    def _add_children(self, parent: int, parent_score: float, parent_depth: int, logprobs: torch.Tensor):
+        if parent_depth + 1 > self.max_depth:
+            return
+        logprobs = logprobs.float()
+        if not torch.isfinite(logprobs).any() or torch.isnan(logprobs).any():
+            from phide.errors import DraftFault
+
+            raise DraftFault("draft produced NaN or all -inf log-probs")
+        k = min(self.topk, logprobs.numel())
+        vals, toks = torch.topk(logprobs, k)
+        new = []
+        for v, t in zip(vals.tolist(), toks.tolist()):
+            if v == float("-inf"):
+                continue
+            self.cands.append(_Candidate(t, parent_score + v, parent, parent_depth + 1))
+            new.append(len(self.cands) - 1)
+        if parent_depth + 1 < self.max_depth:  # nodes at max depth are never expanded
+            self.frontier.extend(new)
+
+    def can_grow(self) -> bool:
+        return bool(self.frontier)
+
+    def next_frontier(self) -> list[int]:
+        """The top-k frontier candidates by score (ties: shallower, then older first)."""
+        best = heapq.nsmallest(
+            self.topk, self.frontier, key=lambda i: (-self.cands[i].score, self.cands[i].depth, i)
+        )
+        return sorted(best)
+
+    def step(self, expand: ExpandFn) -> int:
+        """Expand one frontier; returns how many nodes were expanded (0 when done)."""
+        if not self.frontier:
+            return 0
+        chosen = self.next_frontier()
+        # Only the newest level stays on the frontier (EAGLE-2 expands level by level).
+        self.frontier = []
+        logprobs = expand(chosen)
+        for row, ci in enumerate(chosen):
+            c = self.cands[ci]
+            self._add_children(ci, c.score, c.depth, logprobs[row])
+        self.expanded += len(chosen)
+        return len(chosen)
+
+    def ancestors(self, ci: int) -> list[int]:
+        out = []
+        while ci >= 0:
+            out.append(ci)
+            ci = self.cands[ci].parent
+        return out[::-1]
+
+    def build(self, budget: int, root_slot: int = -1) -> Tree:
+        """Keep the best `budget - 1` candidates (ancestor-closed) and return them as a Tree.
+
+        Ranking key (score desc, depth asc, index asc) puts a parent before any child even when
+        a child's log-prob rounds to 0, so the kept set is always ancestor-closed.
+        """
+        order = sorted(range(len(self.cands)), key=lambda i: (-self.cands[i].score, self.cands[i].depth, i))
+        kept: set[int] = set()
+        for ci in order:
+            if len(kept) >= budget - 1:
+                break
+            p = self.cands[ci].parent
+            if p == -1 or p in kept:
+                kept.add(ci)
+        # Topological order: by depth, then creation order (= draft preference among siblings).
+        nodes = sorted(kept, key=lambda i: (self.cands[i].depth, i))
+        index = {ci: k + 1 for k, ci in enumerate(nodes)}
+        tokens, parents, scores, slots = [self.root_token], [-1], [0.0], [root_slot]
+        for ci in nodes:
+            c = self.cands[ci]
+            tokens.append(c.token)
+            parents.append(0 if c.parent == -1 else index[c.parent])
+            scores.append(c.score)
+            slots.append(c.slot)
+        return Tree(tokens, parents, scores, slots)

@@ -1,0 +1,191 @@
+"""The engine is lossless: greedy tokens identical to the target's own greedy decoding in every
+mode, for good, bad and failing drafts; speculation saves target forwards when the draft is good;
+sampling follows the target's distribution."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+from transformers import LlamaForCausalLM
+
+from phide.engine import MODES, Engine, Request, SpecConfig
+from phide.errors import PhideError
+from phide.models.loading import load_llama, load_tokenizer
+from phide.models.tiny import tiny_llama_config
+
+PROMPTS = [
+    "What is moving?", "Describe the scene.", "the red car turns left", "Where is the ball",
+    "How many people are there?", "A blue truck moves fast on the road.", "dark", "edge motion",
+    "which", "The camera sees a small green circle near the big square", "stops", "Is it bright?",
+    "one two three", "Describe what happened in the scene in detail.", "slow bike behind a dog",
+    "up down left right", "What colour is the triangle?", "event frame light", "?", "a",
+    "The person is still.", "tiny yellow box",
+]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_pair):
+    tok = load_tokenizer(tiny_pair["target"])
+    hf = LlamaForCausalLM.from_pretrained(tiny_pair["target"]).eval()
+    return {
+        "tok": tok,
+        "hf": hf,
+        "target": load_llama(tiny_pair["target"]),
+        "near": load_llama(tiny_pair["near"]),
+        "wrong": load_llama(tiny_pair["wrong"]),
+    }
+
+
+def _hf_greedy(hf, ids, n):
+    out = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, eos_token_id=2,
+                      pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("draft", ["near", "wrong"])
+def test_greedy_identical_to_transformers_in_every_mode(models, draft):
+    engine = Engine(models["target"], models[draft], eos_token_ids=[2],
+                    spec=SpecConfig(topk=3, depth=5, budget=16, window_budget=40))
+    taus = []
+    for i, prompt in enumerate(PROMPTS):
+        ids = models["tok"](prompt)["input_ids"]
+        n = 12 + (i % 4) * 7
+        ref = _hf_greedy(models["hf"], ids, n)
+        for mode in MODES:
+            res = engine.generate(Request(prompt_ids=ids, max_new_tokens=n, mode=mode))
+            assert res.token_ids == ref, (prompt, mode)
+            assert res.stats["faults"] == 0
+            if mode != "target-only":
+                taus.append(res.stats["accepted_per_verify"])
+    if draft == "near":
+        assert np.mean(taus) >= 3.0, taus
+    else:
+        assert np.mean(taus) < 1.5, taus
+
+
+def test_always_wrong_chain_draft_never_accepted(models):
+    engine = Engine(models["target"], models["wrong"], eos_token_ids=[2],
+                    spec=SpecConfig(topk=1, depth=4, budget=5, window_budget=8))
+    ids = models["tok"](PROMPTS[0])["input_ids"]
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=20, mode="sequential"))
+    assert res.token_ids == _hf_greedy(models["hf"], ids, 20)
+    assert res.stats["accepted_drafts_per_verify"] == 0.0
+    assert res.stats["accepted_per_verify"] == 1.0
+
+
+def test_good_draft_saves_target_forwards(models):
+    engine = Engine(models["target"], models["near"], eos_token_ids=[])  # no EOS: full length
+    ids = models["tok"](PROMPTS[1])["input_ids"]
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=48, mode="hide"))
+    assert len(res.token_ids) == 48
+    assert res.stats["target_forwards"] < len(res.token_ids) / 2
+    assert res.stats["accepted_per_verify"] >= 3.0
+    assert res.stats["draft_forwards"] > 0
+    only = engine.generate(Request(prompt_ids=ids, max_new_tokens=48, mode="target-only"))
+    assert only.stats["target_forwards"] == 49  # prefill + one forward per token
+    assert only.token_ids == res.token_ids
+
+
+def test_hide_reports_window_tokens(models):
+    engine = Engine(models["target"], models["near"], eos_token_ids=[])
+    ids = models["tok"](" ".join(PROMPTS))["input_ids"]  # a longer prompt: a longer window
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=8, mode="hide"))
+    s = res.stats
+    assert 0 <= s["draft_tokens_in_window"] <= 63
+    assert {"target_prefill", "draft_prefill", "draft_grow", "verify"} <= set(s["phases"])
+    seq = engine.generate(Request(prompt_ids=ids, max_new_tokens=8, mode="sequential"))
+    assert seq.stats["draft_tokens_in_window"] == 0 and seq.token_ids == res.token_ids
+
+
+class _Exploding(torch.nn.Module):
+    """A draft whose forward raises or returns NaN after a few calls."""
+
+    def __init__(self, inner, kind, after):
+        super().__init__()
+        self.inner, self.kind, self.after, self.calls = inner, kind, after, 0
+        self.cfg = inner.cfg
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, *a, **kw):
+        self.calls += 1
+        out = self.inner(*a, **kw)
+        if self.calls > self.after:
+            if self.kind == "raise":
+                raise RuntimeError("injected draft failure")
+            return out * float("nan")
+        return out
+
+
+@pytest.mark.parametrize("kind", ["raise", "nan"])
+@pytest.mark.parametrize("after", [0, 3])
+@pytest.mark.parametrize("mode", ["hide", "sequential"])
+def test_draft_faults_never_change_output(models, kind, after, mode):
+    ids = models["tok"](PROMPTS[2])["input_ids"]
+    ref = _hf_greedy(models["hf"], ids, 24)
+    engine = Engine(models["target"], _Exploding(models["near"], kind, after), eos_token_ids=[2])
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=24, mode=mode))
+    assert res.token_ids == ref
+    assert res.stats["faults"] == 1
+
+
+def test_bad_requests(models):
+    engine = Engine(models["target"], models["near"])
+    for req, msg in [
+        (Request(prompt_ids=[]), "empty"),
+        (Request(prompt_ids=[1, 5], max_new_tokens=0), "max-new-tokens"),
+        (Request(prompt_ids=[1, 5], mode="fast"), "mode"),
+        (Request(prompt_ids=[1, 10**6]), "vocabulary"),
+        (Request(prompt_ids=[1, 5], temperature=-1.0), "temperature"),
+    ]:
+        with pytest.raises(PhideError, match=msg):
+            engine.generate(req)
+
+
+def _exact_two_token_law(hf, ids, temperature):
+    """p(a) p(b|a) of the target for the first two sampled tokens, exactly."""
+    with torch.no_grad():
+        p1 = torch.softmax(hf(torch.tensor([ids])).logits[0, -1].double() / temperature, -1)
+        V = p1.numel()
+        seqs = torch.tensor([ids + [a] for a in range(V)])
+        p2 = torch.softmax(hf(seqs).logits[:, -1].double() / temperature, -1)
+    return (p1[:, None] * p2).flatten().numpy()
+
+
+@pytest.mark.parametrize("mode", ["hide", "target-only"])
+def test_sampling_follows_target_distribution(tmp_path, mode):
+    """End-to-end chi-square: first two sampled tokens of the engine vs the target's exact law,
+    on a 6-token vocabulary where a tree of top-2 drafts often misses (residual path runs)."""
+    torch.manual_seed(0)
+    V = 6
+    hf = LlamaForCausalLM(tiny_llama_config(V, hidden=32, layers=1, heads=2, kv_heads=1,
+                                            intermediate=64, init_std=0.3)).eval()
+    hf.save_pretrained(tmp_path / "t")
+    torch.manual_seed(1)
+    dh = LlamaForCausalLM(tiny_llama_config(V, hidden=32, layers=1, heads=2, kv_heads=1,
+                                            intermediate=64, init_std=0.3)).eval()
+    dh.save_pretrained(tmp_path / "d")
+    target, draft = load_llama(tmp_path / "t"), load_llama(tmp_path / "d")
+    engine = Engine(target, draft, eos_token_ids=[], spec=SpecConfig(topk=2, depth=3, budget=6, window_budget=6))
+    ids = [1, 4, 3]
+    law = _exact_two_token_law(hf, ids, 1.0)
+    n = 3000
+    counts = np.zeros(V * V)
+    accepted = 0.0
+    for seed in range(n):
+        out = engine.generate(Request(prompt_ids=ids, max_new_tokens=2, temperature=1.0, seed=seed, mode=mode))
+        counts[out.token_ids[0] * V + out.token_ids[1]] += 1
+        accepted += out.stats["accepted_drafts_per_verify"] > 0
+    if mode == "hide":  # drafts were both accepted and rejected: both paths of the walk ran
+        assert 0.1 * n < accepted < 0.95 * n, accepted
+    keep = law * n >= 5  # chi-square needs expected counts >= 5; pool the rest
+    f_obs = np.append(counts[keep], counts[~keep].sum())
+    f_exp = np.append(law[keep] * n, law[~keep].sum() * n)
+    if f_exp[-1] == 0:
+        f_obs, f_exp = f_obs[:-1], f_exp[:-1]
+    p = chisquare(f_obs, f_exp).pvalue
+    assert p > 1e-3, (p, counts, law * n)
