@@ -128,6 +128,10 @@ def get_extensions() -> list:
     """Everything about what is compiled: [] or [phide._C] (C++ CPU ops, plus CUDA on request)."""
     if _flag("PHIDE_SKIP_EXT"):
         _log("PHIDE_SKIP_EXT=1: building no extension (pure-python install; torch twins only)")
+        stale = sorted(p.name for p in (ROOT / "phide").glob("_C.*"))
+        if stale:
+            _log(f"warning: phide/{stale[0]} from an earlier build is still there and will be "
+                 "loaded; delete it (make clean) or run with PHIDE_DISABLE_EXT=1")
         _write_build_info(extension="none", torch_version=None, with_cuda=False, cuda_archs=[],
                           debug=False)
         return []
@@ -150,6 +154,10 @@ def get_extensions() -> list:
     sources = _sources("csrc/*.cpp")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     cxx += ["-ffp-contract=off"]  # no FMA contraction: bit-identical to the twins (torch picks -std)
+    # at::parallel_for is inline OpenMP: without -fopenmp our loops silently run on one thread.
+    # The .so then needs libgomp.so.1, which resolves to the copy torch has already loaded.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx += openmp
     defines = ["-DPHIDE_DEBUG"] if debug else []
     if with_cuda:
         sources += _sources("csrc/**/*.cu")
@@ -173,10 +181,11 @@ def get_extensions() -> list:
     include_dirs = [str(ROOT / "csrc")]
     if with_cuda:
         ext = CUDAExtension("phide._C", sources, include_dirs=include_dirs,
-                            extra_compile_args={"cxx": cxx + defines, "nvcc": nvcc})
+                            extra_compile_args={"cxx": cxx + defines, "nvcc": nvcc},
+                            extra_link_args=openmp)
     else:
         ext = CppExtension("phide._C", sources, include_dirs=include_dirs,
-                           extra_compile_args={"cxx": cxx + defines})
+                           extra_compile_args={"cxx": cxx + defines}, extra_link_args=openmp)
     return [ext]
 
 

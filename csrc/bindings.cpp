@@ -16,7 +16,7 @@
 #define PHIDE_STRINGIFY(...) PHIDE_STRINGIFY_(__VA_ARGS__)
 
 TORCH_LIBRARY(phide, m) {
-  // Where torch finds the fake impls when tracing with FakeTensors (register_fake there).
+  // Where the fake impls live: named in torch's error if an op is traced before they are loaded.
   m.set_python_module("phide._fake_ops");
   // Greedy tree walk: accept a child while its token equals the target argmax at its parent.
   m.def(
@@ -36,7 +36,10 @@ TORCH_LIBRARY_IMPL(phide, CPU, m) {
 namespace py = pybind11;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "phide compiled ops; importing registers torch.ops.phide.*";
+  m.doc() = "phide compiled ops; importing registers torch.ops.phide.* and their fake impls";
+  // The schemas exist by now (static registrars ran at dlopen): register the fakes with them, so
+  // any import of phide._C can be traced by torch.compile / FakeTensorMode.
+  py::module_::import("phide._fake_ops");
   m.def(
       "build_info",
       [] {

@@ -1,8 +1,8 @@
 """Fake (meta) implementations of the compiled ops in `phide._C`, for FakeTensor tracing
 (torch.compile, torch.export) and `torch.library.opcheck`.
 
-Imported by `phide._ext` once the extension is loaded; `csrc/bindings.cpp` also names this module
-with `set_python_module`, so torch imports it on demand when only `phide._C` was loaded.
+Imported by the module init of `phide._C` (csrc/bindings.cpp) right after its schemas are
+registered, and again (a no-op) by `phide._ext`. Only torch may be imported here.
 """
 
 from __future__ import annotations

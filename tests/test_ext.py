@@ -231,6 +231,20 @@ def test_opcheck_stochastic():
     )
 
 
+def test_torch_compile_fullgraph():
+    """Dispatcher ops + fakes: no graph break under torch.compile."""
+    tokens, parents, choice, probs, coins, final = _small_inputs()
+
+    def step(tokens, parents, choice, probs, coins, final):
+        g = torch.ops.phide.tree_accept_greedy(tokens, parents, choice)
+        s = torch.ops.phide.tree_accept_stochastic(tokens, parents, probs, coins, final)
+        return g[2] + s[2]
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    args = (tokens, parents, choice, probs, coins, final)
+    assert torch.equal(compiled(*args), step(*args))
+
+
 def test_ops_backends_agree(monkeypatch):
     tokens, parents, choice, probs, coins, final = _small_inputs(B=6, N=16, V=50)
     results = {}
@@ -276,3 +290,24 @@ def test_unsorted_tree_is_rejected_like_the_twin():
         tree_accept_greedy_torch(tokens, parents, choice)
     with pytest.raises(ValueError, match="not topologically sorted"):
         torch.ops.phide.tree_accept_greedy(tokens, parents, choice)
+
+
+# ----------------------------------------------------------------------------- CUDA (GPU machines)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_twin():
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("phide::tree_accept_greedy", "CUDA"):
+        pytest.skip("phide._C was built without CUDA (rebuild with PHIDE_BUILD_CUDA=1)")
+    rng, gen = random.Random(3), torch.Generator().manual_seed(3)
+    for B, V in ((1, 1000), (5, 7), (37, 1000), (130, 7)):  # 130 > one block of 128 threads
+        for N in (1, 5, 16, 21):
+            tokens, parents, choice, probs, coins, final = random_batch(rng, gen, B, N, V)
+            cuda = [t.cuda() for t in (tokens, parents, choice, probs, coins, final)]
+            got = torch.ops.phide.tree_accept_greedy(*cuda[:3])
+            want = tree_accept_greedy_torch(tokens, parents, choice)
+            assert_same([t.cpu() for t in got], want, f"CUDA greedy B={B} N={N} V={V}")
+            got = torch.ops.phide.tree_accept_stochastic(cuda[0], cuda[1], *cuda[3:])
+            want = tree_accept_stochastic_torch(tokens, parents, probs, coins, final)
+            assert_same([t.cpu() for t in got], want, f"CUDA stochastic B={B} N={N} V={V}")
