@@ -92,3 +92,24 @@ def write_draft_of(target_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     model.save_pretrained(str(out_dir))
     AutoTokenizer.from_pretrained(str(target_dir)).save_pretrained(str(out_dir))
     return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m phide.models.tiny OUT_DIR: write target/, near/ (nearly identical draft) and
+    wrong/ (always-wrong draft) tiny checkpoints for smoke tests."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m phide.models.tiny", description=main.__doc__.splitlines()[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    out = Path(args.out_dir)
+    write_tiny_llama(out / "target", seed=args.seed, init_std=0.1)
+    write_draft_of(out / "target", out / "near", noise=0.03, seed=args.seed + 1)
+    write_draft_of(out / "target", out / "wrong", roll_lm_head=True)
+    print(f"wrote {out}/target, {out}/near, {out}/wrong")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
