@@ -95,12 +95,10 @@ def _resolve_device(device: str, dtype: str):
 
 def cmd_generate(args) -> int:
     from phide.engine import Engine, Request, SpecConfig
+    from phide.models.adapters import TextAdapter
     from phide.models.loading import load_llama, load_tokenizer, read_config
     from phide.models.vocab import shared_vocab_size
 
-    if args.video or args.events:
-        raise PhideError("--video/--events need the Video-LLaVA/EventGPT adapters, which these "
-                         "checkpoints are not; text-only LLaMA pairs take --prompt only")
     if not args.prompt.strip():
         raise PhideError("the prompt is empty")
     if args.mode != "target-only" and not args.draft:
@@ -118,10 +116,11 @@ def cmd_generate(args) -> int:
         shared = shared_vocab_size(target_tok, draft_tok)
         draft = load_llama(args.draft, device=device, dtype=dtype, label="draft")
     spec = SpecConfig(topk=args.topk, depth=args.depth, budget=args.budget, window_budget=args.window_budget)
-    engine = Engine(target, draft, eos_token_ids=_eos_ids(target_tok, target), shared_vocab=shared, spec=spec)
-    prompt_ids = target_tok(args.prompt)["input_ids"]
-    result = engine.generate(Request(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens,
-                                     temperature=args.temperature, seed=args.seed, mode=args.mode))
+    engine = Engine(TextAdapter(target, target_tok), TextAdapter(draft, draft_tok) if draft is not None else None,
+                    eos_token_ids=_eos_ids(target_tok, target), shared_vocab=shared, spec=spec)
+    result = engine.generate(Request(prompt=args.prompt, video=args.video, events=args.events,
+                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                     seed=args.seed, mode=args.mode))
     text = target_tok.decode(result.token_ids, skip_special_tokens=True)
     if args.json:
         print(json.dumps({"text": text, "token_ids": result.token_ids, "stats": result.stats}))

@@ -12,11 +12,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from phide import ops
 from phide.errors import DraftFault, PhideError
+from phide.models.adapters import Prepared
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
 from phide.spec.runners import DraftRunner, TargetRunner
@@ -46,8 +48,15 @@ class SpecConfig:
 
 @dataclass
 class Request:
-    prompt_ids: list[int]
+    """One generation. Text-only adapters read `prompt`; engines built on bare models read
+    `prompt_ids` (and `draft_prompt_ids`, default the same ids); multimodal adapters also read
+    `video` (file, frame folder, or frames) and `events` (file or event arrays)."""
+
+    prompt_ids: list[int] | None = None
     draft_prompt_ids: list[int] | None = None
+    prompt: str | None = None
+    video: Any = None
+    events: Any = None
     max_new_tokens: int = 64
     temperature: float = 0.0
     seed: int = 0
@@ -61,53 +70,69 @@ class Result:
     timeline: Timeline | None = None
 
 
+class IdsAdapter:
+    """Adapter for a bare model: the request carries token ids (tests, benchmarks)."""
+
+    def __init__(self, lm: LlamaModel, draft_side: bool = False):
+        self.lm, self.draft_side = lm, draft_side
+
+    def prepare(self, req: Request) -> Prepared:
+        ids = req.draft_prompt_ids if self.draft_side and req.draft_prompt_ids is not None else req.prompt_ids
+        if not ids:
+            raise PhideError("the prompt is empty")
+        bad = [t for t in ids if not 0 <= t < self.lm.cfg.vocab_size]
+        if bad:
+            raise PhideError(f"prompt token id {bad[0]} is outside the {'draft' if self.draft_side else 'target'} "
+                             "vocabulary")
+        return Prepared(list(ids))
+
+
+def _as_adapter(side, draft_side: bool):
+    if side is None or hasattr(side, "prepare"):
+        return side
+    return IdsAdapter(side, draft_side)  # a bare model
+
+
 class Engine:
-    def __init__(self, target: LlamaModel, draft: LlamaModel | None = None, *,
-                 eos_token_ids: list[int] | None = None, shared_vocab: int | None = None,
-                 spec: SpecConfig | None = None):
-        self.target = target
-        self.draft = draft
-        self.eos = set(eos_token_ids if eos_token_ids is not None else target.cfg.eos_token_id)
-        limit = min(target.cfg.vocab_size, draft.cfg.vocab_size) if draft is not None else 0
+    """target / draft: an Adapter (phide.models.adapters) or a bare LlamaModel (the request then
+    carries token ids)."""
+
+    def __init__(self, target, draft=None, *, eos_token_ids: list[int] | None = None,
+                 shared_vocab: int | None = None, spec: SpecConfig | None = None):
+        self.target_side = _as_adapter(target, False)
+        self.draft_side = _as_adapter(draft, True)
+        self.target = self.target_side.lm
+        self.draft = self.draft_side.lm if self.draft_side is not None else None
+        self.eos = set(eos_token_ids if eos_token_ids is not None else self.target.cfg.eos_token_id)
+        limit = min(self.target.cfg.vocab_size, self.draft.cfg.vocab_size) if self.draft is not None else 0
         self.shared_vocab = min(limit, shared_vocab) if shared_vocab is not None else limit
         self.spec = spec or SpecConfig()
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
             raise PhideError(f"unknown mode {req.mode!r} (choose from {', '.join(MODES)})")
-        if not req.prompt_ids:
+        if req.prompt is not None and not req.prompt.strip():
             raise PhideError("the prompt is empty")
         if req.max_new_tokens < 1:
             raise PhideError("--max-new-tokens must be a positive integer")
         if req.temperature < 0 or req.temperature != req.temperature:
             raise PhideError("--temperature must be >= 0")
-        bad = [t for t in req.prompt_ids if not 0 <= t < self.target.cfg.vocab_size]
-        if bad:
-            raise PhideError(f"prompt token id {bad[0]} is outside the target vocabulary")
 
     # ------------------------------------------------------------------ one request
     def generate(self, req: Request) -> Result:
         self.validate(req)
         tl = Timeline()
         t_start = time.perf_counter()
-        spec = self.spec
-        drafting = req.mode != "target-only" and self.draft is not None
-        draft_ids = req.draft_prompt_ids if req.draft_prompt_ids is not None else req.prompt_ids
-        if drafting and (not draft_ids or any(not 0 <= t < self.draft.cfg.vocab_size for t in draft_ids)):
-            raise PhideError("the draft prompt is empty or has ids outside the draft vocabulary")
-        max_tree = max(spec.budget, spec.window_budget)
-        target = TargetRunner(self.target, len(req.prompt_ids) + req.max_new_tokens + max_tree + 1)
-        draft = None
-        if drafting:
-            scratch = max(spec.window_depth, spec.depth) * spec.topk
-            draft = DraftRunner(self.draft, len(draft_ids) + req.max_new_tokens + scratch + max_tree + 2,
-                                self.shared_vocab)
+        if self.target.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.target.device)
+        drafting = req.mode != "target-only" and self.draft_side is not None
         stats = {"mode": req.mode, "faults": 0, "draft_tokens_in_window": 0}
-        first_tree, drafting = self._prefill(req, target, draft, drafting, draft_ids, tl, stats)
-
+        target, prepared, first_tree, draft = self._prefill(req, drafting, tl, stats)
+        drafting = draft is not None
+        spec = self.spec
         gen = torch.Generator().manual_seed(int(req.seed))
         out: list[int] = []
-        root = req.prompt_ids[-1]
+        root = prepared.ids[-1]
         verifies = accepted_drafts = 0
         while len(out) < req.max_new_tokens:
             tree = first_tree
@@ -158,29 +183,74 @@ class Engine:
             wall_s=round(wall, 6),
             tokens_per_s=round(len(out) / wall, 3) if wall > 0 else 0.0,
             phases=tl.totals(),
+            **self._memory_stats(),
         )
         return Result(out, stats, tl)
 
-    # ------------------------------------------------------------------ pieces
-    def _prefill(self, req, target, draft, drafting, draft_ids, tl, stats):
-        """Run the prefills for the mode; returns (first tree or None, drafting still on)."""
-        t_ids = torch.tensor([req.prompt_ids[:-1]], dtype=torch.int64, device=self.target.device)
-        if not drafting:
-            with tl.phase("target_prefill", "target"):
-                target.prefill(t_ids)
-            return None, False
-        d_ids = torch.tensor([draft_ids[:-1]], dtype=torch.int64, device=self.draft.device)
-        if req.mode == "sequential":
-            with tl.phase("target_prefill", "target"):
-                target.prefill(t_ids)
-            try:
-                with tl.phase("draft_prefill", "draft"):
-                    draft.prefill(d_ids, last_token=req.prompt_ids[-1])
-                return None, True
-            except Exception as exc:
-                return None, self._fault(stats, exc)
+    def _memory_stats(self) -> dict:
+        if self.target.device.type == "cuda":
+            return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(self.target.device) / 2**20, 1),
+                    "peak_memory_kind": "gpu_max_allocated"}
+        import resource
 
-        # hide: the draft lane prefills and grows the first tree while the target prefills.
+        # ru_maxrss is in KiB on Linux: the process's peak resident set so far (not per request).
+        return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_memory_kind": "cpu_peak_rss"}
+
+    # ------------------------------------------------------------------ pieces
+    def _prepare_target(self, req, tl, stats) -> tuple[TargetRunner, Prepared]:
+        """Target lane: input preparation, then the prefill of the prompt minus its last token."""
+        with tl.phase("target_prepare", "target"):
+            prepared = self.target_side.prepare(req)
+        runner = TargetRunner(self.target, len(prepared.ids) + req.max_new_tokens
+                              + max(self.spec.budget, self.spec.window_budget) + 1)
+        with tl.phase("target_prefill", "target"):
+            if prepared.embeds is not None:
+                runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
+            else:
+                runner.prefill(torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=self.target.device))
+        stats.update({f"target_{k}": v for k, v in prepared.info.items()})
+        return runner, prepared
+
+    def _prepare_draft(self, req, tl, stats) -> DraftRunner:
+        """Draft lane: input preparation and prefill; the draft's last prompt token is its root."""
+        spec = self.spec
+        with tl.phase("draft_prepare", "draft"):
+            prepared = self.draft_side.prepare(req)
+        scratch = max(spec.window_depth, spec.depth) * spec.topk
+        runner = DraftRunner(self.draft, len(prepared.ids) + req.max_new_tokens + scratch
+                             + max(spec.budget, spec.window_budget) + 2, self.shared_vocab)
+        with tl.phase("draft_prefill", "draft"):
+            device = self.draft.device
+            if prepared.embeds is not None:
+                runner.prefill(embeds=prepared.embeds[:, :-1].to(device), last_token=prepared.ids[-1])
+            else:
+                runner.prefill(torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=device),
+                               last_token=prepared.ids[-1])
+        stats.update({f"draft_{k}": v for k, v in prepared.info.items()})
+        return runner
+
+    def _prefill(self, req, drafting, tl, stats):
+        """Input preparation and prefills for the mode.
+
+        Returns (target runner, target Prepared, first tree or None, draft runner or None when
+        drafting is off or the draft failed).
+        """
+        if not drafting:
+            target, prepared = self._prepare_target(req, tl, stats)
+            return target, prepared, None, None
+        if req.mode == "sequential":
+            target, prepared = self._prepare_target(req, tl, stats)
+            try:
+                return target, prepared, None, self._prepare_draft(req, tl, stats)
+            except PhideError:
+                raise  # bad input for the draft side is the user's error, not a draft fault
+            except Exception as exc:
+                self._fault(stats, exc)
+                return target, prepared, None, None
+
+        # hide: the draft lane prepares, prefills and grows the first tree while the target
+        # lane prepares its input and prefills.
         stop = threading.Event()
         lane: dict = {}
         progress: list = []
@@ -188,34 +258,38 @@ class Engine:
 
         def draft_lane():
             try:
-                with tl.phase("draft_prefill", "draft"):
-                    draft.prefill(d_ids, last_token=req.prompt_ids[-1])
+                lane["runner"] = runner = self._prepare_draft(req, tl, stats)
                 with tl.phase("draft_grow", "draft"):
-                    lane["tree"] = draft.grow(budget=spec.window_budget, topk=spec.topk,
-                                              max_depth=spec.window_depth,
-                                              max_expansions=spec.window_depth * spec.topk, stop=stop,
-                                              log=progress)
+                    lane["tree"] = runner.grow(budget=spec.window_budget, topk=spec.topk,
+                                               max_depth=spec.window_depth,
+                                               max_expansions=spec.window_depth * spec.topk, stop=stop,
+                                               log=progress)
             except BaseException as exc:  # reported on the main thread
                 lane["error"] = exc
 
         worker = threading.Thread(target=draft_lane, name="phide-draft-lane", daemon=True)
         worker.start()
-        with tl.phase("target_prefill", "target"):
-            target.prefill(t_ids)
-        window_end = time.perf_counter()
-        stop.set()
-        worker.join()
+        try:
+            target, prepared = self._prepare_target(req, tl, stats)
+        finally:
+            window_end = time.perf_counter()
+            stop.set()
+            worker.join()
+        if isinstance(lane.get("error"), PhideError):
+            raise lane["error"]
         if "error" in lane:
-            return None, self._fault(stats, lane["error"])
+            self._fault(stats, lane["error"])
+            return target, prepared, None, None
         tree = lane["tree"]
         try:
-            self._check_tree(tree, req.prompt_ids[-1])
+            self._check_tree(tree, prepared.ids[-1])
         except DraftFault as exc:
-            return None, self._fault(stats, exc)
+            self._fault(stats, exc)
+            return target, prepared, None, None
         # Draft tokens that existed when the target finished its prefill (kept in the tree).
         made = max((n for t, n in progress if t <= window_end), default=0)
         stats["draft_tokens_in_window"] = min(made, len(tree) - 1)
-        return tree, True
+        return target, prepared, tree, lane["runner"]
 
     def _check_tree(self, tree: Tree, root: int) -> None:
         if tree.tokens[0] != root:

@@ -94,6 +94,7 @@ def test_bad_inputs(capsys, tiny_pair, tmp_path):
     assert "mode" in _error(capsys, *base, "--prompt", "x", "--mode", "fastest")
     assert "--draft is required" in _error(capsys, "generate", "--target", t, "--prompt", "x")
     assert "required" in _error(capsys, "generate", "--draft", d, "--prompt", "x")
+    assert "text-only" in _error(capsys, *base, "--prompt", "x", "--video", str(tmp_path))
     assert "CUDA" in _error(capsys, *base, "--prompt", "x", "--device", "cuda") or torch.cuda.is_available()
 
 

@@ -1,0 +1,59 @@
+"""Model adapters: turn a request's raw inputs (prompt text, video, events) into what phide's
+owned decoder consumes, for one side of the pair.
+
+An adapter owns a language model (`lm`, a phide LlamaModel), its tokenizer and, for multimodal
+models, a vision tower. `prepare(request)` returns a `Prepared` input; the engine calls it on the
+side's own lane (the draft's input preparation runs on the draft lane, hidden like its prefill).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from phide.errors import PhideError
+from phide.models.llama import LlamaModel
+
+
+@dataclass
+class Prepared:
+    """A ready prompt.
+
+    ids: prompt token ids [P] (at spliced positions, the placeholder id; never sent to an
+         embedding when `embeds` is given). ids[-1] must be a real text token: it becomes the
+         first root of the speculation rounds.
+    embeds: [1, P, hidden] input embeddings with visual features spliced in, or None (text only).
+    info: stats to report (e.g. visual_tokens, frames).
+    """
+
+    ids: list[int]
+    embeds: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.ids:
+            raise PhideError("the prompt is empty")
+        if self.embeds is not None and self.embeds.shape[1] != len(self.ids):
+            raise ValueError(f"embeds cover {self.embeds.shape[1]} positions, ids {len(self.ids)}")
+
+
+class Adapter(Protocol):
+    lm: LlamaModel
+    tokenizer: Any
+
+    def prepare(self, request) -> Prepared: ...
+
+
+class TextAdapter:
+    """A plain LLaMA checkpoint: the prompt is tokenized as is (BOS per the tokenizer)."""
+
+    def __init__(self, lm: LlamaModel, tokenizer):
+        self.lm, self.tokenizer = lm, tokenizer
+
+    def prepare(self, request) -> Prepared:
+        if request.video is not None or request.events is not None:
+            raise PhideError("this checkpoint is a text-only LLaMA: --video/--events need the "
+                             "Video-LLaVA target / EventGPT draft adapters")
+        return Prepared(list(self.tokenizer(request.prompt)["input_ids"]))
