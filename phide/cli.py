@@ -97,7 +97,7 @@ def cmd_generate(args) -> int:
     from phide.engine import Engine, Request, SpecConfig
     from phide.models.adapters import TextAdapter
     from phide.models.loading import load_llama, load_tokenizer, read_config
-    from phide.models.vocab import shared_vocab_size
+    from phide.models.vocab import bridge_vocabularies
 
     if not args.prompt.strip():
         raise PhideError("the prompt is empty")
@@ -110,14 +110,15 @@ def cmd_generate(args) -> int:
         read_config(args.draft)
     target_tok = load_tokenizer(args.target)
     target = load_llama(args.target, device=device, dtype=dtype, label="target")
-    draft = shared = None
+    draft = shared = bridge = None
     if use_draft:
         draft_tok = load_tokenizer(args.draft)
-        shared = shared_vocab_size(target_tok, draft_tok)
         draft = load_llama(args.draft, device=device, dtype=dtype, label="draft")
+        shared, bridge = bridge_vocabularies(target_tok, draft_tok, target.cfg.vocab_size)
     spec = SpecConfig(topk=args.topk, depth=args.depth, budget=args.budget, window_budget=args.window_budget)
     engine = Engine(TextAdapter(target, target_tok), TextAdapter(draft, draft_tok) if draft is not None else None,
-                    eos_token_ids=_eos_ids(target_tok, target), shared_vocab=shared, spec=spec)
+                    eos_token_ids=_eos_ids(target_tok, target), shared_vocab=shared, spec=spec,
+                    vocab_bridge=bridge)
     result = engine.generate(Request(prompt=args.prompt, video=args.video, events=args.events,
                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                      seed=args.seed, mode=args.mode))

@@ -21,6 +21,7 @@ from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
+from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
 from phide.spec.runners import DraftRunner, TargetRunner
 from phide.spec.tree import Tree, chain
 from phide.spec.verify import target_probs
@@ -98,7 +99,8 @@ class Engine:
     carries token ids)."""
 
     def __init__(self, target, draft=None, *, eos_token_ids: list[int] | None = None,
-                 shared_vocab: int | None = None, spec: SpecConfig | None = None):
+                 shared_vocab: int | None = None, spec: SpecConfig | None = None,
+                 vocab_bridge: TextBridge | None = None):
         self.target_side = _as_adapter(target, False)
         self.draft_side = _as_adapter(draft, True)
         self.target = self.target_side.lm
@@ -106,6 +108,9 @@ class Engine:
         self.eos = set(eos_token_ids if eos_token_ids is not None else self.target.cfg.eos_token_id)
         limit = min(self.target.cfg.vocab_size, self.draft.cfg.vocab_size) if self.draft is not None else 0
         self.shared_vocab = min(limit, shared_vocab) if shared_vocab is not None else limit
+        self.bridge = vocab_bridge  # set: the draft proposes through text, in the target's vocabulary
+        if vocab_bridge is not None:
+            self.shared_vocab = self.target.cfg.vocab_size
         self.spec = spec or SpecConfig()
 
     def validate(self, req: Request) -> None:
@@ -218,8 +223,11 @@ class Engine:
         with tl.phase("draft_prepare", "draft"):
             prepared = self.draft_side.prepare(req)
         scratch = max(spec.window_depth, spec.depth) * spec.topk
-        runner = DraftRunner(self.draft, len(prepared.ids) + req.max_new_tokens + scratch
-                             + max(spec.budget, spec.window_budget) + 2, self.shared_vocab)
+        cross = self.bridge is not None
+        # Across tokenizers the draft may need several ids per target token: room for that.
+        room = (4 if cross else 1) * req.max_new_tokens + scratch + max(spec.budget, spec.window_budget) + 2
+        runner = DraftRunner(self.draft, len(prepared.ids) + room,
+                             self.draft.cfg.vocab_size if cross else self.shared_vocab)
         with tl.phase("draft_prefill", "draft"):
             device = self.draft.device
             if prepared.embeds is not None:
@@ -228,7 +236,7 @@ class Engine:
                 runner.prefill(torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=device),
                                last_token=prepared.ids[-1])
         stats.update({f"draft_{k}": v for k, v in prepared.info.items()})
-        return runner
+        return CrossVocabDraft(runner, self.bridge, prepared.ids) if cross else runner
 
     def _prefill(self, req, drafting, tl, stats):
         """Input preparation and prefills for the mode.
@@ -292,6 +300,8 @@ class Engine:
         return target, prepared, tree, lane["runner"]
 
     def _check_tree(self, tree: Tree, root: int) -> None:
+        if tree.tokens[0] == ROOT_FROM_TARGET and self.bridge is not None:
+            tree.tokens[0] = root
         if tree.tokens[0] != root:
             raise DraftFault("draft tree root is not the last committed token")
         if any(not 0 <= t < self.shared_vocab for t in tree.tokens[1:]):

@@ -33,15 +33,16 @@ def corpus(n_sentences: int = 400, seed: int = 0) -> list[str]:
 
 
 def write_tokenizer(out_dir: str | os.PathLike, vocab_size: int = 384, seed: int = 0):
-    """Train a byte-level BPE tokenizer and save it (HF format) to out_dir; returns it."""
+    """Train a SentencePiece-style BPE tokenizer (Metaspace "▁" word marks, like LLaMA's) and
+    save it (HF format) to out_dir; returns it. Every id decodes to whole characters, so any id
+    sequence decodes to readable text."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False)
     tok.train_from_iterator(corpus(seed=seed), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")

@@ -1,7 +1,8 @@
-"""Vocabulary bridging between a target and a draft (shared-vocabulary fast path).
+"""Vocabulary bridging between a target and a draft.
 
-Draft ids pass to the target unchanged when both tokenizers give the same token for every id
-below a common bound. phide restricts draft proposals to that prefix; the target's own
+Fast path: draft ids pass to the target unchanged when both tokenizers give the same token for
+every id below a common bound; phide restricts draft proposals to that prefix. Otherwise the
+general path drafts through text (`phide.spec.cross_vocab`). Either way the target's own
 distribution is never sliced, so its output stays exactly its own.
 """
 
@@ -15,6 +16,16 @@ MIN_SHARED_FRACTION = 0.9
 
 def _id_to_token(tok) -> dict[int, str]:
     return {i: t for t, i in tok.get_vocab().items()}
+
+
+def bridge_vocabularies(target_tok, draft_tok, target_vocab: int):
+    """(shared vocabulary size, None) for the fast path, else (None, TextBridge)."""
+    try:
+        return shared_vocab_size(target_tok, draft_tok), None
+    except PhideError:
+        from phide.spec.cross_vocab import TextBridge
+
+        return None, TextBridge(target_tok, draft_tok, target_vocab)
 
 
 def shared_vocab_size(target_tok, draft_tok) -> int:
