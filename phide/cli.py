@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft", help="draft checkpoint directory (HF format); required unless --mode target-only")
     gen.add_argument("--prompt", required=True, help="prompt text")
     gen.add_argument("--video", help="video file or frame folder (needs a Video-LLaVA target)")
-    gen.add_argument("--events", help="event file (needs an EventGPT draft)")
+    gen.add_argument("--events", help="event file: DSEC events.h5, .npz, or .npy (needs an EventGPT draft)")
+    gen.add_argument("--allow-pickle", action="store_true",
+                     help="allow EventGPT's pickled .npy event files (only for files you trust)")
     gen.add_argument("--mode", choices=["hide", "sequential", "target-only"], default="hide")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
     gen.add_argument("--temperature", type=_nonneg_float, default=0.0, help="0 = greedy")
@@ -95,8 +97,8 @@ def _resolve_device(device: str, dtype: str):
 
 def cmd_generate(args) -> int:
     from phide.engine import Engine, Request, SpecConfig
-    from phide.models.adapters import TextAdapter
-    from phide.models.loading import load_llama, load_tokenizer, read_config
+    from phide.models.loading import read_config
+    from phide.models.registry import load_adapter
     from phide.models.vocab import bridge_vocabularies
 
     if not args.prompt.strip():
@@ -108,21 +110,23 @@ def cmd_generate(args) -> int:
     read_config(args.target)  # fail fast on a bad directory, before any loading
     if use_draft:
         read_config(args.draft)
-    target_tok = load_tokenizer(args.target)
-    target = load_llama(args.target, device=device, dtype=dtype, label="target")
+    events = args.events
+    if events is not None and args.allow_pickle:
+        from phide.io.events import load_events
+
+        events = load_events(events, allow_pickle=True)
+    target = load_adapter(args.target, role="target", device=device, dtype=dtype)
     draft = shared = bridge = None
     if use_draft:
-        draft_tok = load_tokenizer(args.draft)
-        draft = load_llama(args.draft, device=device, dtype=dtype, label="draft")
-        shared, bridge = bridge_vocabularies(target_tok, draft_tok, target.cfg.vocab_size)
+        draft = load_adapter(args.draft, role="draft", device=device, dtype=dtype)
+        shared, bridge = bridge_vocabularies(target.tokenizer, draft.tokenizer, target.lm.cfg.vocab_size)
     spec = SpecConfig(topk=args.topk, depth=args.depth, budget=args.budget, window_budget=args.window_budget)
-    engine = Engine(TextAdapter(target, target_tok), TextAdapter(draft, draft_tok) if draft is not None else None,
-                    eos_token_ids=_eos_ids(target_tok, target), shared_vocab=shared, spec=spec,
-                    vocab_bridge=bridge)
-    result = engine.generate(Request(prompt=args.prompt, video=args.video, events=args.events,
+    engine = Engine(target, draft, eos_token_ids=_eos_ids(target.tokenizer, target.lm), shared_vocab=shared,
+                    spec=spec, vocab_bridge=bridge)
+    result = engine.generate(Request(prompt=args.prompt, video=args.video, events=events,
                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                      seed=args.seed, mode=args.mode))
-    text = target_tok.decode(result.token_ids, skip_special_tokens=True)
+    text = target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     if args.json:
         print(json.dumps({"text": text, "token_ids": result.token_ids, "stats": result.stats}))
     else:
