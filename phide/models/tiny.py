@@ -23,9 +23,18 @@ _WORDS = (
 ).split()
 
 
+# Prompt templates of the real pair, so their punctuation and newlines are in the vocabulary.
+_TEMPLATES = [
+    "USER: <video>\nWhat is moving? ASSISTANT:",
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+    "helpful, detailed, and polite answers to the human's questions. USER: <ev_start><event><ev_end>\n"
+    "Describe in detail what happened in the scene. ASSISTANT:",
+]
+
+
 def corpus(n_sentences: int = 400, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    out = []
+    out = list(_TEMPLATES) * 5
     for _ in range(n_sentences):
         n = rng.randint(4, 14)
         out.append(" ".join(rng.choice(_WORDS) for _ in range(n)).capitalize() + rng.choice([".", "?", "!"]))

@@ -28,20 +28,38 @@ class TextBridge:
     def draft_ids(self, text: str) -> list[int]:
         return list(self.draft_tok.encode(text, add_special_tokens=False)) if text else []
 
+    def _encode(self, text: str) -> list[int]:
+        return list(self.target_tok.encode(text, add_special_tokens=False))
+
     def proposals(self, generated: list[int], draft_ids: list[int]) -> list[int]:
         """Target ids continuing `generated` (target ids) with the text of `draft_ids` (draft
-        ids covering the generated text followed by the draft's proposals)."""
+        ids covering the generated text followed by the draft's proposals).
+
+        Tokenizers treat the start of a string specially (SentencePiece adds a word mark), so the
+        continuation is encoded behind an anchor (the last generated tokens, else a fixed "a")
+        and the anchor's ids are stripped; the first candidate whose decoded text really
+        continues the committed text wins.
+        """
         committed = self.target_text(generated)
         full = self.draft_tok.decode(draft_ids, skip_special_tokens=True)
-        extra = full[len(committed):] if full.startswith(committed) else ""
-        if not extra:
+        if not full.startswith(committed) or len(full) == len(committed):
             return []
-        ids = list(self.target_tok.encode(committed + extra, add_special_tokens=False))
+        extra = full[len(committed):]
+        want = (committed + extra).lstrip()
+        candidates = []
+        ids = self._encode(committed + extra)
         if ids[: len(generated)] == generated:
-            ids = ids[len(generated):]
-        else:  # the boundary re-tokenized differently: fall back to the extra text alone
-            ids = list(self.target_tok.encode(extra, add_special_tokens=False))
-        return [t for t in ids if 0 <= t < self.target_vocab]
+            candidates.append(ids[len(generated):])
+        anchors = [self.target_text(generated[-k:]) for k in (1, 2, 3) if len(generated) >= k] + ["a"]
+        for anchor in anchors:
+            head, ids = self._encode(anchor), self._encode(anchor + extra)
+            if head and ids[: len(head)] == head:
+                candidates.append(ids[len(head):])
+        candidates.append(self._encode(extra))
+        for cand in candidates:
+            if cand and self.target_text(generated + cand).lstrip() == want:
+                return [t for t in cand if 0 <= t < self.target_vocab]
+        return [t for t in candidates[-1] if 0 <= t < self.target_vocab]
 
 
 class CrossVocabDraft:
