@@ -26,7 +26,9 @@ as `EventChatModel.save_pretrained` writes them), else from the CLIP directory n
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -374,7 +376,7 @@ def resolve_clip_dir(model_dir, raw: dict, clip_dir=None, *, required: bool = Tr
     if clip_dir is not None:
         p = Path(clip_dir)
         if not (p / "config.json").is_file():
-            raise PhideError(f"--clip-dir {p}: not a CLIP model directory (no config.json)")
+            raise PhideError(f"clip_dir {p}: not a CLIP model directory (no config.json)")
         return p
     tried: list[str] = []
 
@@ -416,7 +418,8 @@ def resolve_clip_dir(model_dir, raw: dict, clip_dir=None, *, required: bool = Tr
         return None
     raise PhideError(f"{model_dir}: cannot find the CLIP ViT tower EventGPT needs (a local copy of "
                      "openai/clip-vit-large-patch14-336); tried: " + "; ".join(tried)
-                     + ". Point the config's mm_visual_tower at it, or pass its directory as clip_dir")
+                     + ". Point the config's mm_visual_tower at it (absolute, or relative to the checkpoint), "
+                     "put it in the checkpoint's visual_tower/ subfolder, or pass its directory as clip_dir")
 
 
 def clip_vision_config(clip_dir: Path):
@@ -506,6 +509,19 @@ def _mirror_inference_tokens(tokenizer, raw: dict) -> None:
             tokenizer.add_tokens(new, special_tokens=True)
 
 
+@contextlib.contextmanager
+def quiet_model_type_warning():
+    """AutoTokenizer reads config.json and warns that EventChat_llama is not a transformers model
+    type; that is expected here."""
+    cfg_logger = logging.getLogger("transformers.configuration_utils")
+    level = cfg_logger.level
+    cfg_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        cfg_logger.setLevel(level)
+
+
 def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float32, clip_dir=None) -> EventGPTDraft:
     """Load an EventGPT checkpoint directory (model_type EventChat_llama) as a draft adapter."""
     from transformers import CLIPVisionModel
@@ -575,7 +591,8 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
     projector = projector.to(device=device, dtype=dtype).eval()
     adaptor = adaptor.to(device=device, dtype=dtype).eval()
 
-    tokenizer = load_tokenizer(model_dir)
+    with quiet_model_type_warning():
+        tokenizer = load_tokenizer(model_dir)
     _mirror_inference_tokens(tokenizer, raw)
     preprocess = read_preprocess([clip_path, model_dir], vcfg.image_size)
     side = vcfg.image_size

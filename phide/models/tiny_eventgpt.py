@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from phide.models.eventgpt import MODEL_TYPE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_vision_config
+from phide.models.eventgpt import (MODEL_TYPE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, clip_vision_config,
+                                   quiet_model_type_warning)
 
 LAYOUTS = ("model", "bare_adapters", "with_tower", "with_tower_v5", "split")
 """model: documented layout (model.* decoder, lm_head.weight, model.visual_projector.{0,2}.*,
@@ -42,23 +43,20 @@ def write_tiny_clip(out_dir: str | os.PathLike, seed: int = 0, *, image_size: in
     out.mkdir(parents=True, exist_ok=True)
     vision = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                   num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
-    torch.manual_seed(seed)
-    if layout == "vision":
-        from transformers import CLIPVisionConfig
+    if layout not in ("vision", "clip"):
+        raise ValueError(f"unknown CLIP layout {layout!r} (vision, clip)")
+    from transformers import CLIPVisionConfig
 
-        model = CLIPVisionModel(CLIPVisionConfig(**vision)).eval()
-        model.save_pretrained(str(out))
-        tower = model
-    elif layout == "clip":
+    torch.manual_seed(seed)
+    tower = CLIPVisionModel(CLIPVisionConfig(**vision)).eval()  # same tower weights in both layouts
+    if layout == "vision":
+        tower.save_pretrained(str(out))
+    else:
         text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                     vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+        model.vision_model.load_state_dict(tower.state_dict())
         model.save_pretrained(str(out))
-        tower = CLIPVisionModel(model.config.vision_config).eval()
-        tower.load_state_dict({k[len("vision_model."):]: v for k, v in model.state_dict().items()
-                               if k.startswith("vision_model.")}, strict=False)
-    else:
-        raise ValueError(f"unknown CLIP layout {layout!r} (vision, clip)")
     if legacy_processor:
         (out / "preprocessor_config.json").write_text(json.dumps({
             "crop_size": image_size, "do_center_crop": True, "do_normalize": True, "do_resize": True,
@@ -99,7 +97,11 @@ def write_tiny_eventgpt(out_dir: str | os.PathLike, *, clip_dir: str | os.PathLi
         raise ValueError(f"unknown layout {layout!r} ({', '.join(LAYOUTS)})")
     out, clip_dir = Path(out_dir), Path(clip_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir else write_tokenizer(out)
+    if tokenizer_dir:
+        with quiet_model_type_warning():
+            tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    else:
+        tok = write_tokenizer(out)
     tok.save_pretrained(str(out))
     rows = len(tok) + (3 if start_end else 1 if add_ev_patch else 0)
     vcfg = clip_vision_config(clip_dir)
