@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", required=True, help="prompt text")
     gen.add_argument("--video", help="video file or frame folder (needs a Video-LLaVA target)")
     gen.add_argument("--events", help="event file: DSEC events.h5, .npz, or .npy (needs an EventGPT draft)")
+    gen.add_argument("--clip-dir", help="CLIP ViT-L/14-336 directory for an EventGPT checkpoint whose "
+                     "mm_visual_tower path does not exist on this machine")
     gen.add_argument("--allow-pickle", action="store_true",
                      help="allow EventGPT's pickled .npy event files (only for files you trust)")
     gen.add_argument("--mode", choices=["hide", "sequential", "target-only"], default="hide")
@@ -118,7 +120,7 @@ def cmd_generate(args) -> int:
     target = load_adapter(args.target, role="target", device=device, dtype=dtype)
     draft = shared = bridge = None
     if use_draft:
-        draft = load_adapter(args.draft, role="draft", device=device, dtype=dtype)
+        draft = load_adapter(args.draft, role="draft", device=device, dtype=dtype, clip_dir=args.clip_dir)
         shared, bridge = bridge_vocabularies(target.tokenizer, draft.tokenizer, target.lm.cfg.vocab_size)
     spec = SpecConfig(topk=args.topk, depth=args.depth, budget=args.budget, window_budget=args.window_budget)
     engine = Engine(target, draft, eos_token_ids=_eos_ids(target.tokenizer, target.lm), shared_vocab=shared,

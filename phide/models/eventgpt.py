@@ -522,8 +522,10 @@ def quiet_model_type_warning():
         cfg_logger.setLevel(level)
 
 
-def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float32, clip_dir=None) -> EventGPTDraft:
-    """Load an EventGPT checkpoint directory (model_type EventChat_llama) as a draft adapter."""
+def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float32, clip_dir=None,
+                  label: str = "draft") -> EventGPTDraft:
+    """Load an EventGPT checkpoint directory (model_type EventChat_llama) as an adapter (a draft,
+    usually; `label` names its role in progress messages)."""
     from transformers import CLIPVisionModel
 
     t0 = time.perf_counter()
@@ -533,7 +535,7 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
         raise PhideError(f"{model_dir}: not an EventGPT checkpoint (model_type {raw.get('model_type')!r}, "
                          f"expected {MODEL_TYPE!r})")
     cfg = LlamaConfig.from_dict(raw)
-    progress(f"loading EventGPT draft from {model_dir} ...")
+    progress(f"loading EventGPT {label} from {model_dir} ...")
     state = _load_eventgpt_state(model_dir)
 
     # Vocabulary: 32000, or 32001 after inference.py's <ev_patch> resize; trust the weights when the
@@ -602,6 +604,6 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
     draft = EventGPTDraft(lm, tokenizer, tower, projector, adaptor, preprocess=preprocess, image_size=side,
                           patch_size=vcfg.patch_size)
     n = sum(p.numel() for m in (lm, tower, projector, adaptor) for p in m.parameters())
-    progress(f"loaded EventGPT draft: {n / 1e6:.2f}M parameters, {dtype}, {device}, CLIP tower from {tower_src}, "
+    progress(f"loaded EventGPT {label}: {n / 1e6:.2f}M parameters, {dtype}, {device}, CLIP tower from {tower_src}, "
              f"{draft.visual_tokens} event tokens for {draft.n_frames} frames ({time.perf_counter() - t0:.2f}s)")
     return draft

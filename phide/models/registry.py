@@ -19,8 +19,9 @@ def model_type(model_dir) -> str:
     return str(read_config(model_dir).get("model_type", "llama"))
 
 
-def load_adapter(model_dir, *, role: str, device="cpu", dtype=torch.float32):
-    """Load a checkpoint directory as an adapter (role 'target' or 'draft' labels progress)."""
+def load_adapter(model_dir, *, role: str, device="cpu", dtype=torch.float32, clip_dir=None):
+    """Load a checkpoint directory as an adapter (role 'target' or 'draft' labels progress;
+    clip_dir overrides an EventGPT checkpoint's mm_visual_tower path)."""
     kind = model_type(model_dir)
     if kind == "video_llava":
         from phide.models.video_llava import load_video_llava
@@ -29,7 +30,7 @@ def load_adapter(model_dir, *, role: str, device="cpu", dtype=torch.float32):
     if kind == "EventChat_llama":
         from phide.models.eventgpt import load_eventgpt
 
-        return load_eventgpt(model_dir, device=device, dtype=dtype)
+        return load_eventgpt(model_dir, device=device, dtype=dtype, clip_dir=clip_dir, label=role)
     if kind in TEXT_TYPES:
         from phide.models.adapters import TextAdapter
 
