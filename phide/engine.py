@@ -21,7 +21,9 @@ from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
+from phide.models.eagle import EagleHead
 from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
+from phide.spec.eagle_runner import EagleRunner
 from phide.spec.runners import DraftRunner, TargetRunner
 from phide.spec.tree import Tree, chain
 from phide.spec.verify import target_probs
@@ -40,11 +42,16 @@ class SpecConfig:
     budget: int = 24
     window_depth: int = 32
     window_budget: int = 64
+    # After the first tree: "head" drafts with the EAGLE continuation head when the engine has
+    # one (a draft step costs ~one target layer), "draft" keeps using the draft model.
+    continuation: str = "head"
 
     def __post_init__(self):
         for name in ("topk", "depth", "budget", "window_depth", "window_budget"):
             if getattr(self, name) < 1:
                 raise PhideError(f"{name} must be >= 1")
+        if self.continuation not in ("head", "draft"):
+            raise PhideError(f"continuation must be 'head' or 'draft', not {self.continuation!r}")
 
 
 @dataclass
@@ -100,7 +107,7 @@ class Engine:
 
     def __init__(self, target, draft=None, *, eos_token_ids: list[int] | None = None,
                  shared_vocab: int | None = None, spec: SpecConfig | None = None,
-                 vocab_bridge: TextBridge | None = None):
+                 vocab_bridge: TextBridge | None = None, head: EagleHead | None = None):
         self.target_side = _as_adapter(target, False)
         self.draft_side = _as_adapter(draft, True)
         self.target = self.target_side.lm
@@ -112,6 +119,7 @@ class Engine:
         if vocab_bridge is not None:
             self.shared_vocab = self.target.cfg.vocab_size
         self.spec = spec or SpecConfig()
+        self.head = head  # EAGLE continuation head trained on this target (optional)
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
@@ -134,6 +142,9 @@ class Engine:
         stats = {"mode": req.mode, "faults": 0, "draft_tokens_in_window": 0}
         target, prepared, first_tree, draft = self._prefill(req, drafting, tl, stats)
         drafting = draft is not None
+        head = self._head_runner(req, target, prepared) if req.mode != "target-only" else None
+        if head is not None:
+            drafting = False  # the draft's job ends with the first tree; the head continues
         spec = self.spec
         gen = torch.Generator().manual_seed(int(req.seed))
         out: list[int] = []
@@ -144,7 +155,16 @@ class Engine:
             first_tree = None
             if tree is None:
                 tree = chain(root, [])
-                if drafting:
+                if head is not None:
+                    try:
+                        with tl.phase("head_grow", "draft"):
+                            tree = head.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
+                                             max_expansions=spec.topk * spec.depth)
+                        self._check_tree(tree, root, self.target.cfg.vocab_size)
+                    except Exception as exc:  # a failing head is dropped like a failing draft
+                        self._fault(stats, exc)
+                        head, tree = None, chain(root, [])
+                elif drafting:
                     try:
                         with tl.phase("draft_grow", "draft"):
                             tree = draft.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
@@ -170,6 +190,8 @@ class Engine:
             if done:
                 break
             root = bonus
+            if head is not None:
+                head.commit(tree, nodes.tolist()[: n_acc + 1], bonus)
             if drafting:
                 if bonus >= self.shared_vocab:  # the draft cannot follow: quietly go target-only
                     drafting = False
@@ -181,6 +203,7 @@ class Engine:
         stats.update(
             target_forwards=target.forwards,
             draft_forwards=draft.forwards if draft is not None else 0,
+            head_forwards=head.forwards if head is not None else 0,
             verifies=verifies,
             accepted_per_verify=round((accepted_drafts + verifies) / max(verifies, 1), 4),
             accepted_drafts_per_verify=round(accepted_drafts / max(verifies, 1), 4),
@@ -211,9 +234,10 @@ class Engine:
                               + max(self.spec.budget, self.spec.window_budget) + 1)
         with tl.phase("target_prefill", "target"):
             if prepared.embeds is not None:
-                runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
+                runner.prefill_hidden = runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
             else:
-                runner.prefill(torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=self.target.device))
+                runner.prefill_hidden = runner.prefill(
+                    torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=self.target.device))
         stats.update({f"target_{k}": v for k, v in prepared.info.items()})
         return runner, prepared
 
@@ -238,6 +262,20 @@ class Engine:
         stats.update({f"draft_{k}": v for k, v in prepared.info.items()})
         return CrossVocabDraft(runner, self.bridge, prepared.ids) if cross else runner
 
+    def _head_runner(self, req, target: TargetRunner, prepared: Prepared) -> EagleRunner | None:
+        """The continuation head's runner, primed with the prompt's (embedding, feature) pairs."""
+        if self.head is None or self.spec.continuation != "head":
+            return None
+        with torch.inference_mode():
+            embeds = (prepared.embeds[0].to(self.target.device) if prepared.embeds is not None else
+                      self.target.embed_tokens(torch.tensor(prepared.ids, device=self.target.device)))
+        spec = self.spec
+        runner = EagleRunner(self.head, self.target, target, len(prepared.ids) + req.max_new_tokens
+                             + spec.depth * spec.topk + max(spec.budget, spec.window_budget) + 2)
+        hidden = target.prefill_hidden
+        runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
+        return runner
+
     def _prefill(self, req, drafting, tl, stats):
         """Input preparation and prefills for the mode.
 
@@ -250,7 +288,17 @@ class Engine:
         if req.mode == "sequential":
             target, prepared = self._prepare_target(req, tl, stats)
             try:
-                return target, prepared, None, self._prepare_draft(req, tl, stats)
+                draft = self._prepare_draft(req, tl, stats)
+                if self.head is None or self.spec.continuation != "head":
+                    return target, prepared, None, draft
+                # With a continuation head the draft only grows the first tree: the same work
+                # as in hide mode, but after the target's prefill instead of inside it.
+                spec = self.spec
+                with tl.phase("draft_grow", "draft"):
+                    tree = draft.grow(budget=spec.window_budget, topk=spec.topk, max_depth=spec.window_depth,
+                                      max_expansions=spec.window_depth * spec.topk)
+                self._check_tree(tree, prepared.ids[-1])
+                return target, prepared, tree, draft
             except PhideError:
                 raise  # bad input for the draft side is the user's error, not a draft fault
             except Exception as exc:
@@ -299,12 +347,15 @@ class Engine:
         stats["draft_tokens_in_window"] = min(made, len(tree) - 1)
         return target, prepared, tree, lane["runner"]
 
-    def _check_tree(self, tree: Tree, root: int) -> None:
+    def _check_tree(self, tree: Tree, root: int, vocab: int | None = None) -> None:
+        """A draft's tree must hang off the committed root and propose only ids the verifier may
+        take (`vocab`: the shared vocabulary for the draft, the target's for the head)."""
+        vocab = self.shared_vocab if vocab is None else vocab
         if tree.tokens[0] == ROOT_FROM_TARGET and self.bridge is not None:
             tree.tokens[0] = root
         if tree.tokens[0] != root:
             raise DraftFault("draft tree root is not the last committed token")
-        if any(not 0 <= t < self.shared_vocab for t in tree.tokens[1:]):
+        if any(not 0 <= t < vocab for t in tree.tokens[1:]):
             raise DraftFault("draft proposed a token outside the shared vocabulary")
 
     @staticmethod

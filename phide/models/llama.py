@@ -115,6 +115,13 @@ def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:
     raise PhideError(f"unsupported RoPE type {kind!r} (phide supports default, linear, llama3)")
 
 
+def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [B,T] -> cos, sin [B,T,D] (fp32 tables cast to the model dtype, like HF)."""
+    freqs = positions[..., None].float() * inv_freq.to(positions.device)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
 class KVCache:
     """Static per-request KV cache: k, v [L, B, Hkv, S, D]. The caller tracks valid lengths."""
 
@@ -226,12 +233,6 @@ class LlamaModel(nn.Module):
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return KVCache(self.cfg, batch, max_len, self.dtype, self.device)
 
-    def rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [B,T] -> cos, sin [B,T,D] (fp32 tables cast to the model dtype, like HF)."""
-        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -250,7 +251,7 @@ class LlamaModel(nn.Module):
         over cache rows [0, kv_len) (must include each token's own slot).
         """
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
-        cos, sin = self.rope(positions, x.dtype)
+        cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, cache.k[i], cache.v[i], slots, attn_mask, kv_len)
         return self.norm(x)

@@ -35,17 +35,22 @@ class TargetRunner:
         self.length = 0
         self.forwards = 0
 
+        self.last_hidden: torch.Tensor | None = None  # [N, H] of the last verify (EAGLE features)
+        self.prefill_hidden: torch.Tensor | None = None  # [1, P-1, H], kept by the engine
+
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> None:
-        """Cache the prompt minus its last token (ids [1,P-1] or embeds [1,P-1,H])."""
+    def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Cache the prompt minus its last token (ids [1,P-1] or embeds [1,P-1,H]); returns the
+        final hidden states [1, P-1, H] (the features a continuation head drafts from)."""
         n = (ids if embeds is None else embeds).shape[1]
         if n == 0:
-            return
+            return None
         pos, mask = _causal_inputs(self.length, n, self.model.device)
-        self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
-                   attn_mask=mask, kv_len=self.length + n)
+        hidden = self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
+                            attn_mask=mask, kv_len=self.length + n)
         self.length += n
         self.forwards += 1
+        return hidden
 
     @torch.inference_mode()
     def verify(self, tree: Tree) -> torch.Tensor:
@@ -58,6 +63,7 @@ class TargetRunner:
         hidden = self.model(ids, positions=pos, cache=self.cache, slots=slots, attn_mask=mask,
                             kv_len=self.length + len(tree))
         self.forwards += 1
+        self.last_hidden = hidden[0]
         return self.model.logits(hidden)[0]
 
     def commit(self, accept_nodes: torch.Tensor, accept_len: int) -> None:
