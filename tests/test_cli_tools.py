@@ -1,0 +1,55 @@
+"""`phide trace` and `phide distill` from the command line."""
+
+import json
+
+from phide.cli import main
+from phide.runtime.trace import validate_chrome_trace
+
+
+def _ok(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_trace_writes_a_valid_chrome_trace_and_png(capsys, tiny_pair, tmp_path):
+    obj = _ok(capsys, "trace", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
+              "--prompt", " ".join(["the red car turns left near the big square"] * 12), "--mode", "hide",
+              "--max-new-tokens", "8", "--out", str(tmp_path / "t"), "--json")
+    trace = json.loads((tmp_path / "t" / "trace.json").read_text())
+    validate_chrome_trace(trace)
+    lanes = {e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "thread_name"}
+    assert {"target lane", "draft lane"} <= lanes
+    names = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
+    assert {"target_prefill", "draft_prefill", "verify"} <= names
+    assert (tmp_path / "t" / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert obj["overlap_s"] > 0  # the draft lane ran inside the target's prefill
+
+
+def test_distill_then_generate_with_the_head(capsys, tiny_pair, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(["What is moving?", "Describe the scene.", "the red car turns left",
+                                  "Where is the ball", "one two three", "Is it bright?"]))
+    rep = _ok(capsys, "distill", "--target", str(tiny_pair["target"]), "--prompts", str(prompts),
+              "--out", str(tmp_path / "head"), "--steps", "60", "--max-new-tokens", "24", "--json")
+    assert (tmp_path / "head" / "eagle_head.safetensors").is_file() and rep["train_top1"] > 0
+    base = ["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
+            "--prompt", "What is moving?", "--max-new-tokens", "20", "--json"]
+    ref = _ok(capsys, *base, "--mode", "target-only")["token_ids"]
+    for mode in ("sequential", "hide"):
+        out = _ok(capsys, *base, "--mode", mode, "--head", str(tmp_path / "head"))
+        assert out["token_ids"] == ref and out["stats"]["faults"] == 0
+
+
+def test_tool_errors_are_one_line(capsys, tiny_pair, tmp_path):
+    for argv, needle in [
+        (["distill", "--target", str(tiny_pair["target"]), "--prompts", str(tmp_path / "none.txt"),
+          "--out", str(tmp_path / "h")], "cannot read prompts"),
+        (["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]), "--prompt", "x",
+          "--head", str(tmp_path)], "no EAGLE head"),
+    ]:
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.splitlines() if ln.startswith("phide: error")]
+        assert code == 2 and len(lines) == 1 and needle in lines[0], err
