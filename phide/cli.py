@@ -183,7 +183,10 @@ def cmd_trace(args) -> int:
         raise PhideError(f"cannot create {out}: {exc.strerror}") from None
     result, target = _run_request(args)
     trace_path = write_chrome_trace(result.timeline, out / "trace.json", metadata={"stats": result.stats})
-    png_path = timeline_png(result.timeline, out / "timeline.png", title=f"phide {args.mode}: {args.prompt[:60]}")
+    try:
+        png_path = timeline_png(result.timeline, out / "timeline.png", title=f"phide {args.mode}: {args.prompt[:60]}")
+    except ImportError as exc:
+        raise PhideError(f"the timeline PNG needs matplotlib ({exc}); pip install matplotlib") from None
     overlap = overlap_seconds(result.timeline)
     if args.json:
         print(json.dumps({"trace": str(trace_path), "timeline_png": str(png_path), "overlap_s": overlap,
