@@ -41,8 +41,8 @@ from torch import nn
 from phide.errors import PhideError
 from phide.models.adapters import Prepared
 from phide.models.llama import LlamaConfig, LlamaModel
-from phide.models.loading import (llama_from_state_dict, load_state_dict, load_tokenizer, progress, read_config,
-                                  safetensors_files)
+from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
+                                  progress, read_config, safetensors_files)
 
 MODEL_TYPE = "EventChat_llama"
 NUM_FRAMES = 5
@@ -457,28 +457,6 @@ def infer_clip_vision_config(state: dict, prefix: str):
                             num_channels=int(patch_w.shape[1]))
 
 
-def _pick(state: dict, prefixes, probe: str) -> str | None:
-    return next((p for p in prefixes if f"{p}{probe}" in state), None)
-
-
-def _fill(module: nn.Module, state: dict, prefix: str, missing: list, optional=()) -> None:
-    """Load `module` (built on the meta device) from state[prefix + name]; absent keys go to
-    `missing` (optional ones are filled with ones/zeros)."""
-    tensors = {}
-    for name, p in module.state_dict().items():
-        key = f"{prefix}{name}"
-        if key not in state:
-            if not name.startswith(optional):
-                missing.append(key)
-            tensors[name] = torch.zeros(p.shape) if name.endswith("bias") else torch.ones(p.shape)
-            continue
-        t = state[key]
-        if tuple(t.shape) != tuple(p.shape):
-            raise PhideError(f"weight {key} has shape {tuple(t.shape)}, the config implies {tuple(p.shape)}")
-        tensors[name] = t
-    module.load_state_dict(tensors, assign=True, strict=False)
-
-
 def _load_eventgpt_state(model_dir: Path) -> dict:
     """All safetensors in the checkpoint: the indexed shards plus any other *.safetensors beside
     them (adapters saved separately)."""
@@ -547,7 +525,7 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
         cfg.vocab_size = int(emb.shape[0])
 
     # CLIP tower: weights from the checkpoint when present, else from the CLIP directory.
-    ckpt_tower = _pick(state, CKPT_TOWER_PREFIXES, _TOWER_PROBE)
+    ckpt_tower = pick_prefix(state, CKPT_TOWER_PREFIXES, _TOWER_PROBE)
     clip_path = resolve_clip_dir(model_dir, raw, clip_dir, required=ckpt_tower is None)
     if clip_path is not None:
         vcfg = clip_vision_config(clip_path)
@@ -558,7 +536,7 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
         tower_state, tower_prefix, tower_src = state, ckpt_tower, f"{model_dir} ({ckpt_tower}*)"
     else:
         tower_state = load_state_dict(clip_path)
-        tower_prefix = _pick(tower_state, CLIP_TOWER_PREFIXES, _TOWER_PROBE)
+        tower_prefix = pick_prefix(tower_state, CLIP_TOWER_PREFIXES, _TOWER_PROBE)
         tower_src = str(clip_path)
         if tower_prefix is None:
             raise PhideError(f"{clip_path}: no CLIP vision weights (no vision_model.{_TOWER_PROBE})")
@@ -568,11 +546,11 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
         tower = CLIPVisionModel(vcfg)
         projector = Projector(vcfg.hidden_size, cfg.hidden_size)
         adaptor = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-    _fill(tower, tower_state, tower_prefix, missing, optional=_OPTIONAL_TOWER)
+    fill_module(tower, tower_state, tower_prefix, missing, optional=_OPTIONAL_TOWER)
     for module, prefixes, probe in ((projector, PROJECTOR_PREFIXES, "0.weight"),
                                     (adaptor, ADAPTOR_PREFIXES, "weight")):
-        prefix = _pick(state, prefixes, probe) or prefixes[0]
-        _fill(module, state, prefix, missing)
+        prefix = pick_prefix(state, prefixes, probe) or prefixes[0]
+        fill_module(module, state, prefix, missing)
     with torch.device("meta"):
         names = list(LlamaModel(cfg).state_dict())
     missing += [f"model.{n}" for n in names if n != "lm_head.weight" and f"model.{n}" not in state]

@@ -82,6 +82,30 @@ def load_state_dict(model_dir: str | os.PathLike, dtype: torch.dtype | None = No
     return state
 
 
+def pick_prefix(state: dict, prefixes, probe: str) -> str | None:
+    """The first of `prefixes` under which the key `probe` exists in `state`, else None."""
+    return next((p for p in prefixes if f"{p}{probe}" in state), None)
+
+
+def fill_module(module: torch.nn.Module, state: dict, prefix: str, missing: list, optional=()) -> None:
+    """Load `module` (built on the meta device) from state[prefix + name]. Absent keys are appended
+    to `missing` unless their name starts with one of `optional` (those get ones/zeros); a shape
+    that disagrees with the module raises PhideError."""
+    tensors = {}
+    for name, p in module.state_dict().items():
+        key = f"{prefix}{name}"
+        if key not in state:
+            if not name.startswith(optional):
+                missing.append(key)
+            tensors[name] = torch.zeros(p.shape) if name.endswith("bias") else torch.ones(p.shape)
+            continue
+        t = state[key]
+        if tuple(t.shape) != tuple(p.shape):
+            raise PhideError(f"weight {key} has shape {tuple(t.shape)}, the config implies {tuple(p.shape)}")
+        tensors[name] = t
+    module.load_state_dict(tensors, assign=True, strict=False)
+
+
 def _pick_prefix(state: dict, prefixes=LLAMA_PREFIXES) -> str:
     for prefix in prefixes:
         if f"{prefix}embed_tokens.weight" in state:

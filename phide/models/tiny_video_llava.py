@@ -87,11 +87,12 @@ def tiny_video_llava_config(vocab_size: int, *, image_token_id: int, video_token
 
 def write_tiny_video_llava(out_dir: str | os.PathLike, *, seed: int = 0, layout: str = "transformers",
                            image_size: int = 42, base_vocab: int = 384, pad_vocab_to: int = 64,
-                           init_std: float = 0.2, vision_std: float = 1.0, **cfg):
+                           init_std: float = 0.2, vision_std: float = 1.0, tokenizer_dir=None, **cfg):
     """Save a random tiny VideoLlavaForConditionalGeneration (+ tokenizer + processor) to out_dir.
 
     Deterministic by `seed`. The embedding / LM head get `base_vocab + 3` rows rounded up to a
-    multiple of `pad_vocab_to` (the real checkpoint: 32003 -> 32064). The vision tower and
+    multiple of `pad_vocab_to` (the real checkpoint: 32003 -> 32064). `tokenizer_dir`: reuse that base
+    tokenizer (e.g. the toy world's) instead of training one (`base_vocab` is then unused). The vision tower and
     projector weights are scaled up (`vision_std`) so the frames visibly steer generation.
     Returns the HF model (eval mode).
     """
@@ -106,7 +107,13 @@ def write_tiny_video_llava(out_dir: str | os.PathLike, *, seed: int = 0, layout:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok = write_tokenizer(out, vocab_size=base_vocab, seed=seed)
+    if tokenizer_dir:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tok.save_pretrained(str(out))
+    else:
+        tok = write_tokenizer(out, vocab_size=base_vocab, seed=seed)
     # As the conversion script does: <image>, <video> as special added tokens, then <pad>.
     tok.add_tokens([AddedToken("<image>", special=True, normalized=False),
                     AddedToken("<video>", special=True, normalized=False)], special_tokens=True)

@@ -35,7 +35,8 @@ from torch import nn
 from phide.errors import PhideError
 from phide.models.adapters import Prepared
 from phide.models.llama import LlamaConfig, LlamaModel
-from phide.models.loading import llama_from_state_dict, load_state_dict, load_tokenizer, progress, read_config
+from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
+                                  progress, read_config)
 
 NUM_FRAMES = 8
 PROMPT_TEMPLATE = "USER: <video>\n{question} ASSISTANT:"
@@ -335,31 +336,14 @@ def _feature_layers(layer, n_layers: int) -> list[int]:
     return out
 
 
-def _pick(state: dict, prefixes, probe: str) -> str | None:
-    return next((p for p in prefixes if f"{p}{probe}" in state), None)
-
-
 def _load_module(module: nn.Module, state: dict, prefixes, probe: str, missing: list, optional=()) -> None:
     """Fill `module` (built on the meta device) from state[prefix + name], the prefix being the
     first of `prefixes` under which `probe` exists; appends absent keys to `missing`."""
-    prefix = _pick(state, prefixes, probe)
+    prefix = pick_prefix(state, prefixes, probe)
     if prefix is None:
         missing.append(f"{prefixes[0]}{probe} (or under {', '.join(prefixes[1:])})")
         return
-    tensors = {}
-    for name, p in module.state_dict().items():
-        key = f"{prefix}{name}"
-        if key not in state:
-            if not name.startswith(optional):
-                missing.append(key)
-            tensors[name] = torch.zeros(p.shape) if name.endswith("bias") else torch.ones(p.shape)
-            continue
-        t = state[key]
-        if tuple(t.shape) != tuple(p.shape):
-            raise PhideError(f"weight {key} has shape {tuple(t.shape)}, the config implies {tuple(p.shape)}")
-        tensors[name] = t
-    if not missing:
-        module.load_state_dict(tensors, assign=True, strict=False)
+    fill_module(module, state, prefix, missing, optional)
 
 
 def _missing_lm_keys(cfg: LlamaConfig, state: dict, prefix: str) -> list[str]:
@@ -394,7 +378,7 @@ def load_video_llava(model_dir: str | os.PathLike, device="cpu", dtype=torch.flo
     _load_module(tower, state, TOWER_PREFIXES, "embeddings.patch_embedding.weight", missing,
                  optional=_OPTIONAL_TOWER)
     _load_module(projector, state, PROJECTOR_PREFIXES, "linear_1.weight", missing)
-    lm_prefix = _pick(state, LM_PREFIXES, "embed_tokens.weight")
+    lm_prefix = pick_prefix(state, LM_PREFIXES, "embed_tokens.weight")
     if lm_prefix is None:
         missing.append(f"{LM_PREFIXES[0]}embed_tokens.weight (or under {', '.join(LM_PREFIXES[1:])})")
     else:

@@ -10,12 +10,12 @@ are cached at the start of `grow`, and tree expansions live in scratch rows past
 from __future__ import annotations
 
 import threading
-import time
 
 import torch
 
 from phide.models.eagle import EagleHead
 from phide.models.llama import LlamaModel
+from phide.spec.runners import causal_inputs
 from phide.spec.tree import Tree, TreeGrower
 
 
@@ -46,47 +46,27 @@ class EagleRunner:
         e, f = torch.cat(self._embeds).unsqueeze(0), torch.cat(self._feats).unsqueeze(0)
         self._embeds, self._feats = [], []
         n = e.shape[1]
-        pos = torch.arange(self.length, self.length + n, device=device).unsqueeze(0)
-        mask = torch.ones(1, n, self.length + n, dtype=torch.bool, device=device)
-        mask[0, :, self.length:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        pos, mask = causal_inputs(self.length, n, device)
         out = self.head(e, f, positions=pos, cache=self.cache, slots=pos, attn_mask=mask, kv_len=self.length + n)
         self.forwards += 1
         self.length += n
         base = self.length
         root_hidden = out[0, -1]
         grower = TreeGrower(self.root_token, self._logprobs(root_hidden), topk=topk, max_depth=max_depth)
-        hidden_of: dict[int, torch.Tensor] = {}
-        max_expansions = min(max_expansions, self.cache.max_len - base)
-        if log is not None:
-            log.append((time.perf_counter(), len(grower.cands)))
+        hidden_of: dict[int, torch.Tensor] = {}  # head output at each expanded candidate
 
         def expand(chosen: list[int]) -> torch.Tensor:
-            first = base + grower.expanded
-            for k, ci in enumerate(chosen):
-                grower.cands[ci].slot = first + k
-            kv_len = first + len(chosen)
-            m = torch.zeros(1, len(chosen), kv_len, dtype=torch.bool, device=device)
-            m[0, :, :base] = True
-            for row, ci in enumerate(chosen):
-                for anc in grower.ancestors(ci):
-                    m[0, row, grower.cands[anc].slot] = True
+            pos, slots, m, kv_len = grower.expansion_inputs(chosen, base, device)
             toks = torch.tensor([grower.cands[ci].token for ci in chosen], device=device)
             feats = torch.stack([hidden_of.get(grower.cands[ci].parent, root_hidden) for ci in chosen])
-            p = torch.tensor([[base - 1 + grower.cands[ci].depth for ci in chosen]], device=device)
-            slots = torch.arange(first, kv_len, device=device).unsqueeze(0)
-            h = self.head(self.lm.embed_tokens(toks).unsqueeze(0), feats.unsqueeze(0), positions=p,
+            h = self.head(self.lm.embed_tokens(toks).unsqueeze(0), feats.unsqueeze(0), positions=pos,
                           cache=self.cache, slots=slots, attn_mask=m, kv_len=kv_len)[0]
             self.forwards += 1
             for row, ci in enumerate(chosen):
                 hidden_of[ci] = h[row]
             return self._logprobs(h)
 
-        while grower.can_grow() and not (stop is not None and stop.is_set()):
-            if grower.expanded + min(topk, len(grower.frontier)) > max_expansions:
-                break
-            grower.step(expand)
-            if log is not None:
-                log.append((time.perf_counter(), len(grower.cands)))
+        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
         return grower.build(budget)
 
     def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ committed tokens it has not cached yet (the root is always the last one).
 from __future__ import annotations
 
 import threading
-import time
 
 import torch
 
@@ -18,7 +17,7 @@ from phide.spec.commit import commit_accepted_path
 from phide.spec.tree import Tree, TreeGrower, verify_layout
 
 
-def _causal_inputs(start: int, n: int, device):
+def causal_inputs(start: int, n: int, device):
     """positions/slots [1,n] = start..start+n-1 and the causal mask [1, n, start+n]."""
     pos = torch.arange(start, start + n, device=device).unsqueeze(0)
     mask = torch.ones(n, start + n, dtype=torch.bool, device=device)
@@ -45,7 +44,7 @@ class TargetRunner:
         n = (ids if embeds is None else embeds).shape[1]
         if n == 0:
             return None
-        pos, mask = _causal_inputs(self.length, n, self.model.device)
+        pos, mask = causal_inputs(self.length, n, self.model.device)
         hidden = self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
                             attn_mask=mask, kv_len=self.length + n)
         self.length += n
@@ -95,7 +94,7 @@ class DraftRunner:
         """Cache the prompt minus its last token; that token becomes the first root."""
         n = (ids if embeds is None else embeds).shape[1]
         if n:
-            pos, mask = _causal_inputs(0, n, self.model.device)
+            pos, mask = causal_inputs(0, n, self.model.device)
             self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
                        attn_mask=mask, kv_len=n)
             self.forwards += 1
@@ -115,7 +114,7 @@ class DraftRunner:
         """
         device = self.model.device
         n = len(self.pending)
-        pos, mask = _causal_inputs(self.length, n, device)
+        pos, mask = causal_inputs(self.length, n, device)
         ids = torch.tensor([self.pending], dtype=torch.int64, device=device)
         hidden = self.model(ids, positions=pos, cache=self.cache, slots=pos, attn_mask=mask,
                             kv_len=self.length + n)
@@ -124,34 +123,16 @@ class DraftRunner:
         root_token, root_slot = self.pending[-1], self.length - 1
         self.pending = []
         grower = TreeGrower(root_token, self._logprobs(hidden[0, -1]), topk=topk, max_depth=max_depth)
-        if log is not None:
-            log.append((time.perf_counter(), len(grower.cands)))
         base = self.length
-        max_expansions = min(max_expansions, self.cache.max_len - base)
 
         def expand(chosen: list[int]) -> torch.Tensor:
-            first_slot = base + grower.expanded
-            for k, ci in enumerate(chosen):
-                grower.cands[ci].slot = first_slot + k
-            kv_len = first_slot + len(chosen)
-            mask = torch.zeros(1, len(chosen), kv_len, dtype=torch.bool, device=device)
-            mask[0, :, :base] = True
-            for row, ci in enumerate(chosen):
-                for anc in grower.ancestors(ci):
-                    mask[0, row, grower.cands[anc].slot] = True
+            pos, slots, mask, kv_len = grower.expansion_inputs(chosen, base, device)
             tok = torch.tensor([[grower.cands[ci].token for ci in chosen]], device=device)
-            pos = torch.tensor([[base - 1 + grower.cands[ci].depth for ci in chosen]], device=device)
-            slots = torch.arange(first_slot, kv_len, device=device).unsqueeze(0)
             h = self.model(tok, positions=pos, cache=self.cache, slots=slots, attn_mask=mask, kv_len=kv_len)
             self.forwards += 1
             return self._logprobs(h[0])
 
-        while grower.can_grow() and not (stop is not None and stop.is_set()):
-            if grower.expanded + min(topk, len(grower.frontier)) > max_expansions:
-                break
-            grower.step(expand)
-            if log is not None:
-                log.append((time.perf_counter(), len(grower.cands)))
+        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
         tree = grower.build(budget, root_slot)
         return tree
 

@@ -9,6 +9,7 @@ different sizes stack into one [B, N] batch.
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -192,6 +193,37 @@ class TreeGrower:
             self._add_children(ci, c.score, c.depth, logprobs[row])
         self.expanded += len(chosen)
         return len(chosen)
+
+    def expansion_inputs(self, chosen: list[int], base: int, device="cpu"):
+        """Assign KV slots to the `chosen` candidates (scratch rows after the `base` committed rows,
+        in expansion order) and build their inputs: positions [1,F] (base - 1 + depth), slots [1,F]
+        and the mask [1, F, kv_len] (all committed rows, then each node's expanded ancestors and
+        itself). Returns (positions, slots, mask, kv_len)."""
+        first = base + self.expanded
+        for k, ci in enumerate(chosen):
+            self.cands[ci].slot = first + k
+        kv_len = first + len(chosen)
+        mask = torch.zeros(1, len(chosen), kv_len, dtype=torch.bool)
+        mask[0, :, :base] = True
+        for row, ci in enumerate(chosen):
+            for anc in self.ancestors(ci):
+                mask[0, row, self.cands[anc].slot] = True
+        positions = torch.tensor([[base - 1 + self.cands[ci].depth for ci in chosen]])
+        slots = torch.arange(first, kv_len).unsqueeze(0)
+        return positions.to(device), slots.to(device), mask.to(device), kv_len
+
+    def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, log: list | None = None) -> None:
+        """Step until the frontier is exhausted, `stop` (a threading.Event) is set, or the next
+        step would pass `max_expansions` expanded nodes. `log` gets (perf_counter, candidates)
+        now and after every step."""
+        if log is not None:
+            log.append((time.perf_counter(), len(self.cands)))
+        while self.can_grow() and not (stop is not None and stop.is_set()):
+            if self.expanded + min(self.topk, len(self.frontier)) > max_expansions:
+                break
+            self.step(expand)
+            if log is not None:
+                log.append((time.perf_counter(), len(self.cands)))
 
     def ancestors(self, ci: int) -> list[int]:
         out = []
