@@ -34,7 +34,7 @@ def ensure_demo_pair() -> tuple[Path, Path]:
     from phide.models.loading import progress
     from phide.models.tiny import write_draft_of, write_tiny_llama
 
-    root = cache_home() / "demo-tiny-v1"
+    root = cache_home() / "demo-tiny-v2"
     target, draft = root / "target", root / "draft"
     if not (target / "config.json").is_file() or not (draft / "config.json").is_file():
         progress(f"writing the demo pair to {root} (once)")
