@@ -1,0 +1,91 @@
+"""The toy draft/target pair, randomly initialised, in the real directory formats.
+
+`write_toy_pair(out_dir, size=...)` writes, all sharing the toy world's tokenizer:
+
+  out_dir/tokenizer  `phide.toy.tokenizer.train_toy_tokenizer` (HF format)
+  out_dir/target     a Video-LLaVA checkpoint (`write_tiny_video_llava`, transformers layout)
+  out_dir/clip       the draft's CLIP vision tower (`write_tiny_clip`)
+  out_dir/draft      an EventGPT checkpoint (`write_tiny_eventgpt`, mm_visual_tower -> ../clip)
+
+Presets (`SIZES`): "test" is tiny (unit tests); "demo" is the planned demo pair: deep and narrow LMs
+(hidden 128, 24 layers) so that on a CPU a decode step costs tens of ms of per-layer latency, like a
+7B decode on a GPU, while the checkpoints stay small (budget: <= 40 MB in bf16 for all of them).
+Train them with `phide.toy.train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+
+BF16_BUDGET_BYTES = 40 * 1024 * 1024
+
+SIZES: dict[str, dict] = {
+    "test": {
+        "target": dict(image_size=16, patch_size=8, vision_hidden=16, vision_layers=2, text_hidden=32,
+                       text_layers=2, heads=4, kv_heads=2, intermediate=64, init_std=0.02),
+        "clip": dict(image_size=16, patch_size=8, hidden=32, heads=1, layers=1, intermediate=64),
+        "draft": dict(hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64, init_std=0.02),
+    },
+    # target: 8 frames x ((48/8)^2 + 1 = 37) = 296 visual tokens; draft: 5 + 37 = 42 event tokens.
+    "demo": {
+        "target": dict(image_size=48, patch_size=8, vision_hidden=64, vision_layers=3, text_hidden=128,
+                       text_layers=24, heads=4, kv_heads=2, intermediate=344, init_std=0.02),
+        "clip": dict(image_size=48, patch_size=8, hidden=128, heads=2, layers=2, intermediate=256),
+        "draft": dict(hidden=128, layers=24, heads=4, kv_heads=2, intermediate=344, init_std=0.02),
+    },
+}
+
+
+def _quiet(fn, *a, **k):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return fn(*a, **k)
+
+
+def checkpoint_stats(out_dir: str | os.PathLike) -> dict[str, dict]:
+    """Per part (target, clip, draft): parameters in its safetensors files and their bf16 bytes."""
+    from phide.models.loading import load_state_dict
+
+    stats = {}
+    for part in ("target", "clip", "draft"):
+        state = load_state_dict(Path(out_dir) / part)
+        n = sum(t.numel() for t in state.values() if t.is_floating_point())
+        stats[part] = {"params": n, "bf16_bytes": 2 * n}
+    return stats
+
+
+def write_toy_pair(out_dir: str | os.PathLike, *, size: str = "demo", seed: int = 0, verbose: bool = False) -> dict:
+    """Write tokenizer/, target/, clip/, draft/ under out_dir (random weights, deterministic by seed);
+    returns checkpoint_stats(out_dir). Raises ValueError when the pair is over the bf16 budget."""
+    from phide.models.tiny_eventgpt import write_tiny_clip, write_tiny_eventgpt
+    from phide.models.tiny_video_llava import write_tiny_video_llava
+    from phide.toy.tokenizer import train_toy_tokenizer
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
+    preset = SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok_dir = out / "tokenizer"
+    train_toy_tokenizer(tok_dir, seed=seed)
+    t = dict(preset["target"])
+    image_size = t.pop("image_size")
+    _quiet(write_tiny_video_llava, out / "target", seed=seed, layout="transformers", image_size=image_size,
+           tokenizer_dir=tok_dir, **t)
+    _quiet(write_tiny_clip, out / "clip", seed + 1, **preset["clip"])
+    _quiet(write_tiny_eventgpt, out / "draft", clip_dir=out / "clip", tokenizer_dir=tok_dir, seed=seed + 2,
+           **preset["draft"])
+    stats = checkpoint_stats(out)
+    total = sum(s["bf16_bytes"] for s in stats.values())
+    if verbose:
+        for part, s in stats.items():
+            print(f"phide: toy pair {size} {part}: {s['params'] / 1e6:.3f}M parameters, "
+                  f"{s['bf16_bytes'] / 2**20:.2f} MiB bf16", file=sys.stderr)
+        print(f"phide: toy pair {size} total {total / 2**20:.2f} MiB bf16", file=sys.stderr)
+    if total > BF16_BUDGET_BYTES:
+        raise ValueError(f"the {size} pair is {total / 2**20:.1f} MiB in bf16, over the "
+                         f"{BF16_BUDGET_BYTES / 2**20:.0f} MiB budget")
+    return stats

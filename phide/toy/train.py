@@ -1,0 +1,316 @@
+"""Train the toy pair (`phide.toy.pair`) on the toy world, on a CPU, with fixed seeds.
+
+Training runs through phide's OWN adapters and modules (the loaders' `lm` / `tower` / `projector` /
+`adaptor`, their preprocessing and prompt tokenization), so what is trained is exactly what the
+engine runs: the inputs are built as `prepare()` builds them (same pixel values, same ids, same
+splice), only with autograd and a causal forward over whole sequences (a fresh KV cache per call,
+like `EagleHead.forward_train`). Loss: next-token cross-entropy on the answer tokens and the final
+`</s>` only. The trained weights are written back into the checkpoint files they came from (same
+keys, same files, stored in bf16), so the directories keep their real formats.
+
+    python -m phide.toy.train OUT_DIR --size test|demo --steps N
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from phide.models.llama import LlamaModel
+
+EOS_ID = 2  # </s>
+
+
+def _log(msg: str) -> None:
+    print(f"phide: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- forward
+def causal_hidden(lm: LlamaModel, embeds: torch.Tensor) -> torch.Tensor:
+    """[B,T,H] input embeddings -> final-norm hidden states [B,T,H] through phide's decoder, causal,
+    no padding mask (right padding: real tokens never attend to the pad after them)."""
+    B, T, _ = embeds.shape
+    cfg = lm.cfg
+    # One separate tensor per layer: writing layer i+1's rows into a view of one shared [L,...]
+    # tensor would bump the version of the layer-i keys autograd saved.
+    cache = SimpleNamespace(
+        k=[torch.zeros(B, cfg.num_key_value_heads, T, cfg.head_dim, dtype=lm.dtype) for _ in range(cfg.num_hidden_layers)],
+        v=[torch.zeros(B, cfg.num_key_value_heads, T, cfg.head_dim, dtype=lm.dtype) for _ in range(cfg.num_hidden_layers)])
+    pos = torch.arange(T, device=lm.device).expand(B, T)
+    mask = torch.ones(T, T, dtype=torch.bool, device=lm.device).tril().expand(B, T, T)
+    return lm(inputs_embeds=embeds, positions=pos, cache=cache, slots=pos, attn_mask=mask, kv_len=T)
+
+
+def target_features(target, pixels: torch.Tensor) -> torch.Tensor:
+    """VideoLlavaTarget.encode_video with autograd: [F,3,S,S] -> [F * tokens_per_frame, hidden]."""
+    hs = target.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+    layers = target.feature_layers
+    feats = hs[layers[0]] if len(layers) == 1 else torch.cat([hs[i] for i in layers], dim=-1)
+    proj = target.projector(feats)
+    return proj.reshape(-1, proj.shape[-1])
+
+
+def draft_features(draft, pixels: torch.Tensor) -> torch.Tensor:
+    """EventGPTDraft.encode_events with autograd: [T,3,S,S] -> [T + tokens_per_frame, hidden]."""
+    from phide.models.eventgpt import spatio_temporal
+
+    feats = draft.tower(pixel_values=pixels).last_hidden_state
+    return spatio_temporal(draft.adaptor(draft.projector(feats)))
+
+
+# ---------------------------------------------------------------------------------------- examples
+def _answer_ids(prompt_ids: list[int], full_ids: list[int]) -> list[int]:
+    if full_ids[:len(prompt_ids)] != prompt_ids:
+        raise ValueError("the prompt's tokens are not a prefix of the prompt + answer tokens")
+    return full_ids[len(prompt_ids):] + [EOS_ID]
+
+
+def target_example(target, sample) -> dict:
+    """(ids with ONE <video>, where it is, answer ids + </s>, pixel values) for one Sample."""
+    prompt = target.prompt_text(sample.question)
+    ids = target.prompt_ids(sample.question)
+    full = list(target.tokenizer(prompt + " " + sample.answer)["input_ids"])
+    return {"ids": ids, "at": ids.index(target.video_token_id), "answer": _answer_ids(ids, full),
+            "pixels": target.pixel_values(sample.frames)}
+
+
+def draft_example(draft, sample) -> dict:
+    from phide.models.eventgpt import EVENT_TOKEN_INDEX, as_event_frames
+
+    prompt = draft.prompt_text(sample.question)
+    ids = draft.tokenize_prompt(prompt)
+    full = draft.tokenize_prompt(prompt + " " + sample.answer)
+    return {"ids": ids, "at": ids.index(EVENT_TOKEN_INDEX), "answer": _answer_ids(ids, full),
+            "pixels": draft.pixel_values(as_event_frames(sample.events, draft.n_frames))}
+
+
+def _sequence(lm: LlamaModel, ex: dict, feats: torch.Tensor, placeholder: int) -> tuple[torch.Tensor, list[int]]:
+    """Spliced input embeddings [T,H] of prompt + answer (as prepare() builds the prompt) and the
+    full id list (placeholders where the features are)."""
+    ids, at = ex["ids"], ex["at"]
+    n = feats.shape[0]
+    seq = ids[:at] + [placeholder] * n + ids[at + 1:] + ex["answer"]
+    emb = lm.embed_tokens(torch.tensor(seq, dtype=torch.int64, device=lm.device))
+    emb = torch.cat([emb[:at], feats.to(emb.dtype), emb[at + n:]], dim=0)
+    return emb, seq
+
+
+def batch_loss(lm: LlamaModel, seqs: list[tuple[torch.Tensor, list[int], int]]) -> torch.Tensor:
+    """Mean next-token CE over answer tokens. seqs: (embeds [T,H], ids [T], answer length)."""
+    T = max(e.shape[0] for e, _, _ in seqs)
+    H = seqs[0][0].shape[1]
+    embeds = torch.stack([F.pad(e, (0, 0, 0, T - e.shape[0])) for e, _, _ in seqs])
+    labels = torch.full((len(seqs), T), -100, dtype=torch.int64)
+    for b, (e, ids, n_ans) in enumerate(seqs):
+        L = e.shape[0]
+        labels[b, L - n_ans:L] = torch.tensor(ids[L - n_ans:])
+    hidden = causal_hidden(lm, embeds)
+    logits = lm.lm_head(hidden[:, :-1].reshape(-1, H)).float()
+    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+
+
+# ---------------------------------------------------------------------------------------- saving
+def _write_back(model_dir: Path, updates: dict[str, torch.Tensor], dtype=torch.bfloat16) -> None:
+    """Replace `updates` keys in the directory's safetensors files (every key must exist); all
+    floating tensors are stored in `dtype`."""
+    from safetensors.torch import load_file, save_file
+
+    left = set(updates)
+    for f in sorted(model_dir.glob("*.safetensors")):
+        part = load_file(str(f))
+        hit = left & set(part)
+        part.update({k: updates[k] for k in hit})
+        left -= hit
+        part = {k: (v.to(dtype) if v.is_floating_point() else v).detach().contiguous() for k, v in part.items()}
+        save_file(part, str(f), metadata={"format": "pt"})
+    if left:
+        raise KeyError(f"{model_dir}: no such weights to update: {sorted(left)[:5]}")
+    cfg_path = model_dir / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        for k in ("dtype", "torch_dtype"):
+            if k in cfg:
+                cfg[k] = str(dtype).removeprefix("torch.")
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
+
+
+def _keys(model_dir: Path) -> set[str]:
+    from safetensors import safe_open
+
+    keys = set()
+    for f in model_dir.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as h:
+            keys |= set(h.keys())
+    return keys
+
+
+def _named(module, keys: set[str], prefixes, probe: str) -> dict[str, torch.Tensor]:
+    prefix = next((p for p in prefixes if p + probe in keys), None)
+    if prefix is None:
+        raise KeyError(f"no {probe} under {prefixes}")
+    return {prefix + n: p.detach() for n, p in module.named_parameters()}
+
+
+def _lm_updates(lm: LlamaModel, keys: set[str], prefixes, head_keys) -> dict[str, torch.Tensor]:
+    prefix = next(p for p in prefixes if p + "embed_tokens.weight" in keys)
+    out = {}
+    for n, p in lm.named_parameters():
+        if n == "lm_head.weight":
+            key = next((k for k in head_keys if k in keys), None)
+            if key is None:  # tied embeddings
+                continue
+            out[key] = p.detach()
+        else:
+            out[prefix + n] = p.detach()
+    return out
+
+
+# ---------------------------------------------------------------------------------------- loops
+def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n: int, seed: int,
+          log_every: int) -> list[float]:
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warm = max(1, min(20, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))))
+    g = torch.Generator().manual_seed(seed)
+    losses, t0 = [], time.perf_counter()
+    for step in range(steps):
+        idx = torch.randperm(n, generator=g)[:min(batch, n)].tolist()
+        opt.zero_grad()
+        loss = step_loss(idx)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            dt = time.perf_counter() - t0
+            _log(f"train {name} step {step + 1}/{steps} loss {losses[-1]:.4f} ({dt:.1f}s, {dt / (step + 1):.3f}s/step)")
+    return losses
+
+
+def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch: int = 8, seed: int = 0,
+                 log_every: int = 10, save: bool = True) -> list[float]:
+    """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
+    question) -> answer; writes the weights back in place. Returns the per-step losses."""
+    from phide.models.video_llava import LM_PREFIXES, PROJECTOR_PREFIXES, TOWER_PREFIXES, load_video_llava
+
+    torch.manual_seed(seed)
+    model_dir = Path(pair_dir) / "target"
+    target = load_video_llava(model_dir)
+    data = [target_example(target, s) for s in samples]
+    modules = (target.lm, target.tower, target.projector)
+    for m in modules:
+        m.train()
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+
+    def step_loss(idx):
+        seqs = []
+        for i in idx:
+            ex = data[i]
+            emb, ids = _sequence(target.lm, ex, target_features(target, ex["pixels"]), target.video_token_id)
+            seqs.append((emb, ids, len(ex["answer"])))
+        return batch_loss(target.lm, seqs)
+
+    losses = _loop("target", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
+                   log_every=log_every)
+    if save:
+        keys = _keys(model_dir)
+        updates = _lm_updates(target.lm, keys, LM_PREFIXES, ("lm_head.weight", "language_model.lm_head.weight"))
+        updates.update(_named(target.tower, keys, TOWER_PREFIXES, "embeddings.patch_embedding.weight"))
+        updates.update(_named(target.projector, keys, PROJECTOR_PREFIXES, "linear_1.weight"))
+        _write_back(model_dir, updates)
+    return losses
+
+
+def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch: int = 8, seed: int = 0,
+                log_every: int = 10, save: bool = True) -> list[float]:
+    """Train pair_dir/draft (CLIP tower, projector, adaptor, LM) on samples' (event frames, question)
+    -> answer; writes the decoder + adapters back to draft/ and the tower back to where it was
+    loaded from (the checkpoint when it holds one, else the CLIP directory). Returns the losses."""
+    from phide.models.eventgpt import (ADAPTOR_PREFIXES, CKPT_TOWER_PREFIXES, CLIP_TOWER_PREFIXES, PROJECTOR_PREFIXES,
+                                       load_eventgpt, resolve_clip_dir)
+    from phide.models.loading import read_config
+
+    torch.manual_seed(seed)
+    model_dir = Path(pair_dir) / "draft"
+    draft = load_eventgpt(model_dir)
+    data = [draft_example(draft, s) for s in samples]
+    modules = (draft.lm, draft.tower, draft.projector, draft.adaptor)
+    for m in modules:
+        m.train()
+    params = [p for m in modules for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    placeholder = draft.placeholder_id()
+
+    def step_loss(idx):
+        seqs = []
+        for i in idx:
+            ex = data[i]
+            emb, ids = _sequence(draft.lm, ex, draft_features(draft, ex["pixels"]), placeholder)
+            seqs.append((emb, ids, len(ex["answer"])))
+        return batch_loss(draft.lm, seqs)
+
+    losses = _loop("draft", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
+                   log_every=log_every)
+    if save:
+        keys = _keys(model_dir)
+        updates = _lm_updates(draft.lm, keys, ("model.",), ("lm_head.weight",))
+        updates.update(_named(draft.projector, keys, PROJECTOR_PREFIXES, "0.weight"))
+        updates.update(_named(draft.adaptor, keys, ADAPTOR_PREFIXES, "weight"))
+        probe = "embeddings.patch_embedding.weight"
+        if any(p + probe in keys for p in CKPT_TOWER_PREFIXES):
+            updates.update(_named(draft.tower, keys, CKPT_TOWER_PREFIXES, probe))
+        else:
+            clip_dir = resolve_clip_dir(model_dir, read_config(model_dir))
+            _write_back(clip_dir, _named(draft.tower, _keys(clip_dir), CLIP_TOWER_PREFIXES, probe))
+        _write_back(model_dir, updates)
+    return losses
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """python -m phide.toy.train OUT_DIR: write the toy pair and train target then draft."""
+    import argparse
+
+    from phide.toy.pair import SIZES, write_toy_pair
+    from phide.toy.world import make_dataset
+
+    ap = argparse.ArgumentParser(prog="python -m phide.toy.train", description=main.__doc__.splitlines()[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--size", choices=sorted(SIZES), default="demo")
+    ap.add_argument("--steps", type=int, default=100, help="optimizer steps for each model")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--scenes", type=int, default=256, help="training scenes (all their questions)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-every", type=int, default=10)
+    args = ap.parse_args(argv)
+    out = Path(args.out_dir)
+    if not (out / "target" / "config.json").is_file():
+        write_toy_pair(out, size=args.size, seed=args.seed, verbose=True)
+    else:
+        _log(f"{out} already holds a pair: training it further")
+    samples = make_dataset(args.scenes, seed=args.seed, questions_per_scene=None)
+    _log(f"{len(samples)} training samples from {args.scenes} scenes")
+    kw = dict(steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed, log_every=args.log_every)
+    lt = train_target(out, samples, **kw)
+    ld = train_draft(out, samples, **kw)
+    tail = max(1, min(10, args.steps))
+    print(f"target final train loss {sum(lt[-tail:]) / tail:.4f} (mean of last {tail} steps)")
+    print(f"draft final train loss {sum(ld[-tail:]) / tail:.4f} (mean of last {tail} steps)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
