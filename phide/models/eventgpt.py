@@ -43,6 +43,7 @@ from phide.models.adapters import Prepared
 from phide.models.llama import LlamaConfig, LlamaModel
 from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
                                   progress, read_config, safetensors_files)
+from phide.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, common_fields
 
 MODEL_TYPE = "EventChat_llama"
 NUM_FRAMES = 5
@@ -57,8 +58,6 @@ SYSTEM = ("A chat between a curious human and an artificial intelligence assista
 # "<ev_start><event><ev_end>\n" + question and an empty assistant turn.
 PROMPT_TEMPLATE = SYSTEM + " USER: " + EV_START_TOKEN + EVENT_TOKEN + EV_END_TOKEN + "\n{question} ASSISTANT:"
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 REAL_IMAGE_SIZE, REAL_PATCH_SIZE = 336, 14  # openai/clip-vit-large-patch14-336
 
 # Where each part lives. The decoder is LlamaForCausalLM's (`model.*`, `lm_head.weight`).
@@ -142,17 +141,7 @@ class ClipPreprocess:
         if resample not in _PIL_RESAMPLE:
             raise PhideError(f"{source}: unsupported resample {resample!r}")
 
-        def triple(v, default):
-            v = default if v is None else v
-            return tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
-
-        return cls(shortest_edge=short, crop=crop_hw, resample=int(resample),
-                   do_resize=bool(d.get("do_resize", True)), do_center_crop=bool(d.get("do_center_crop", True)),
-                   do_rescale=bool(d.get("do_rescale", True)),
-                   rescale_factor=float(d.get("rescale_factor", 1 / 255)),
-                   do_normalize=bool(d.get("do_normalize", True)),
-                   image_mean=triple(d.get("image_mean"), OPENAI_CLIP_MEAN),
-                   image_std=triple(d.get("image_std"), OPENAI_CLIP_STD), source=source)
+        return cls(shortest_edge=short, crop=crop_hw, resample=int(resample), source=source, **common_fields(d))
 
     @property
     def out_hw(self) -> tuple[int, int] | None:

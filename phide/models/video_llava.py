@@ -37,12 +37,11 @@ from phide.models.adapters import Prepared
 from phide.models.llama import LlamaConfig, LlamaModel
 from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
                                   progress, read_config)
+from phide.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, common_fields
 
 NUM_FRAMES = 8
 PROMPT_TEMPLATE = "USER: <video>\n{question} ASSISTANT:"
 VIDEO_TOKEN = "<video>"
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # Where each part of the model lives, for every weight layout transformers loads:
 #   hub / conversion script / transformers-5 save_pretrained: language_model.model.*, language_model.lm_head.weight
@@ -109,23 +108,8 @@ class FrameSpec:
         if resample not in _RESAMPLE:
             raise PhideError(f"{source}: unsupported resample {resample!r} (phide supports bilinear, bicubic)")
 
-        def triple(v, default):
-            v = default if v is None else v
-            return tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else [v] * 3))
-
-        return cls(
-            size=as_size(d.get("size"), True),
-            crop_size=as_size(d.get("crop_size"), False),
-            resample=_RESAMPLE[resample],
-            do_resize=bool(d.get("do_resize", True)),
-            do_center_crop=bool(d.get("do_center_crop", True)),
-            do_rescale=bool(d.get("do_rescale", True)),
-            rescale_factor=float(d.get("rescale_factor", 1 / 255)),
-            do_normalize=bool(d.get("do_normalize", True)),
-            image_mean=triple(d.get("image_mean"), OPENAI_CLIP_MEAN),
-            image_std=triple(d.get("image_std"), OPENAI_CLIP_STD),
-            source=source,
-        )
+        return cls(size=as_size(d.get("size"), True), crop_size=as_size(d.get("crop_size"), False),
+                   resample=_RESAMPLE[resample], source=source, **common_fields(d))
 
 
 def read_frame_spec(model_dir: str | os.PathLike, image_size: int) -> FrameSpec:
