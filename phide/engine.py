@@ -26,7 +26,7 @@ from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
 from phide.spec.eagle_runner import EagleRunner
 from phide.spec.runners import DraftRunner, TargetRunner
 from phide.spec.tree import Tree, chain
-from phide.spec.verify import target_probs
+from phide.spec.verify import target_choices, target_probs
 
 MODES = ("hide", "sequential", "target-only")
 
@@ -370,7 +370,7 @@ class Engine:
         tokens = torch.tensor([tree.tokens], dtype=torch.int64)
         parents = torch.tensor([tree.parents], dtype=torch.int64)
         if temperature == 0:
-            choice = torch.argmax(logits, dim=-1).cpu().view(1, -1)
+            choice = target_choices(logits).cpu().view(1, -1)
             nodes, out, n = ops.tree_accept_greedy(tokens, parents, choice)
         else:
             probs = target_probs(logits, temperature).cpu().unsqueeze(0)

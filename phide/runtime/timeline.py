@@ -53,7 +53,3 @@ class Timeline:
         for s in self.spans:
             out[s.name] = out.get(s.name, 0.0) + (s.end - s.start)
         return {k: round(v, 6) for k, v in out.items()}
-
-    def end_of(self, name: str) -> float | None:
-        ends = [s.end for s in self.spans if s.name == name]
-        return max(ends) if ends else None

@@ -196,6 +196,18 @@ def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n:
     return losses
 
 
+def _trainable(*modules) -> list:
+    """Put the modules in training mode with gradients on (loaders return them frozen for
+    inference); returns their parameters."""
+    params = []
+    for m in modules:
+        m.train()
+        params += list(m.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
 def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch: int = 8, seed: int = 0,
                  log_every: int = 10, save: bool = True) -> list[float]:
     """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
@@ -206,12 +218,7 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch
     model_dir = Path(pair_dir) / "target"
     target = load_video_llava(model_dir)
     data = [target_example(target, s) for s in samples]
-    modules = (target.lm, target.tower, target.projector)
-    for m in modules:
-        m.train()
-    params = [p for m in modules for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = _trainable(target.lm, target.tower, target.projector)
 
     def step_loss(idx):
         seqs = []
@@ -245,12 +252,7 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch:
     model_dir = Path(pair_dir) / "draft"
     draft = load_eventgpt(model_dir)
     data = [draft_example(draft, s) for s in samples]
-    modules = (draft.lm, draft.tower, draft.projector, draft.adaptor)
-    for m in modules:
-        m.train()
-    params = [p for m in modules for p in m.parameters()]
-    for p in params:
-        p.requires_grad_(True)
+    params = _trainable(draft.lm, draft.tower, draft.projector, draft.adaptor)
     placeholder = draft.placeholder_id()
 
     def step_loss(idx):
