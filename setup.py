@@ -208,6 +208,8 @@ ext_modules = get_extensions()
 setup(
     packages=PACKAGES,
     package_dir={"phide.triton_kernels": "triton_kernels"},
+    # The bundled trained toy pair (checkpoints, tokenizer, head, adapter): `phide demo` runs on it.
+    package_data={"phide.toy": ["bundled/*/*"]},
     ext_modules=ext_modules,
     cmdclass=_cmdclass(ext_modules),
 )

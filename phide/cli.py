@@ -46,6 +46,8 @@ def _add_request_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--draft", help="draft checkpoint directory (HF format); required unless --mode target-only")
     gen.add_argument("--head", help="EAGLE continuation head directory (from `phide distill`); default: the "
                      "target directory's own eagle_head.* if present")
+    gen.add_argument("--adapter", help="distilled draft adapter directory (from `phide distill`); default: the "
+                     "draft directory's own draft_adapter.* if present")
     gen.add_argument("--prompt", required=True, help="prompt text")
     gen.add_argument("--video", help="video file or frame folder (needs a Video-LLaVA target)")
     gen.add_argument("--events", help="event file: DSEC events.h5, .npz, or .npy (needs an EventGPT draft)")
@@ -86,19 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", required=True, help="output directory for trace.json and timeline.png")
     trace.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
-    distill = sub.add_parser("distill", help="train the EAGLE continuation head on a target's own answers")
-    distill.add_argument("--target", required=True, help="target checkpoint directory (text LLaMA)")
-    distill.add_argument("--prompts", required=True, help="text file, one training prompt per line")
-    distill.add_argument("--out", required=True, help="directory to write eagle_head.safetensors/.json into")
+    distill = sub.add_parser("distill", help="train the EAGLE continuation head (and, with --draft, the draft "
+                             "adapter) on the target's own answers")
+    distill.add_argument("--target", required=True, help="target checkpoint directory")
+    distill.add_argument("--draft", help="draft checkpoint directory: also train its adapter (needs --data)")
+    src = distill.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="directory of paired samples (samples.jsonl with question, video, events)")
+    src.add_argument("--prompts", help="text file, one training prompt per line (text-only targets)")
+    distill.add_argument("--out", required=True, help="directory to write eagle_head.* and draft_adapter.* into")
     distill.add_argument("--max-new-tokens", type=_positive_int, default=48)
-    distill.add_argument("--steps", type=_positive_int, default=400)
+    distill.add_argument("--steps", type=_positive_int, default=400, help="EAGLE head training steps")
+    distill.add_argument("--adapter-steps", type=_positive_int, default=300, help="draft adapter training steps")
+    distill.add_argument("--adapter-rank", type=_positive_int, default=64)
     distill.add_argument("--lr", type=_nonneg_float, default=3e-3)
     distill.add_argument("--seed", type=int, default=0)
+    distill.add_argument("--clip-dir", help="CLIP directory for an EventGPT draft (see generate)")
     distill.add_argument("--json", action="store_true")
 
-    demo = sub.add_parser("demo", help="run the embedded default pair in every mode and compare")
+    bench = sub.add_parser("bench", help="the demo over many toy scenes: medians, spread, speedups, CSV")
+    bench.add_argument("--scenes", type=_positive_int, default=24, help="held-out toy scenes (one question each)")
+    bench.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    bench.add_argument("--csv", help="CSV to append results to (default: profiling/results/bench_e2e.csv in a "
+                       "source checkout, else $PHIDE_HOME/bench_e2e.csv)")
+    bench.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="the bundled toy pair on held-out scenes, in every mode, compared")
+    demo.add_argument("--scenes", type=_positive_int, default=4, help="held-out toy scenes to run")
+    demo.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    demo.add_argument("--out", default="phide-demo", help="directory for timeline.png and trace.json")
     demo.add_argument("--json", action="store_true")
-    demo.add_argument("--max-new-tokens", type=_positive_int, default=32)
     return parser
 
 
@@ -119,12 +137,9 @@ def _resolve_device(device: str, dtype: str):
 
 
 def _run_request(args):
-    """Load the pair (and head) per args, run one request; returns (result, target adapter)."""
-    from phide.engine import Engine, Request, SpecConfig
-    from phide.models.eagle import has_eagle_head, load_eagle_head
-    from phide.models.loading import read_config
-    from phide.models.registry import load_adapter
-    from phide.models.vocab import bridge_vocabularies
+    """Load the pair (and head, adapter) per args, run one request; returns (result, target adapter)."""
+    from phide.engine import Request, SpecConfig
+    from phide.pipeline import load_pair
 
     if not args.prompt.strip():
         raise PhideError("the prompt is empty")
@@ -132,29 +147,19 @@ def _run_request(args):
         raise PhideError(f"--draft is required for --mode {args.mode}")
     device, dtype = _resolve_device(args.device, args.dtype)
     use_draft = bool(args.draft) and args.mode != "target-only"
-    read_config(args.target)  # fail fast on a bad directory, before any loading
-    if use_draft:
-        read_config(args.draft)
-    head_dir = args.head or (args.target if has_eagle_head(args.target) else None)
     events = args.events
     if events is not None and args.allow_pickle:
         from phide.io.events import load_events
 
         events = load_events(events, allow_pickle=True)
-    target = load_adapter(args.target, role="target", device=device, dtype=dtype)
-    draft = shared = bridge = head = None
-    if use_draft:
-        draft = load_adapter(args.draft, role="draft", device=device, dtype=dtype, clip_dir=args.clip_dir)
-        shared, bridge = bridge_vocabularies(target.tokenizer, draft.tokenizer, target.lm.cfg.vocab_size)
-    if head_dir is not None and args.mode != "target-only":
-        head = load_eagle_head(head_dir, target_cfg=target.lm.cfg, device=device, dtype=dtype)
     spec = SpecConfig(topk=args.topk, depth=args.depth, budget=args.budget, window_budget=args.window_budget)
-    engine = Engine(target, draft, eos_token_ids=_eos_ids(target.tokenizer, target.lm), shared_vocab=shared,
-                    spec=spec, vocab_bridge=bridge, head=head)
-    result = engine.generate(Request(prompt=args.prompt, video=args.video, events=events,
-                                     max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                     seed=args.seed, mode=args.mode))
-    return result, target
+    pair = load_pair(args.target, args.draft if use_draft else None, head_dir=args.head, adapter_dir=args.adapter,
+                     use_head=args.mode != "target-only", device=device, dtype=dtype, spec=spec,
+                     clip_dir=args.clip_dir)
+    result = pair.engine.generate(Request(prompt=args.prompt, video=args.video, events=events,
+                                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                          seed=args.seed, mode=args.mode))
+    return result, pair.target
 
 
 def cmd_generate(args) -> int:
@@ -197,49 +202,6 @@ def cmd_trace(args) -> int:
     return 0
 
 
-def cmd_distill(args) -> int:
-    from pathlib import Path
-
-    from phide.distill import Sequence, head_top1_accuracy, train_eagle_head
-    from phide.engine import Engine, Request
-    from phide.models.loading import load_llama, load_tokenizer, progress, read_config
-
-    read_config(args.target)
-    try:
-        prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PhideError(f"cannot read prompts file {args.prompts}: {exc}") from None
-    if len(prompts) < 2:
-        raise PhideError("--prompts needs at least 2 non-empty lines (one is held out for evaluation)")
-    tok = load_tokenizer(args.target)
-    target = load_llama(args.target, label="target")
-    engine = Engine(target, eos_token_ids=_eos_ids(tok, target))
-    seqs = []
-    for i, p in enumerate(prompts):
-        ids = list(tok(p)["input_ids"])
-        out = engine.generate(Request(prompt_ids=ids, max_new_tokens=args.max_new_tokens, mode="target-only"))
-        seqs.append(Sequence(ids + out.token_ids))
-        if (i + 1) % 20 == 0 or i + 1 == len(prompts):
-            progress(f"distill: target answered {i + 1}/{len(prompts)} prompts")
-    held = max(1, len(seqs) // 10)
-    head = train_eagle_head(target, seqs[:-held], steps=args.steps, lr=args.lr, seed=args.seed)
-    head.save(args.out)
-    report = {"out": str(args.out), "train_sequences": len(seqs) - held, "held_out": held,
-              "train_top1": head_top1_accuracy(target, head, seqs[:-held]),
-              "held_out_top1": head_top1_accuracy(target, head, seqs[-held:])}
-    print(json.dumps(report) if args.json else
-          f"wrote the EAGLE head to {args.out}: top-1 agreement with the target "
-          f"{report['train_top1']:.2f} (train), {report['held_out_top1']:.2f} (held out)")
-    return 0
-
-
-def _eos_ids(tokenizer, model) -> list[int]:
-    ids = set(model.cfg.eos_token_id)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return sorted(ids)
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only
     try:
@@ -249,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "trace":
             return cmd_trace(args)
         if args.command == "distill":
-            return cmd_distill(args)
+            from phide.distill_cmd import run_distill
+
+            return run_distill(args)
+        if args.command == "bench":
+            from phide.bench import run_bench
+
+            return run_bench(args)
         if args.command == "demo":
             from phide.demo import run_demo
 

@@ -19,6 +19,7 @@ import torch
 from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
+from phide.runtime.cpu_lanes import CpuLane, cpu_split, reserved_threads
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
 from phide.models.eagle import EagleHead
@@ -26,7 +27,7 @@ from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
 from phide.spec.eagle_runner import EagleRunner
 from phide.spec.runners import DraftRunner, TargetRunner
 from phide.spec.tree import Tree, chain
-from phide.spec.verify import target_choices, target_probs
+from phide.spec.verify import position_gumbel, sampled_choices, target_choices
 
 MODES = ("hide", "sequential", "target-only")
 
@@ -45,6 +46,12 @@ class SpecConfig:
     # After the first tree: "head" drafts with the EAGLE continuation head when the engine has
     # one (a draft step costs ~one target layer), "draft" keeps using the draft model.
     continuation: str = "head"
+    # hide mode: the draft's window ends with the target's "prefill", or already with its input
+    # "prepare"-ation (the draft then stops at its next step and the prefill gets every core).
+    window: str = "prefill"
+    # CPU lane split during the window: intra-op threads the draft lane reserves; the target lane
+    # keeps the rest (phide.runtime.cpu_lanes). 0 = no split (both use PyTorch's default).
+    draft_threads: int = 0
 
     def __post_init__(self):
         for name in ("topk", "depth", "budget", "window_depth", "window_budget"):
@@ -52,6 +59,10 @@ class SpecConfig:
                 raise PhideError(f"{name} must be >= 1")
         if self.continuation not in ("head", "draft"):
             raise PhideError(f"continuation must be 'head' or 'draft', not {self.continuation!r}")
+        if self.window not in ("prefill", "prepare"):
+            raise PhideError(f"window must be 'prefill' or 'prepare', not {self.window!r}")
+        if self.draft_threads < 0:
+            raise PhideError("draft_threads must be >= 0")
 
 
 @dataclass
@@ -107,7 +118,8 @@ class Engine:
 
     def __init__(self, target, draft=None, *, eos_token_ids: list[int] | None = None,
                  shared_vocab: int | None = None, spec: SpecConfig | None = None,
-                 vocab_bridge: TextBridge | None = None, head: EagleHead | None = None):
+                 vocab_bridge: TextBridge | None = None, head: EagleHead | None = None,
+                 draft_adapter=None):
         self.target_side = _as_adapter(target, False)
         self.draft_side = _as_adapter(draft, True)
         self.target = self.target_side.lm
@@ -120,6 +132,7 @@ class Engine:
             self.shared_vocab = self.target.cfg.vocab_size
         self.spec = spec or SpecConfig()
         self.head = head  # EAGLE continuation head trained on this target (optional)
+        self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
@@ -146,7 +159,7 @@ class Engine:
         if head is not None:
             drafting = False  # the draft's job ends with the first tree; the head continues
         spec = self.spec
-        gen = torch.Generator().manual_seed(int(req.seed))
+        noise = _PositionNoise(int(req.seed), self.target.cfg.vocab_size)
         out: list[int] = []
         root = prepared.ids[-1]
         verifies = accepted_drafts = 0
@@ -174,7 +187,7 @@ class Engine:
                         drafting, tree = self._fault(stats, exc), chain(root, [])
             with tl.phase("verify", "target"):
                 logits = target.verify(tree)
-                nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, gen)
+                nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, noise, len(out))
             with tl.phase("commit", "target"):
                 target.commit(nodes, n_acc)
             verifies += 1
@@ -230,6 +243,9 @@ class Engine:
         """Target lane: input preparation, then the prefill of the prompt minus its last token."""
         with tl.phase("target_prepare", "target"):
             prepared = self.target_side.prepare(req)
+        return self._prefill_target(req, prepared, tl, stats), prepared
+
+    def _prefill_target(self, req, prepared: Prepared, tl, stats) -> TargetRunner:
         runner = TargetRunner(self.target, len(prepared.ids) + req.max_new_tokens
                               + max(self.spec.budget, self.spec.window_budget) + 1)
         with tl.phase("target_prefill", "target"):
@@ -239,7 +255,7 @@ class Engine:
                 runner.prefill_hidden = runner.prefill(
                     torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=self.target.device))
         stats.update({f"target_{k}": v for k, v in prepared.info.items()})
-        return runner, prepared
+        return runner
 
     def _prepare_draft(self, req, tl, stats) -> DraftRunner:
         """Draft lane: input preparation and prefill; the draft's last prompt token is its root."""
@@ -251,7 +267,7 @@ class Engine:
         # Across tokenizers the draft may need several ids per target token: room for that.
         room = (4 if cross else 1) * req.max_new_tokens + scratch + max(spec.budget, spec.window_budget) + 2
         runner = DraftRunner(self.draft, len(prepared.ids) + room,
-                             self.draft.cfg.vocab_size if cross else self.shared_vocab)
+                             self.draft.cfg.vocab_size if cross else self.shared_vocab, adapter=self.draft_adapter)
         with tl.phase("draft_prefill", "draft"):
             device = self.draft.device
             if prepared.embeds is not None:
@@ -306,7 +322,7 @@ class Engine:
                 return target, prepared, None, None
 
         # hide: the draft lane prepares, prefills and grows the first tree while the target
-        # lane prepares its input and prefills.
+        # lane prepares its input (and, with window="prefill", prefills).
         stop = threading.Event()
         lane: dict = {}
         progress: list = []
@@ -323,14 +339,30 @@ class Engine:
             except BaseException as exc:  # reported on the main thread
                 lane["error"] = exc
 
-        worker = threading.Thread(target=draft_lane, name="phide-draft-lane", daemon=True)
-        worker.start()
-        try:
-            target, prepared = self._prepare_target(req, tl, stats)
-        finally:
+        on_cpu = self.target.device.type == "cpu"
+        target_threads, draft_threads = cpu_split(torch.get_num_threads(), spec.draft_threads if on_cpu else 0)
+        window_end = None
+
+        def end_window():
+            nonlocal window_end
             window_end = time.perf_counter()
             stop.set()
-            worker.join()
+
+        done = CpuLane("draft", draft_threads).submit(draft_lane)
+        try:
+            with reserved_threads(target_threads):
+                with tl.phase("target_prepare", "target"):
+                    prepared = self.target_side.prepare(req)
+            if spec.window == "prepare":
+                end_window()  # the prefill gets every core; the draft stops at its next step
+                target = self._prefill_target(req, prepared, tl, stats)
+            else:
+                with reserved_threads(target_threads):
+                    target = self._prefill_target(req, prepared, tl, stats)
+        finally:
+            if window_end is None:
+                end_window()
+            done.wait()  # draft_lane keeps its own errors in lane["error"]
         if isinstance(lane.get("error"), PhideError):
             raise lane["error"]
         if "error" in lane:
@@ -342,7 +374,7 @@ class Engine:
         except DraftFault as exc:
             self._fault(stats, exc)
             return target, prepared, None, None
-        # Draft tokens that existed when the target finished its prefill (kept in the tree).
+        # Draft tokens that existed when the window closed (kept in the tree).
         made = max((n for t, n in progress if t <= window_end), default=0)
         stats["draft_tokens_in_window"] = min(made, len(tree) - 1)
         return target, prepared, tree, lane["runner"]
@@ -365,17 +397,32 @@ class Engine:
         return False
 
     @staticmethod
-    def _accept(tree: Tree, logits: torch.Tensor, temperature: float, gen: torch.Generator):
-        """Run the acceptance walk; returns (accept_nodes [N], out_tokens list, n_accepted)."""
+    def _accept(tree: Tree, logits: torch.Tensor, temperature: float, noise: "_PositionNoise", produced: int):
+        """Run the acceptance walk; returns (accept_nodes [N], out_tokens list, n_accepted).
+        Greedy: each node's choice is the target's argmax. Sampling: its Gumbel-max sample for
+        the output position it predicts (`produced` tokens are out already), so the emitted tokens
+        are exactly target-only sampling's with the same seed, whatever the draft proposed."""
         tokens = torch.tensor([tree.tokens], dtype=torch.int64)
         parents = torch.tensor([tree.parents], dtype=torch.int64)
         if temperature == 0:
             choice = target_choices(logits).cpu().view(1, -1)
-            nodes, out, n = ops.tree_accept_greedy(tokens, parents, choice)
         else:
-            probs = target_probs(logits, temperature).cpu().unsqueeze(0)
-            coins = torch.rand(1, len(tree), generator=gen)
-            final = torch.rand(1, generator=gen)
-            nodes, out, n = ops.tree_accept_stochastic(tokens, parents, probs, coins, final)
+            rows = noise.rows([produced + d for d in tree.depths()])
+            choice = sampled_choices(logits, temperature, rows).cpu().view(1, -1)
+        nodes, out, n = ops.tree_accept_greedy(tokens, parents, choice)
         n_acc = int(n[0])
         return nodes[0], out[0, : n_acc + 1].tolist(), n_acc
+
+
+class _PositionNoise:
+    """Per-request cache of position-keyed Gumbel noise rows (`position_gumbel`)."""
+
+    def __init__(self, seed: int, vocab: int):
+        self.seed, self.vocab = seed, vocab
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def rows(self, positions: list[int]) -> torch.Tensor:
+        for p in positions:
+            if p not in self._rows:
+                self._rows[p] = position_gumbel(self.seed, p, self.vocab)
+        return torch.stack([self._rows[p] for p in positions])

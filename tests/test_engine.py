@@ -189,3 +189,21 @@ def test_sampling_follows_target_distribution(tmp_path, mode):
         f_obs, f_exp = f_obs[:-1], f_exp[:-1]
     p = chisquare(f_obs, f_exp).pvalue
     assert p > 1e-3, (p, counts, law * n)
+
+
+def test_sampling_is_the_target_only_sample_in_every_mode(tiny_pair):
+    """Position-keyed Gumbel sampling: with the same seed, every mode emits exactly the tokens
+    target-only sampling draws, whatever the draft proposed (so hide's timing-dependent window
+    tree cannot change a seeded sample)."""
+    target, draft = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    engine = Engine(target, draft, eos_token_ids=[])
+    ids = [1, 17, 42, 99, 5]
+    for seed in range(6):
+        outs = {m: engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=seed, mode=m))
+                for m in ("target-only", "sequential", "hide")}
+        assert outs["sequential"].token_ids == outs["target-only"].token_ids
+        assert outs["hide"].token_ids == outs["target-only"].token_ids
+        assert outs["hide"].stats["accepted_drafts_per_verify"] > 0  # drafts were really verified
+    a = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=0, mode="target-only"))
+    b = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=1, mode="target-only"))
+    assert a.token_ids != b.token_ids  # the seed matters

@@ -41,7 +41,7 @@ def test_pair_sizes():
     assert set(SIZES) >= {"test", "demo"}
     demo = SIZES["demo"]
     assert demo["target"]["text_layers"] == demo["draft"]["layers"]
-    assert (demo["target"]["image_size"] // demo["target"]["patch_size"]) ** 2 + 1 == 37
+    assert (demo["target"]["image_size"] // demo["target"]["patch_size"]) ** 2 + 1 == 50  # 400 visual tokens
 
 
 def test_losses_decrease(trained):

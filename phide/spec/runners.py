@@ -78,10 +78,13 @@ class DraftRunner:
 
     vocab_limit: draft proposals are restricted to ids < vocab_limit (the vocabulary shared with
     the target), so every drafted id is one the target can take.
+    adapter: optional distilled output adapter (`phide.models.draft_adapter`): its `logits(hidden)`
+    replaces the draft's own LM head.
     """
 
-    def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int):
+    def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int, adapter=None):
         self.model = model
+        self.head = adapter if adapter is not None else model
         self.cache = model.new_cache(1, max_len)
         self.length = 0
         self.pending: list[int] = []
@@ -102,7 +105,7 @@ class DraftRunner:
         self.pending = [] if last_token is None else [int(last_token)]
 
     def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.logits(hidden)[..., : self.vocab_limit]
+        logits = self.head.logits(hidden)[..., : self.vocab_limit]
         return torch.log_softmax(logits, dim=-1)
 
     @torch.inference_mode()

@@ -174,9 +174,11 @@ def _lm_updates(lm: LlamaModel, keys: set[str], prefixes, head_keys) -> dict[str
 
 # ---------------------------------------------------------------------------------------- loops
 def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n: int, seed: int,
-          log_every: int) -> list[float]:
+          log_every: int, checkpoint=None, checkpoint_every: int = 0) -> list[float]:
+    """AdamW, linear warm-up then cosine to 10% of lr; `checkpoint()` runs every `checkpoint_every`
+    steps (long CPU runs can then be inspected, or stopped, midway)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warm = max(1, min(20, steps // 10))
+    warm = max(1, min(50, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))))
     g = torch.Generator().manual_seed(seed)
@@ -193,6 +195,9 @@ def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n:
         if log_every and (step % log_every == 0 or step == steps - 1):
             dt = time.perf_counter() - t0
             _log(f"train {name} step {step + 1}/{steps} loss {losses[-1]:.4f} ({dt:.1f}s, {dt / (step + 1):.3f}s/step)")
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint()
+            _log(f"train {name}: checkpoint written at step {step + 1}")
     return losses
 
 
@@ -208,8 +213,8 @@ def _trainable(*modules) -> list:
     return params
 
 
-def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch: int = 8, seed: int = 0,
-                 log_every: int = 10, save: bool = True) -> list[float]:
+def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
+                 log_every: int = 10, save: bool = True, checkpoint_every: int = 0) -> list[float]:
     """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
     question) -> answer; writes the weights back in place. Returns the per-step losses."""
     from phide.models.video_llava import LM_PREFIXES, PROJECTOR_PREFIXES, TOWER_PREFIXES, load_video_llava
@@ -228,19 +233,22 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch
             seqs.append((emb, ids, len(ex["answer"])))
         return batch_loss(target.lm, seqs)
 
-    losses = _loop("target", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
-                   log_every=log_every)
-    if save:
+    def write():
         keys = _keys(model_dir)
         updates = _lm_updates(target.lm, keys, LM_PREFIXES, ("lm_head.weight", "language_model.lm_head.weight"))
         updates.update(_named(target.tower, keys, TOWER_PREFIXES, "embeddings.patch_embedding.weight"))
         updates.update(_named(target.projector, keys, PROJECTOR_PREFIXES, "linear_1.weight"))
         _write_back(model_dir, updates)
+
+    losses = _loop("target", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
+                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every)
+    if save:
+        write()
     return losses
 
 
-def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch: int = 8, seed: int = 0,
-                log_every: int = 10, save: bool = True) -> list[float]:
+def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
+                log_every: int = 10, save: bool = True, checkpoint_every: int = 0) -> list[float]:
     """Train pair_dir/draft (CLIP tower, projector, adaptor, LM) on samples' (event frames, question)
     -> answer; writes the decoder + adapters back to draft/ and the tower back to where it was
     loaded from (the checkpoint when it holds one, else the CLIP directory). Returns the losses."""
@@ -263,9 +271,7 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch:
             seqs.append((emb, ids, len(ex["answer"])))
         return batch_loss(draft.lm, seqs)
 
-    losses = _loop("draft", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
-                   log_every=log_every)
-    if save:
+    def write():
         keys = _keys(model_dir)
         updates = _lm_updates(draft.lm, keys, ("model.",), ("lm_head.weight",))
         updates.update(_named(draft.projector, keys, PROJECTOR_PREFIXES, "0.weight"))
@@ -277,6 +283,11 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 3e-3, batch:
             clip_dir = resolve_clip_dir(model_dir, read_config(model_dir))
             _write_back(clip_dir, _named(draft.tower, _keys(clip_dir), CLIP_TOWER_PREFIXES, probe))
         _write_back(model_dir, updates)
+
+    losses = _loop("draft", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
+                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every)
+    if save:
+        write()
     return losses
 
 
@@ -292,8 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir")
     ap.add_argument("--size", choices=sorted(SIZES), default="demo")
     ap.add_argument("--steps", type=int, default=100, help="optimizer steps for each model")
+    ap.add_argument("--target-steps", type=int, help="override --steps for the target")
+    ap.add_argument("--draft-steps", type=int, help="override --steps for the draft")
+    ap.add_argument("--only", choices=["target", "draft"], help="train just one of the two")
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="write the weights every N steps too")
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--scenes", type=int, default=256, help="training scenes (all their questions)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
@@ -305,12 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{out} already holds a pair: training it further")
     samples = make_dataset(args.scenes, seed=args.seed, questions_per_scene=None)
     _log(f"{len(samples)} training samples from {args.scenes} scenes")
-    kw = dict(steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed, log_every=args.log_every)
-    lt = train_target(out, samples, **kw)
-    ld = train_draft(out, samples, **kw)
-    tail = max(1, min(10, args.steps))
-    print(f"target final train loss {sum(lt[-tail:]) / tail:.4f} (mean of last {tail} steps)")
-    print(f"draft final train loss {sum(ld[-tail:]) / tail:.4f} (mean of last {tail} steps)")
+    kw = dict(lr=args.lr, batch=args.batch, seed=args.seed, log_every=args.log_every,
+              checkpoint_every=args.checkpoint_every)
+    for name, fn, steps in (("target", train_target, args.target_steps), ("draft", train_draft, args.draft_steps)):
+        if args.only not in (None, name):
+            continue
+        steps = steps or args.steps
+        losses = fn(out, samples, steps=steps, **kw)
+        tail = max(1, min(10, steps))
+        print(f"{name} final train loss {sum(losses[-tail:]) / tail:.4f} (mean of last {tail} steps)", flush=True)
     return 0
 
 
