@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from phide.models.llama import LlamaModel
+from phide.toy.supervision import (COLOUR_CLASSES, MOTION_CLASSES, SHAPE_CLASSES, event_patch_labels,
+                                   target_patch_labels)
 
 EOS_ID = 2  # </s>
 
@@ -48,13 +50,14 @@ def causal_hidden(lm: LlamaModel, embeds: torch.Tensor) -> torch.Tensor:
     return lm(inputs_embeds=embeds, positions=pos, cache=cache, slots=pos, attn_mask=mask, kv_len=T)
 
 
-def target_features(target, pixels: torch.Tensor) -> torch.Tensor:
-    """VideoLlavaTarget.encode_video with autograd: [F,3,S,S] -> [F * tokens_per_frame, hidden]."""
+def target_features(target, pixels: torch.Tensor, per_frame: bool = False) -> torch.Tensor:
+    """VideoLlavaTarget.encode_video with autograd: [F,3,S,S] -> [F * tokens_per_frame, hidden]
+    (per_frame: [F, tokens_per_frame, hidden])."""
     hs = target.tower(pixel_values=pixels, output_hidden_states=True).hidden_states
     layers = target.feature_layers
     feats = hs[layers[0]] if len(layers) == 1 else torch.cat([hs[i] for i in layers], dim=-1)
     proj = target.projector(feats)
-    return proj.reshape(-1, proj.shape[-1])
+    return proj if per_frame else proj.reshape(-1, proj.shape[-1])
 
 
 def draft_features(draft, pixels: torch.Tensor) -> torch.Tensor:
@@ -77,8 +80,11 @@ def target_example(target, sample) -> dict:
     prompt = target.prompt_text(sample.question)
     ids = target.prompt_ids(sample.question)
     full = list(target.tokenizer(prompt + " " + sample.answer)["input_ids"])
+    pixels = target.pixel_values(sample.frames)
+    grid = pixels.shape[-1] // target.tower.config.patch_size
+    labels = {k: torch.from_numpy(v) for k, v in target_patch_labels(sample.scene, pixels.shape[0], grid).items()}
     return {"ids": ids, "at": ids.index(target.video_token_id), "answer": _answer_ids(ids, full),
-            "pixels": target.pixel_values(sample.frames)}
+            "pixels": pixels, "labels": labels}
 
 
 def draft_example(draft, sample) -> dict:
@@ -87,8 +93,10 @@ def draft_example(draft, sample) -> dict:
     prompt = draft.prompt_text(sample.question)
     ids = draft.tokenize_prompt(prompt)
     full = draft.tokenize_prompt(prompt + " " + sample.answer)
+    labels = {k: torch.from_numpy(v) for k, v in
+              event_patch_labels(sample.scene, draft.image_size // draft.patch_size).items()}
     return {"ids": ids, "at": ids.index(EVENT_TOKEN_INDEX), "answer": _answer_ids(ids, full),
-            "pixels": draft.pixel_values(as_event_frames(sample.events, draft.n_frames))}
+            "pixels": draft.pixel_values(as_event_frames(sample.events, draft.n_frames)), "labels": labels}
 
 
 def _sequence(lm: LlamaModel, ex: dict, feats: torch.Tensor, placeholder: int) -> tuple[torch.Tensor, list[int]]:
@@ -102,8 +110,9 @@ def _sequence(lm: LlamaModel, ex: dict, feats: torch.Tensor, placeholder: int) -
     return emb, seq
 
 
-def batch_loss(lm: LlamaModel, seqs: list[tuple[torch.Tensor, list[int], int]]) -> torch.Tensor:
-    """Mean next-token CE over answer tokens. seqs: (embeds [T,H], ids [T], answer length)."""
+def batch_loss(lm: LlamaModel, seqs: list[tuple[torch.Tensor, list[int], int]], return_hidden: bool = False):
+    """Mean next-token CE over answer tokens. seqs: (embeds [T,H], ids [T], answer length).
+    return_hidden: also the final hidden states [B, T, H]."""
     T = max(e.shape[0] for e, _, _ in seqs)
     H = seqs[0][0].shape[1]
     embeds = torch.stack([F.pad(e, (0, 0, 0, T - e.shape[0])) for e, _, _ in seqs])
@@ -113,7 +122,17 @@ def batch_loss(lm: LlamaModel, seqs: list[tuple[torch.Tensor, list[int], int]]) 
         labels[b, L - n_ans:L] = torch.tensor(ids[L - n_ans:])
     hidden = causal_hidden(lm, embeds)
     logits = lm.lm_head(hidden[:, :-1].reshape(-1, H)).float()
-    return F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    loss = F.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    return (loss, hidden) if return_hidden else loss
+
+
+def _aux_heads(hidden: int, names: dict[str, int]) -> torch.nn.ModuleDict:
+    """Linear probes for the auxiliary losses (training only; never saved)."""
+    return torch.nn.ModuleDict({k: torch.nn.Linear(hidden, n) for k, n in names.items()})
+
+
+def _aux_ce(head: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(x).reshape(-1, head.out_features).float(), labels.reshape(-1))
 
 
 # ---------------------------------------------------------------------------------------- saving
@@ -187,6 +206,9 @@ def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n:
         idx = torch.randperm(n, generator=g)[:min(batch, n)].tolist()
         opt.zero_grad()
         loss = step_loss(idx)
+        answer_loss = None
+        if isinstance(loss, tuple):  # (total with auxiliary terms, answer-token CE)
+            loss, answer_loss = loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -194,7 +216,9 @@ def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n:
         losses.append(float(loss.detach()))
         if log_every and (step % log_every == 0 or step == steps - 1):
             dt = time.perf_counter() - t0
-            _log(f"train {name} step {step + 1}/{steps} loss {losses[-1]:.4f} ({dt:.1f}s, {dt / (step + 1):.3f}s/step)")
+            extra = f" (answer {float(answer_loss):.4f})" if answer_loss is not None else ""
+            _log(f"train {name} step {step + 1}/{steps} loss {losses[-1]:.4f}{extra} "
+                 f"({dt:.1f}s, {dt / (step + 1):.3f}s/step)")
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             checkpoint()
             _log(f"train {name}: checkpoint written at step {step + 1}")
@@ -214,7 +238,7 @@ def _trainable(*modules) -> list:
 
 
 def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
-                 log_every: int = 10, save: bool = True, checkpoint_every: int = 0) -> list[float]:
+                 log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0) -> list[float]:
     """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
     question) -> answer; writes the weights back in place. Returns the per-step losses."""
     from phide.models.video_llava import LM_PREFIXES, PROJECTOR_PREFIXES, TOWER_PREFIXES, load_video_llava
@@ -223,15 +247,29 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
     model_dir = Path(pair_dir) / "target"
     target = load_video_llava(model_dir)
     data = [target_example(target, s) for s in samples]
-    params = _trainable(target.lm, target.tower, target.projector)
+    H = target.lm.cfg.hidden_size
+    heads = _aux_heads(H, {"colour": COLOUR_CLASSES, "shape": SHAPE_CLASSES, "motion": MOTION_CLASSES})
+    params = _trainable(target.lm, target.tower, target.projector, heads)
 
     def step_loss(idx):
-        seqs = []
+        seqs, aux = [], 0.0
         for i in idx:
             ex = data[i]
-            emb, ids = _sequence(target.lm, ex, target_features(target, ex["pixels"]), target.video_token_id)
+            proj = target_features(target, ex["pixels"], per_frame=True)  # [F, 1 + P, H]
+            emb, ids = _sequence(target.lm, ex, proj.reshape(-1, H), target.video_token_id)
             seqs.append((emb, ids, len(ex["answer"])))
-        return batch_loss(target.lm, seqs)
+            if aux_weight:  # what each patch token shows (CLS token 0 left out)
+                aux = aux + _aux_ce(heads["colour"], proj[:, 1:], ex["labels"]["colour"]) \
+                    + _aux_ce(heads["shape"], proj[:, 1:], ex["labels"]["shape"])
+        loss, hidden = batch_loss(target.lm, seqs, return_hidden=True)
+        if aux_weight:
+            for b, i in enumerate(idx):  # motion at the LM's visual positions of frames 1.. (they see the past)
+                ex = data[i]
+                F_, P = ex["labels"]["motion"].shape
+                vis = hidden[b, ex["at"]:ex["at"] + F_ * (P + 1)].reshape(F_, P + 1, H)[1:, 1:]
+                aux = aux + _aux_ce(heads["motion"], vis, ex["labels"]["motion"][1:])
+            return loss + aux_weight * aux / len(idx), loss.detach()
+        return loss
 
     def write():
         keys = _keys(model_dir)
@@ -248,7 +286,7 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
 
 
 def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
-                log_every: int = 10, save: bool = True, checkpoint_every: int = 0) -> list[float]:
+                log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0) -> list[float]:
     """Train pair_dir/draft (CLIP tower, projector, adaptor, LM) on samples' (event frames, question)
     -> answer; writes the decoder + adapters back to draft/ and the tower back to where it was
     loaded from (the checkpoint when it holds one, else the CLIP directory). Returns the losses."""
@@ -260,16 +298,23 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch:
     model_dir = Path(pair_dir) / "draft"
     draft = load_eventgpt(model_dir)
     data = [draft_example(draft, s) for s in samples]
-    params = _trainable(draft.lm, draft.tower, draft.projector, draft.adaptor)
+    heads = _aux_heads(draft.lm.cfg.hidden_size, {"shape": SHAPE_CLASSES, "motion": MOTION_CLASSES})
+    params = _trainable(draft.lm, draft.tower, draft.projector, draft.adaptor, heads)
     placeholder = draft.placeholder_id()
 
     def step_loss(idx):
-        seqs = []
+        seqs, aux = [], 0.0
         for i in idx:
             ex = data[i]
-            emb, ids = _sequence(draft.lm, ex, draft_features(draft, ex["pixels"]), placeholder)
+            feats = draft_features(draft, ex["pixels"])  # [T + 1 + P, H]: frame means, CLS, patches
+            emb, ids = _sequence(draft.lm, ex, feats, placeholder)
             seqs.append((emb, ids, len(ex["answer"])))
-        return batch_loss(draft.lm, seqs)
+            if aux_weight:  # events show each patch's shape edges and motion (not colour)
+                P = ex["labels"]["motion"].shape[0]
+                aux = aux + _aux_ce(heads["shape"], feats[-P:], ex["labels"]["shape"]) \
+                    + _aux_ce(heads["motion"], feats[-P:], ex["labels"]["motion"])
+        loss = batch_loss(draft.lm, seqs)
+        return (loss + aux_weight * aux / len(idx), loss.detach()) if aux_weight else loss
 
     def write():
         keys = _keys(model_dir)
@@ -308,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["target", "draft"], help="train just one of the two")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="write the weights every N steps too")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--aux-weight", type=float, default=1.0,
+                    help="weight of the renderer-supervised patch losses (phide.toy.supervision); 0 = off")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--scenes", type=int, default=256, help="training scenes (all their questions)")
     ap.add_argument("--seed", type=int, default=0)
@@ -321,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = make_dataset(args.scenes, seed=args.seed, questions_per_scene=None)
     _log(f"{len(samples)} training samples from {args.scenes} scenes")
     kw = dict(lr=args.lr, batch=args.batch, seed=args.seed, log_every=args.log_every,
-              checkpoint_every=args.checkpoint_every)
+              checkpoint_every=args.checkpoint_every, aux_weight=args.aux_weight)
     for name, fn, steps in (("target", train_target, args.target_steps), ("draft", train_draft, args.draft_steps)):
         if args.only not in (None, name):
             continue
