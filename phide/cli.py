@@ -112,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "source checkout, else $PHIDE_HOME/bench_e2e.csv)")
     bench.add_argument("--json", action="store_true")
 
+    plan = sub.add_parser("plan", help="the planner's predicted time per schedule and its choice (default: the "
+                          "real 7B pair on an H100, projected)")
+    plan.add_argument("--calibration", help="plan for a machine measured by profiling/calibrate.py instead")
+    plan.add_argument("--new-tokens", type=_positive_int, default=64)
+    plan.add_argument("--tau", type=_nonneg_float, default=3.5, help="tokens per verify of the round drafter")
+    plan.add_argument("--window-accept-rate", type=_nonneg_float, default=0.5,
+                      help="share of the first tree's levels the first verify accepts")
+    plan.add_argument("--window-steps", type=_positive_int, default=8, help="levels of the first tree")
+    plan.add_argument("--json", action="store_true")
+
     demo = sub.add_parser("demo", help="the bundled toy pair on held-out scenes, in every mode, compared")
     demo.add_argument("--scenes", type=_positive_int, default=4, help="held-out toy scenes to run")
     demo.add_argument("--max-new-tokens", type=_positive_int, default=48)
@@ -214,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             from phide.distill_cmd import run_distill
 
             return run_distill(args)
+        if args.command == "plan":
+            from phide.plan_cmd import run_plan
+
+            return run_plan(args)
         if args.command == "bench":
             from phide.bench import run_bench
 

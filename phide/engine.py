@@ -9,6 +9,8 @@ needed, never the tokens: a draft that fails is dropped and the target goes on a
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
 from phide.runtime.cpu_lanes import CpuLane, cpu_split, reserved_threads
+from phide.spec.overlap import PostVerifyOverlap
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
 from phide.models.eagle import EagleHead
@@ -49,9 +52,12 @@ class SpecConfig:
     # hide mode: the draft's window ends with the target's "prefill", or already with its input
     # "prepare"-ation (the draft then stops at its next step and the prefill gets every core).
     window: str = "prefill"
-    # CPU lane split during the window: intra-op threads the draft lane reserves; the target lane
-    # keeps the rest (phide.runtime.cpu_lanes). 0 = no split (both use PyTorch's default).
+    # CPU lane split while both lanes run (the window, overlapped rounds): intra-op threads the
+    # draft lane reserves; the target lane keeps the rest (phide.runtime.cpu_lanes). 0 = no split.
     draft_threads: int = 0
+    # Post-verify overlap (draft continuation only, phide.spec.overlap): grow the next tree from
+    # the optimistic outcome while the target verifies.
+    overlap: bool = False
 
     def __post_init__(self):
         for name in ("topk", "depth", "budget", "window_depth", "window_budget"):
@@ -119,7 +125,7 @@ class Engine:
     def __init__(self, target, draft=None, *, eos_token_ids: list[int] | None = None,
                  shared_vocab: int | None = None, spec: SpecConfig | None = None,
                  vocab_bridge: TextBridge | None = None, head: EagleHead | None = None,
-                 draft_adapter=None):
+                 draft_adapter=None, planner=None):
         self.target_side = _as_adapter(target, False)
         self.draft_side = _as_adapter(draft, True)
         self.target = self.target_side.lm
@@ -133,6 +139,7 @@ class Engine:
         self.spec = spec or SpecConfig()
         self.head = head  # EAGLE continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
+        self.planner = planner  # phide.planner.Planner: decides what `hide` really runs (optional)
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
@@ -147,6 +154,8 @@ class Engine:
     # ------------------------------------------------------------------ one request
     def generate(self, req: Request) -> Result:
         self.validate(req)
+        if self.planner is not None and req.mode == "hide":
+            return self._planned(req)
         tl = Timeline()
         t_start = time.perf_counter()
         if self.target.device.type == "cuda":
@@ -160,6 +169,12 @@ class Engine:
             drafting = False  # the draft's job ends with the first tree; the head continues
         spec = self.spec
         noise = _PositionNoise(int(req.seed), self.target.cfg.vocab_size)
+        grow_kwargs = dict(budget=self.spec.budget, topk=self.spec.topk, max_depth=self.spec.depth,
+                           max_expansions=self.spec.topk * self.spec.depth)
+        on_cpu = self.target.device.type == "cpu"
+        target_threads, draft_threads = cpu_split(torch.get_num_threads(), self.spec.draft_threads if on_cpu else 0)
+        overlap_lane = CpuLane("draft", draft_threads)
+        stats.update(overlap_rounds=0, overlap_hits=0)
         out: list[int] = []
         root = prepared.ids[-1]
         verifies = accepted_drafts = 0
@@ -185,11 +200,18 @@ class Engine:
                         self._check_tree(tree, root)
                     except Exception as exc:  # any draft failure: drop the draft, keep going
                         drafting, tree = self._fault(stats, exc), chain(root, [])
-            with tl.phase("verify", "target"):
+            ahead = None  # post-verify overlap: the draft grows the next tree during the verify
+            if drafting and spec.overlap and isinstance(draft, DraftRunner) and len(tree) > 1:
+                ahead = PostVerifyOverlap.start(draft, tree, overlap_lane, grow_kwargs, tl)
+                stats["overlap_rounds"] += ahead is not None
+            with tl.phase("verify", "target"), reserved_threads(target_threads if ahead else 0):
                 logits = target.verify(tree)
                 nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, noise, len(out))
             with tl.phase("commit", "target"):
                 target.commit(nodes, n_acc)
+            if verifies == 0:  # how good the first tree was (the planner learns from it)
+                stats["first_verify_accepted"] = n_acc
+                stats["first_tree_depth"] = tree.max_depth() if len(tree) > 1 else 0
             verifies += 1
             accepted_drafts += n_acc
             new = tokens[: n_acc + 1]
@@ -201,6 +223,8 @@ class Engine:
                     break
             out.extend(new)
             if done:
+                if ahead is not None:
+                    ahead.abandon()
                 break
             root = bonus
             if head is not None:
@@ -209,6 +233,17 @@ class Engine:
                 if bonus >= self.shared_vocab:  # the draft cannot follow: quietly go target-only
                     drafting = False
                     stats["draft_stopped"] = "bonus token outside the shared vocabulary"
+                    if ahead is not None:
+                        ahead.abandon()
+                elif ahead is not None:
+                    try:
+                        ready = ahead.finish([tree.tokens[n] for n in nodes.tolist()[1: n_acc + 1]], bonus)
+                        if ready is not None:
+                            self._check_tree(ready, root)
+                            first_tree = ready
+                            stats["overlap_hits"] += 1
+                    except Exception as exc:  # a draft fault while growing ahead
+                        drafting = self._fault(stats, exc)
                 else:
                     draft.commit(tree, nodes.tolist()[: n_acc + 1], bonus)
 
@@ -227,6 +262,29 @@ class Engine:
             **self._memory_stats(),
         )
         return Result(out, stats, tl)
+
+    def _planned(self, req: Request) -> Result:
+        """`hide` under the planner: run what it picks (target-only, head-only, sequential, or hide
+        with its lane split) on a shallow copy of this engine, then let it learn from the stats."""
+        spec = self.spec
+        use_head = self.head is not None and spec.continuation == "head"
+        plan = self.planner.plan(new_tokens=req.max_new_tokens, has_draft=self.draft_side is not None,
+                                 has_head=use_head, depth=spec.depth, budget=spec.budget)
+        run = copy.copy(self)
+        run.planner = None
+        mode = {"target-only": "target-only", "head-only": "sequential", "sequential": "sequential"}.get(
+            plan.schedule, "hide")
+        if plan.schedule == "head-only":
+            run.draft_side, run.draft = None, None
+        if plan.schedule == "hide" and self.target.device.type == "cpu":
+            share = plan.draft_share
+            threads = 0 if share >= 1.0 else max(1, round(share * torch.get_num_threads()))
+            run.spec = dataclasses.replace(spec, draft_threads=threads)
+        result = run.generate(dataclasses.replace(req, mode=mode))
+        result.stats.update(mode=req.mode, plan=plan.schedule, plan_reason=plan.reason,
+                            plan_predicted_s=round(plan.predicted_s, 6))
+        self.planner.observe(result.stats)
+        return result
 
     def _memory_stats(self) -> dict:
         if self.target.device.type == "cuda":
@@ -377,6 +435,8 @@ class Engine:
         # Draft tokens that existed when the window closed (kept in the tree).
         made = max((n for t, n in progress if t <= window_end), default=0)
         stats["draft_tokens_in_window"] = min(made, len(tree) - 1)
+        # progress holds one entry for the root, then one per tree step
+        stats["draft_steps_in_window"] = max(0, sum(1 for t, _ in progress if t <= window_end) - 1)
         return target, prepared, tree, lane["runner"]
 
     def _check_tree(self, tree: Tree, root: int, vocab: int | None = None) -> None:

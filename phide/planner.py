@@ -85,13 +85,15 @@ class Plan:
     reason: str
 
 
-def _rounds_time(costs: Costs, tokens: float, tau: float, depth: int, budget: int) -> float:
-    """Time to emit `tokens` with round trees: per round one head growth (depth steps) + a verify."""
+def _rounds_time(costs: Costs, tokens: float, tau: float, depth: int, budget: int, step_s: float) -> float:
+    """Time to emit `tokens` with round trees: per round `depth` drafter steps (`step_s` each:
+    the head's, or the draft's when there is no head) and one verify of `budget` nodes. With no
+    drafter (step_s 0) or nothing accepted (tau <= 1): plain decode steps."""
     if tokens <= 0:
         return 0.0
-    if costs.head_step_s <= 0 or tau <= 1.0:
+    if step_s <= 0 or tau <= 1.0:
         return tokens * costs.target_step_s
-    per_round = depth * costs.head_step_s + costs.target_step_s + budget * costs.verify_extra_per_node_s
+    per_round = depth * step_s + costs.target_step_s + budget * costs.verify_extra_per_node_s
     return math.ceil(tokens / tau) * per_round
 
 
@@ -105,17 +107,17 @@ def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, b
     """Every candidate schedule -> (predicted seconds, first-tree steps, draft share)."""
     base = costs.target_prepare_s + costs.target_prefill_s
     out = {"target-only": (base + new_tokens * costs.target_step_s, 0, 0.0)}
-    head_only = base + _rounds_time(costs, new_tokens, acc.tau, depth, budget)
     if costs.head_step_s > 0:
-        out["head-only"] = (head_only, 0, 0.0)
+        out["head-only"] = (base + _rounds_time(costs, new_tokens, acc.tau, depth, budget, costs.head_step_s), 0, 0.0)
     if not use_draft:
         return out
+    step = costs.head_step_s if costs.head_step_s > 0 else costs.draft_step_s  # the round drafter
     # sequential: the full first tree after the prefill
     k = window_steps
     first = costs.target_step_s + k * costs.verify_extra_per_node_s  # one verify of the first tree
     gain = _first_tree_tokens(k, acc)
     seq = (base + costs.draft_prefill_s + k * costs.draft_step_s + first
-           + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget))
+           + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
     out["sequential"] = (seq, k, 0.0)
     for sp in costs.splits:
         # The window is the target's preparation plus its (stretched) prefill. Where preparation
@@ -133,7 +135,7 @@ def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, b
         wait = max(0.0, -spare)  # the target waits for the draft's prefill to end
         gain = _first_tree_tokens(k, acc)
         t = (window + wait + costs.target_step_s + k * costs.verify_extra_per_node_s
-             + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget))
+             + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
         out[f"hide@{sp.draft_share:.3g}"] = (t, k, sp.draft_share)
     return out
 
@@ -169,3 +171,47 @@ def load_costs(path: str | os.PathLike) -> Costs:
         raise PhideError(f"{path}: no calibration; run `python profiling/calibrate.py`") from None
     except (ValueError, TypeError) as exc:
         raise PhideError(f"{path}: not a phide calibration file ({exc})") from None
+
+
+class Planner:
+    """The engine's planner for `--mode hide`: before a request, picks target-only, head-only
+    (no draft) or hide with a lane split from the calibrated costs and the acceptance seen so
+    far; after it, updates the acceptance from the request's stats. Starts optimistic (`prior_tau`)
+    so the drafters get measured, and stops using them once they prove useless."""
+
+    def __init__(self, costs: Costs, *, prior_tau: float = 3.0, prior_window_rate: float = 0.5,
+                 margin: float = 0.03, window_steps: int = 8):
+        self.costs = costs
+        self.head_acc = Acceptance(tau=prior_tau, window_accept_rate=prior_window_rate)
+        self.draft_acc = Acceptance(tau=prior_tau, window_accept_rate=prior_window_rate)
+        self.margin, self.window_steps = margin, window_steps
+        self.last: Plan | None = None
+        self.window_samples = 0
+
+    def plan(self, *, new_tokens: int, has_draft: bool, has_head: bool, depth: int, budget: int) -> Plan:
+        costs = self.costs if has_head else _replace_head(self.costs, 0.0)
+        acc = Acceptance(tau=self.head_acc.tau if has_head else self.draft_acc.tau,
+                         window_accept_rate=self.draft_acc.window_accept_rate)
+        self.last = choose(costs, acc, new_tokens=new_tokens, margin=self.margin, depth=depth, budget=budget,
+                           window_steps=self.window_steps, use_draft=has_draft)
+        return self.last
+
+    def observe(self, stats: dict) -> None:
+        """Learn from a finished request's stats (tokens per verify of the round drafter; the
+        share of window draft steps that the first verify accepted)."""
+        if stats.get("verifies", 0) < 2 or not (stats.get("draft_forwards") or stats.get("head_forwards")):
+            return  # nothing drafted: nothing to learn
+        tau = stats["accepted_per_verify"]
+        (self.head_acc if stats.get("head_forwards") else self.draft_acc).update(tau)
+        steps = stats.get("first_tree_depth")
+        if steps:
+            rate = min(1.0, stats.get("first_verify_accepted", 0) / steps)
+            acc = self.draft_acc  # the first measurement replaces the prior, later ones average in
+            acc.window_accept_rate = rate if not self.window_samples else 0.8 * acc.window_accept_rate + 0.2 * rate
+            self.window_samples += 1
+
+
+def _replace_head(costs: Costs, head_step_s: float) -> Costs:
+    import dataclasses
+
+    return dataclasses.replace(costs, head_step_s=head_step_s)

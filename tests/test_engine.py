@@ -207,3 +207,27 @@ def test_sampling_is_the_target_only_sample_in_every_mode(tiny_pair):
     a = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=0, mode="target-only"))
     b = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=1, mode="target-only"))
     assert a.token_ids != b.token_ids  # the seed matters
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_post_verify_overlap_is_lossless_and_hits(tiny_pair, temperature):
+    """The draft grows the next tree during the verify: same tokens as target-only (greedy and
+    seeded sampling), and with a nearly identical draft most guesses hit."""
+    target, draft = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    ids = [1, 17, 42, 99, 5]
+    ref = Engine(target, eos_token_ids=[]).generate(
+        Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3, mode="target-only"))
+    for mode in ("sequential", "hide"):
+        eng = Engine(target, draft, eos_token_ids=[],
+                     spec=SpecConfig(continuation="draft", overlap=True, depth=4, budget=12))
+        out = eng.generate(Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3, mode=mode))
+        assert out.token_ids == ref.token_ids, mode
+        assert out.stats["faults"] == 0 and out.stats["overlap_rounds"] > 0
+        if temperature == 0:
+            assert out.stats["overlap_hits"] > 0
+    wrong = Engine(target, load_llama(tiny_pair["wrong"]), eos_token_ids=[],
+                   spec=SpecConfig(continuation="draft", overlap=True))
+    out = wrong.generate(Request(prompt_ids=ids, max_new_tokens=24, mode="hide"))
+    assert out.token_ids == Engine(target, eos_token_ids=[]).generate(
+        Request(prompt_ids=ids, max_new_tokens=24, mode="target-only")).token_ids
+    assert out.stats["overlap_hits"] == 0  # an always-wrong draft never guesses the outcome

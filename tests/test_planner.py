@@ -56,6 +56,13 @@ def test_idle_preparation_hides_the_draft_for_free():
     assert t == pytest.approx((160 + 10.8 + 7 * 18.4) * MS)
 
 
+def test_a_draft_as_costly_as_the_target_never_pays():
+    """No head, a draft step as slow as a target step (both 7B): even at tau 4 the rounds cost
+    more per token than plain decoding, so target-only."""
+    plan = choose(_costs(head_step_s=0.0, splits=[]), Acceptance(tau=4.0, window_accept_rate=0.5), new_tokens=30)
+    assert plan.schedule == "target-only"
+
+
 def test_chooses_target_only_for_an_always_wrong_draft_and_no_head():
     c = _costs(head_step_s=0.0)
     plan = choose(c, Acceptance(tau=1.0, window_accept_rate=0.0), new_tokens=30)
@@ -100,3 +107,47 @@ def test_calibration_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"target_prepare_s": 1}')
     with pytest.raises(PhideError, match="not a phide calibration"):
         load_costs(tmp_path / "bad.json")
+
+
+def test_engine_planner_drops_an_always_wrong_draft(tiny_pair):
+    """hide under the planner: the first request tries the draft (optimistic prior), sees that
+    nothing is accepted, and every later request runs target-only, with identical tokens."""
+    from phide.engine import Engine, Request
+    from phide.models.loading import load_llama
+    from phide.planner import Planner
+
+    target, wrong = load_llama(tiny_pair["target"]), load_llama(tiny_pair["wrong"])
+    # no head: the draft is the only drafter, and cheap enough that an accurate one would pay
+    costs = _costs(head_step_s=0.0, draft_step_s=1 * MS, draft_prefill_s=5 * MS, splits=[])
+    planner = Planner(costs, prior_tau=3.0, prior_window_rate=0.9)
+    engine = Engine(target, wrong, eos_token_ids=[], planner=planner)
+    alone = Engine(target, eos_token_ids=[])
+    plans = []
+    for i in range(4):
+        ids = [1, 7 + i, 42, 99]
+        out = engine.generate(Request(prompt_ids=ids, max_new_tokens=12, mode="hide"))
+        assert out.token_ids == alone.generate(Request(prompt_ids=ids, max_new_tokens=12, mode="target-only")).token_ids
+        assert out.stats["mode"] == "hide"
+        plans.append(out.stats["plan"])
+    assert plans[0] == "sequential" and plans[1:] == ["target-only"] * 3, plans
+    assert planner.draft_acc.tau < 1.6
+
+
+def test_plan_command_projects_the_real_pair(capsys, tmp_path):
+    import json
+
+    from phide.cli import main
+
+    assert main(["plan", "--json"]) == 0
+    obj = json.loads(capsys.readouterr().out)
+    plans = obj["plans"]
+    # with 7B-class drafting costs only the head pays; the draft alone never beats target-only
+    assert plans["draft_only"]["schedule"] == "target-only"
+    assert plans["with_head"]["schedule"] != "target-only"
+    assert {"target-only", "sequential", "head-only"} <= set(plans["with_head"]["predictions"])
+    assert sum(k.startswith("hide@") for k in plans["with_head"]["predictions"]) == 4  # 8/16/24/32 SMs
+    save_costs(_costs(), tmp_path / "cal.json")
+    assert main(["plan", "--calibration", str(tmp_path / "cal.json"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["source"] == str(tmp_path / "cal.json")
+    assert main(["plan", "--calibration", str(tmp_path / "nope.json")]) == 2
+    assert "phide: error:" in capsys.readouterr().err

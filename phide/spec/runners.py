@@ -90,6 +90,7 @@ class DraftRunner:
         self.pending: list[int] = []
         self.vocab_limit = vocab_limit
         self.forwards = 0
+        self.next_guess: dict[int, int] = {}  # tree node -> draft's top-1 token after it (last grow)
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
@@ -137,6 +138,10 @@ class DraftRunner:
 
         grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
         tree = grower.build(budget, root_slot)
+        # The draft's own guess of the token after each tree node (where it expanded the node):
+        # what post-verify overlap assumes the target will emit after an accepted path.
+        top = grower.top_children()
+        self.next_guess = {node: top[ci] for node, ci in enumerate(grower.built) if ci in top}
         return tree
 
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:

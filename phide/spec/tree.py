@@ -225,6 +225,14 @@ class TreeGrower:
             if log is not None:
                 log.append((time.perf_counter(), len(self.cands)))
 
+    def top_children(self) -> dict[int, int]:
+        """Candidate index (-1: root) -> the draft's top-1 next token after it, for every
+        expanded candidate (children are added best first)."""
+        out: dict[int, int] = {}
+        for c in self.cands:
+            out.setdefault(c.parent, c.token)
+        return out
+
     def ancestors(self, ci: int) -> list[int]:
         out = []
         while ci >= 0:
@@ -248,6 +256,7 @@ class TreeGrower:
                 kept.add(ci)
         # Topological order: by depth, then creation order (= draft preference among siblings).
         nodes = sorted(kept, key=lambda i: (self.cands[i].depth, i))
+        self.built = [-1] + nodes  # candidate index of each tree node (-1: the root)
         index = {ci: k + 1 for k, ci in enumerate(nodes)}
         tokens, parents, scores, slots = [self.root_token], [-1], [0.0], [root_slot]
         for ci in nodes:

@@ -5,14 +5,20 @@
     phide/toy/bundled/clip        the draft's CLIP tower
     phide/toy/bundled/draft       EventGPT-format draft + draft_adapter.* (strategy B adapter)
 
-Rebuild (fixed seeds; about an hour on 2 CPU cores, most of it the target):
+Rebuild (fixed seeds; about 1.5 hours on 2 CPU cores, most of it the target):
 
-    python -m phide.toy.bundle OUT_DIR [--target-steps 1000 --draft-steps 800 ...] [--install]
+    python -m phide.toy.bundle OUT_DIR [--install]
 
-runs, in order: write the random `demo` pair, train the target on frames and the draft on events
-(`phide.toy.train`), export paired distillation data (`phide.paired` layout), then
-`phide distill --data` (EAGLE head + draft adapter), and copies the results into the model
-directories. --install copies OUT_DIR over phide/toy/bundled/.
+runs, in order (each step is a `phide.toy.train` / `phide distill` command, logged as it runs):
+  1. write the random `demo` pair;
+  2. target, answer loss only: the first 400 steps of a 1000-step schedule (this is how the
+     committed target began: that run was stopped at its step-400 checkpoint on a plateau);
+  3. target, answer loss + renderer-supervised patch losses (`phide.toy.supervision`): 1000 steps;
+  4. draft on events, answer loss + patch losses;
+  5. export paired distillation data (`phide.paired` layout) and `phide distill --data` (EAGLE
+     head + draft adapter), copied into the model directories.
+--install copies OUT_DIR over phide/toy/bundled/. CPU training is deterministic up to
+floating-point reduction order, so a rebuild gives a pair of the same quality, not the same bits.
 
 Scene seeds: training uses world seed 0, distillation data seed 1, the demo and bench seed 2
 (`EVAL_SEED`), so the demo's scenes were never trained on.
@@ -62,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m phide.toy.bundle", description="rebuild the bundled toy pair")
     ap.add_argument("out_dir")
-    ap.add_argument("--target-steps", type=int, default=1000)
+    ap.add_argument("--target-warmup-steps", type=int, default=400, help="step 2 (answer loss only)")
+    ap.add_argument("--target-steps", type=int, default=1000, help="step 3 (with patch losses)")
     ap.add_argument("--draft-steps", type=int, default=800)
     ap.add_argument("--train-scenes", type=int, default=800)
     ap.add_argument("--distill-scenes", type=int, default=120)
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_training:
         common = [str(out), "--size", "demo", "--scenes", str(args.train_scenes), "--seed", str(TRAIN_SEED),
                   "--log-every", "50"]
+        train_main(common + ["--only", "target", "--target-steps", "1000", "--stop-at",
+                             str(args.target_warmup_steps), "--aux-weight", "0"])
         train_main(common + ["--only", "target", "--target-steps", str(args.target_steps)])
         train_main(common + ["--only", "draft", "--draft-steps", str(args.draft_steps)])
     n = export_distill_data(out / "distill-data", args.distill_scenes)

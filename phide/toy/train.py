@@ -193,16 +193,17 @@ def _lm_updates(lm: LlamaModel, keys: set[str], prefixes, head_keys) -> dict[str
 
 # ---------------------------------------------------------------------------------------- loops
 def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n: int, seed: int,
-          log_every: int, checkpoint=None, checkpoint_every: int = 0) -> list[float]:
+          log_every: int, checkpoint=None, checkpoint_every: int = 0, stop_at: int = 0) -> list[float]:
     """AdamW, linear warm-up then cosine to 10% of lr; `checkpoint()` runs every `checkpoint_every`
-    steps (long CPU runs can then be inspected, or stopped, midway)."""
+    steps (long CPU runs can then be inspected, or stopped, midway). stop_at: end after that many
+    steps of the `steps`-step schedule (what an interrupted run kept)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warm = max(1, min(50, steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / max(steps, 1)))))
     g = torch.Generator().manual_seed(seed)
     losses, t0 = [], time.perf_counter()
-    for step in range(steps):
+    for step in range(min(steps, stop_at) if stop_at else steps):
         idx = torch.randperm(n, generator=g)[:min(batch, n)].tolist()
         opt.zero_grad()
         loss = step_loss(idx)
@@ -238,7 +239,8 @@ def _trainable(*modules) -> list:
 
 
 def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
-                 log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0) -> list[float]:
+                 log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0,
+                 stop_at: int = 0) -> list[float]:
     """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
     question) -> answer; writes the weights back in place. Returns the per-step losses."""
     from phide.models.video_llava import LM_PREFIXES, PROJECTOR_PREFIXES, TOWER_PREFIXES, load_video_llava
@@ -279,14 +281,16 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
         _write_back(model_dir, updates)
 
     losses = _loop("target", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
-                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every)
+                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every,
+                   stop_at=stop_at)
     if save:
         write()
     return losses
 
 
 def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
-                log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0) -> list[float]:
+                log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0,
+                stop_at: int = 0) -> list[float]:
     """Train pair_dir/draft (CLIP tower, projector, adaptor, LM) on samples' (event frames, question)
     -> answer; writes the decoder + adapters back to draft/ and the tower back to where it was
     loaded from (the checkpoint when it holds one, else the CLIP directory). Returns the losses."""
@@ -330,7 +334,8 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch:
         _write_back(model_dir, updates)
 
     losses = _loop("draft", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
-                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every)
+                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every,
+                   stop_at=stop_at)
     if save:
         write()
     return losses
@@ -352,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draft-steps", type=int, help="override --steps for the draft")
     ap.add_argument("--only", choices=["target", "draft"], help="train just one of the two")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="write the weights every N steps too")
+    ap.add_argument("--stop-at", type=int, default=0, help="end after this many steps of the schedule")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the renderer-supervised patch losses (phide.toy.supervision); 0 = off")
@@ -368,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = make_dataset(args.scenes, seed=args.seed, questions_per_scene=None)
     _log(f"{len(samples)} training samples from {args.scenes} scenes")
     kw = dict(lr=args.lr, batch=args.batch, seed=args.seed, log_every=args.log_every,
-              checkpoint_every=args.checkpoint_every, aux_weight=args.aux_weight)
+              checkpoint_every=args.checkpoint_every, aux_weight=args.aux_weight, stop_at=args.stop_at)
     for name, fn, steps in (("target", train_target, args.target_steps), ("draft", train_draft, args.draft_steps)):
         if args.only not in (None, name):
             continue

@@ -1,0 +1,174 @@
+"""Calibrate the planner's cost model on this machine, then check its predictions.
+
+    python profiling/calibrate.py [--scenes 4] [--check-scenes 6] [--draft-threads 1] [--json]
+
+1. Calibration (scenes of seed EVAL_SEED + 1): solo costs from target-only and sequential requests
+   of the toy pair (target prepare / prefill / decode step, draft prepare+prefill / tree step,
+   continuation-head step), the per-node verify cost from one-shot verifies of 1 and 24 nodes,
+   and for every lane split (draft threads of the machine's cores; 0 = no split, both lanes use
+   every core) the target's prefill, the draft's prepare+prefill and tree step with both lanes
+   busy. Saved where the planner looks (`phide.planner.calibration_path()`).
+2. Check (held-out scenes of seed EVAL_SEED): hide requests per split; the measured stretch of the
+   target's prefill (hide / target-only, same scene) and the draft steps finished inside the
+   window, against the planner's predictions; error in percent; rows appended to
+   profiling/results/calibrate.csv.
+PHIDE_TOY_PAIR=DIR calibrates another pair in the toy layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import append_csv, run_context  # noqa: E402
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+def _request(sample, mode, max_new_tokens=32):
+    from phide.engine import Request
+
+    return Request(prompt=sample.question, video=sample.frames, events=sample.events,
+                   max_new_tokens=max_new_tokens, mode=mode)
+
+
+def _verify_costs(engine, sample) -> tuple[float, float]:
+    """(one decode step, extra seconds per verified node) from one-shot verifies of 1 and 24 nodes."""
+    import time
+
+    from phide.spec.runners import TargetRunner
+    from phide.spec.tree import chain
+
+    prep = engine.target_side.prepare(_request(sample, "target-only"))
+    times = {}
+    for n in (1, 24):
+        samples = []
+        for _ in range(5):
+            runner = TargetRunner(engine.target, len(prep.ids) + 32)
+            runner.prefill(embeds=prep.embeds[:, :-1])
+            tree = chain(prep.ids[-1], [5] * (n - 1))
+            t0 = time.perf_counter()
+            runner.verify(tree)
+            samples.append(time.perf_counter() - t0)
+        times[n] = _median(samples)
+    return times[1], max(0.0, (times[24] - times[1]) / 23)
+
+
+def calibrate(pair, samples, draft_threads: list[int]):
+    import dataclasses
+
+    import torch
+
+    from phide.planner import Costs, SplitCosts
+
+    eng = pair.engine
+    for s in samples[:1]:  # warm-up
+        eng.generate(_request(s, "target-only", 4))
+        eng.generate(_request(s, "sequential", 4))
+    solo = [eng.generate(_request(s, "target-only")).stats for s in samples]
+    seq = [eng.generate(_request(s, "sequential")).stats for s in samples]
+    step, per_node = _verify_costs(eng, samples[0])
+    ph = lambda st, k: st["phases"].get(k, 0.0)  # noqa: E731
+    draft_step = _median([ph(st, "draft_grow") / max(1, st["draft_forwards"] - 1) for st in seq])
+    head_step = _median([ph(st, "head_grow") / max(1, st["head_forwards"]) for st in seq if st["head_forwards"]])
+    total = torch.get_num_threads()
+    splits = []
+    for d in draft_threads:
+        e = copy.copy(eng)
+        e.spec = dataclasses.replace(eng.spec, draft_threads=d, window="prefill")
+        hide = [e.generate(_request(s, "hide")).stats for s in samples]
+        steps = [st["draft_steps_in_window"] for st in hide if st.get("draft_steps_in_window")]
+        grow_in_window = [ph(st, "target_prepare") + ph(st, "target_prefill") - ph(st, "draft_prepare")
+                          - ph(st, "draft_prefill") for st in hide]
+        share = d / total if d else 1.0
+        splits.append(SplitCosts(
+            draft_share=share,
+            target_prefill_s=_median([ph(st, "target_prefill") for st in hide]),
+            draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in hide]),
+            draft_step_s=_median([g / n for g, n in zip(grow_in_window, steps) if n]) if steps else draft_step))
+    return Costs(target_prepare_s=_median([ph(st, "target_prepare") for st in solo]), prepare_idle=False,
+                 target_prefill_s=_median([ph(st, "target_prefill") for st in solo]), target_step_s=step,
+                 verify_extra_per_node_s=per_node,
+                 draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in seq]),
+                 draft_step_s=draft_step, head_step_s=head_step, splits=splits)
+
+
+def check(pair, costs, samples, draft_threads: list[int], window_depth: int) -> list[dict]:
+    import dataclasses
+
+    import torch
+
+    from phide.planner import Acceptance, predict
+
+    eng = pair.engine
+    preds = predict(costs, Acceptance(tau=4.0), new_tokens=32, window_steps=window_depth)
+    rows = []
+    total = torch.get_num_threads()
+    for d, split in zip(draft_threads, costs.splits):
+        e = copy.copy(eng)
+        e.spec = dataclasses.replace(eng.spec, draft_threads=d, window="prefill")
+        stretch, steps = [], []
+        for s in samples:
+            alone = eng.generate(_request(s, "target-only")).stats["phases"]["target_prefill"]
+            st = e.generate(_request(s, "hide")).stats
+            stretch.append(st["phases"]["target_prefill"] / alone)
+            steps.append(st.get("draft_steps_in_window", 0))
+        pred_stretch = split.target_prefill_s / costs.target_prefill_s
+        pred_steps = preds[f"hide@{split.draft_share:.3g}"][1]
+        got_stretch, got_steps = _median(stretch), _median(steps)
+        rows.append({"draft_threads": d, "total_threads": total, "draft_share": split.draft_share,
+                     "stretch_measured": round(got_stretch, 3), "stretch_predicted": round(pred_stretch, 3),
+                     "stretch_error_pct": round(100 * abs(pred_stretch - got_stretch) / got_stretch, 1),
+                     "draft_steps_measured": got_steps, "draft_steps_predicted": pred_steps,
+                     "draft_steps_error_pct": round(100 * abs(pred_steps - got_steps) / max(got_steps, 1), 1)})
+    return rows
+
+
+def main() -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--check-scenes", type=int, default=6)
+    ap.add_argument("--draft-threads", type=int, nargs="+", default=[1, 0],
+                    help="lane splits to calibrate: draft intra-op threads (0 = no split)")
+    ap.add_argument("--out", help="calibration file (default: phide.planner.calibration_path())")
+    ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "calibrate.csv"))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from phide.bench import load_bundled
+    from phide.planner import calibration_path, save_costs
+    from phide.toy.bundle import EVAL_SEED
+    from phide.toy.world import make_dataset
+
+    pair = load_bundled()
+    cal = make_dataset(args.scenes, seed=EVAL_SEED + 1, questions_per_scene=1)
+    held = make_dataset(args.check_scenes, seed=EVAL_SEED, questions_per_scene=1)
+    costs = calibrate(pair, cal, args.draft_threads)
+    out = Path(args.out) if args.out else calibration_path()
+    save_costs(costs, out)
+    rows = check(pair, costs, held, args.draft_threads, pair.engine.spec.window_depth)
+    ctx = run_context()
+    append_csv(args.csv, [{**ctx, **r} for r in rows])
+    if args.json:
+        print(json.dumps({"calibration": str(out), "costs": json.loads(out.read_text()), "check": rows}))
+        return 0
+    print(f"calibration written to {out}")
+    for r in rows:
+        print(f"draft threads {r['draft_threads']} of {r['total_threads']}: prefill stretch measured "
+              f"{r['stretch_measured']:.2f} predicted {r['stretch_predicted']:.2f} ({r['stretch_error_pct']:.0f}% off); "
+              f"draft steps in the window measured {r['draft_steps_measured']} predicted "
+              f"{r['draft_steps_predicted']} ({r['draft_steps_error_pct']:.0f}% off)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
