@@ -5,16 +5,18 @@
     phide/toy/bundled/clip        the draft's CLIP tower
     phide/toy/bundled/draft       EventGPT-format draft + draft_adapter.* (strategy B adapter)
 
-Rebuild (fixed seeds; about 1.5 hours on 2 CPU cores, most of it the target):
+Rebuild (fixed seeds; about an hour on 2 CPU cores, most of it the target):
 
     python -m phide.toy.bundle OUT_DIR [--install]
 
 runs, in order (each step is a `phide.toy.train` / `phide distill` command, logged as it runs):
-  1. write the random `demo` pair;
-  2. target, answer loss only: the first 400 steps of a 1000-step schedule (this is how the
-     committed target began: that run was stopped at its step-400 checkpoint on a plateau);
-  3. target, answer loss + renderer-supervised patch losses (`phide.toy.supervision`): 1000 steps;
-  4. draft on events, answer loss + patch losses;
+  1. write the random `demo` pair (unit-scale text embeddings, visual outputs scaled down:
+     `phide.toy.pair`);
+  2. target, curriculum stage 1: text only (no visual tokens), 300 steps: templates and copying
+     from the question;
+  3. target, stage 2: frames + question, answer loss + renderer-supervised patch losses
+     (`phide.toy.supervision`), the first `--target-stop` steps of a `--target-steps` schedule;
+  4. draft, the same two stages on events;
   5. export paired distillation data (`phide.paired` layout) and `phide distill --data` (EAGLE
      head + draft adapter), copied into the model directories.
 --install copies OUT_DIR over phide/toy/bundled/. CPU training is deterministic up to
@@ -68,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m phide.toy.bundle", description="rebuild the bundled toy pair")
     ap.add_argument("out_dir")
-    ap.add_argument("--target-warmup-steps", type=int, default=400, help="step 2 (answer loss only)")
-    ap.add_argument("--target-steps", type=int, default=1000, help="step 3 (with patch losses)")
-    ap.add_argument("--draft-steps", type=int, default=800)
+    ap.add_argument("--text-steps", type=int, default=300, help="stage 1 steps (target); the draft gets 2/3")
+    ap.add_argument("--target-steps", type=int, default=1000, help="stage 2 schedule length (target)")
+    ap.add_argument("--target-stop", type=int, default=0, help="end stage 2 after this many steps (0: all)")
+    ap.add_argument("--draft-steps", type=int, default=300, help="stage 2 steps (draft)")
     ap.add_argument("--train-scenes", type=int, default=800)
-    ap.add_argument("--distill-scenes", type=int, default=120)
-    ap.add_argument("--head-steps", type=int, default=1500)
+    ap.add_argument("--distill-scenes", type=int, default=60)
+    ap.add_argument("--head-steps", type=int, default=800)
     ap.add_argument("--adapter-steps", type=int, default=400)
     ap.add_argument("--skip-training", action="store_true", help="OUT_DIR already holds the trained pair")
     ap.add_argument("--install", action="store_true", help=f"copy the result over {BUNDLED}")
@@ -82,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_training:
         common = [str(out), "--size", "demo", "--scenes", str(args.train_scenes), "--seed", str(TRAIN_SEED),
                   "--log-every", "50"]
-        train_main(common + ["--only", "target", "--target-steps", "1000", "--stop-at",
-                             str(args.target_warmup_steps), "--aux-weight", "0"])
-        train_main(common + ["--only", "target", "--target-steps", str(args.target_steps)])
+        train_main(common + ["--only", "target", "--text-only", "--target-steps", str(args.text_steps)])
+        train_main(common + ["--only", "target", "--target-steps", str(args.target_steps),
+                             "--stop-at", str(args.target_stop)])
+        train_main(common + ["--only", "draft", "--text-only", "--draft-steps", str(2 * args.text_steps // 3)])
         train_main(common + ["--only", "draft", "--draft-steps", str(args.draft_steps)])
     n = export_distill_data(out / "distill-data", args.distill_scenes)
     print(f"phide: wrote {n} paired samples to {out / 'distill-data'}", file=sys.stderr)

@@ -83,6 +83,24 @@ def _rescale_embeddings(model_dir: Path, std: float, seed: int) -> None:
             save_file(part, str(f), metadata={"format": "pt"})
 
 
+VISUAL_OUT_SCALE = 0.1
+
+
+def _scale_weights(model_dir: Path, suffixes: tuple[str, ...], factor: float) -> None:
+    """Multiply the named weights (the last layer that produces visual embeddings) by `factor`:
+    visual features then start ~10x smaller than the unit-scale text embeddings, so they do not
+    swamp the question's tokens before attention has learned where to look."""
+    from safetensors.torch import load_file, save_file
+
+    for f in sorted(model_dir.glob("*.safetensors")):
+        part = load_file(str(f))
+        hit = [k for k in part if k.endswith(suffixes)]
+        for k in hit:
+            part[k] = part[k] * factor
+        if hit:
+            save_file(part, str(f), metadata={"format": "pt"})
+
+
 def write_toy_pair(out_dir: str | os.PathLike, *, size: str = "demo", seed: int = 0, verbose: bool = False) -> dict:
     """Write tokenizer/, target/, clip/, draft/ under out_dir (random weights, deterministic by seed);
     returns checkpoint_stats(out_dir). Raises ValueError when the pair is over the bf16 budget."""
@@ -106,6 +124,9 @@ def write_toy_pair(out_dir: str | os.PathLike, *, size: str = "demo", seed: int 
            **preset["draft"])
     for i, part in enumerate(("target", "draft")):
         _rescale_embeddings(out / part, EMBED_STD, seed + 10 + i)
+    _scale_weights(out / "target", ("multi_modal_projector.linear_2.weight", "multi_modal_projector.linear_2.bias"),
+                   VISUAL_OUT_SCALE)
+    _scale_weights(out / "draft", ("feature_adaptor.weight", "feature_adaptor.bias"), VISUAL_OUT_SCALE)
     stats = checkpoint_stats(out)
     total = sum(s["bf16_bytes"] for s in stats.values())
     if verbose:

@@ -100,6 +100,7 @@ def draft_example(draft, sample) -> dict:
 
 
 def _sequence(lm: LlamaModel, ex: dict, feats: torch.Tensor, placeholder: int) -> tuple[torch.Tensor, list[int]]:
+    """(With feats of 0 rows, the text alone: the curriculum's first stage.)"""
     """Spliced input embeddings [T,H] of prompt + answer (as prepare() builds the prompt) and the
     full id list (placeholders where the features are)."""
     ids, at = ex["ids"], ex["at"]
@@ -240,7 +241,7 @@ def _trainable(*modules) -> list:
 
 def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
                  log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0,
-                 stop_at: int = 0) -> list[float]:
+                 stop_at: int = 0, text_only: bool = False) -> list[float]:
     """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
     question) -> answer; writes the weights back in place. Returns the per-step losses."""
     from phide.models.video_llava import LM_PREFIXES, PROJECTOR_PREFIXES, TOWER_PREFIXES, load_video_llava
@@ -257,14 +258,15 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
         seqs, aux = [], 0.0
         for i in idx:
             ex = data[i]
-            proj = target_features(target, ex["pixels"], per_frame=True)  # [F, 1 + P, H]
+            proj = (torch.zeros(0, 1, H) if text_only else
+                    target_features(target, ex["pixels"], per_frame=True))  # [F, 1 + P, H]
             emb, ids = _sequence(target.lm, ex, proj.reshape(-1, H), target.video_token_id)
             seqs.append((emb, ids, len(ex["answer"])))
-            if aux_weight:  # what each patch token shows (CLS token 0 left out)
+            if aux_weight and not text_only:  # what each patch token shows (CLS token 0 left out)
                 aux = aux + _aux_ce(heads["colour"], proj[:, 1:], ex["labels"]["colour"]) \
                     + _aux_ce(heads["shape"], proj[:, 1:], ex["labels"]["shape"])
         loss, hidden = batch_loss(target.lm, seqs, return_hidden=True)
-        if aux_weight:
+        if aux_weight and not text_only:
             for b, i in enumerate(idx):  # motion at the LM's visual positions of frames 1.. (they see the past)
                 ex = data[i]
                 F_, P = ex["labels"]["motion"].shape
@@ -290,7 +292,7 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
 
 def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
                 log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0,
-                stop_at: int = 0) -> list[float]:
+                stop_at: int = 0, text_only: bool = False) -> list[float]:
     """Train pair_dir/draft (CLIP tower, projector, adaptor, LM) on samples' (event frames, question)
     -> answer; writes the decoder + adapters back to draft/ and the tower back to where it was
     loaded from (the checkpoint when it holds one, else the CLIP directory). Returns the losses."""
@@ -310,15 +312,16 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch:
         seqs, aux = [], 0.0
         for i in idx:
             ex = data[i]
-            feats = draft_features(draft, ex["pixels"])  # [T + 1 + P, H]: frame means, CLS, patches
+            feats = (torch.zeros(0, draft.lm.cfg.hidden_size) if text_only else
+                     draft_features(draft, ex["pixels"]))  # [T + 1 + P, H]: frame means, CLS, patches
             emb, ids = _sequence(draft.lm, ex, feats, placeholder)
             seqs.append((emb, ids, len(ex["answer"])))
-            if aux_weight:  # events show each patch's shape edges and motion (not colour)
+            if aux_weight and not text_only:  # events show each patch's shape edges and motion (not colour)
                 P = ex["labels"]["motion"].shape[0]
                 aux = aux + _aux_ce(heads["shape"], feats[-P:], ex["labels"]["shape"]) \
                     + _aux_ce(heads["motion"], feats[-P:], ex["labels"]["motion"])
         loss = batch_loss(draft.lm, seqs)
-        return (loss + aux_weight * aux / len(idx), loss.detach()) if aux_weight else loss
+        return (loss + aux_weight * aux / len(idx), loss.detach()) if aux_weight and not text_only else loss
 
     def write():
         keys = _keys(model_dir)
@@ -358,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["target", "draft"], help="train just one of the two")
     ap.add_argument("--checkpoint-every", type=int, default=0, help="write the weights every N steps too")
     ap.add_argument("--stop-at", type=int, default=0, help="end after this many steps of the schedule")
+    ap.add_argument("--text-only", action="store_true", help="curriculum stage 1: no visual tokens")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the renderer-supervised patch losses (phide.toy.supervision); 0 = off")
@@ -374,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     samples = make_dataset(args.scenes, seed=args.seed, questions_per_scene=None)
     _log(f"{len(samples)} training samples from {args.scenes} scenes")
     kw = dict(lr=args.lr, batch=args.batch, seed=args.seed, log_every=args.log_every,
-              checkpoint_every=args.checkpoint_every, aux_weight=args.aux_weight, stop_at=args.stop_at)
+              checkpoint_every=args.checkpoint_every, aux_weight=args.aux_weight, stop_at=args.stop_at,
+              text_only=args.text_only)
     for name, fn, steps in (("target", train_target, args.target_steps), ("draft", train_draft, args.draft_steps)):
         if args.only not in (None, name):
             continue
