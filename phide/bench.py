@@ -2,12 +2,16 @@
 handful of scenes, a table) and `phide bench` (many scenes, medians and spread, a CSV row per
 configuration).
 
-Configurations (`CONFIGS`), all on the same loaded models:
+Configurations (`CONFIGS`), all on the same loaded models (tree shape: `TOY_SPEC`):
   target-only      the target alone
   sequential       draft prepare+prefill and its first tree AFTER the target's prefill, then the
                    EAGLE continuation head
-  hide             the same draft work INSIDE the target's input preparation and prefill, then the head
-  hide-draft       hide, and the EventGPT draft (with its distilled adapter) drafts every round
+  hide             `--mode hide` under the planner (calibrated on this machine at the start of
+                   the run, acceptance learnt online): it runs the hide schedule when hiding pays,
+                   else what does (head-only: the head from the first round, no draft; or target-only)
+  hide-split       hide forced: the draft's prepare+prefill+first tree on 1 reserved core inside
+                   the target's input preparation and prefill (on the other cores), then the head
+  hide-draft       hide-split, and the EventGPT draft (with its distilled adapter) drafts every round
   hide-draft-raw   hide-draft without the adapter: acceptance before distillation
 Greedy outputs must be identical in every configuration; a difference is a bug and stops the run.
 """
@@ -25,21 +29,32 @@ from phide.errors import PhideError
 CONFIGS: dict[str, dict] = {
     "target-only": dict(mode="target-only"),
     "sequential": dict(mode="sequential"),
-    "hide": dict(mode="hide"),
-    "hide-draft": dict(mode="hide", continuation="draft"),
-    "hide-draft-raw": dict(mode="hide", continuation="draft", adapter=False),
+    "hide": dict(mode="hide", planner=True),
+    "hide-split": dict(mode="hide", draft_threads=1),
+    "hide-draft": dict(mode="hide", draft_threads=1, continuation="draft"),
+    "hide-draft-raw": dict(mode="hide", draft_threads=1, continuation="draft", adapter=False),
 }
 
 
-def engine_variants(engine, names) -> dict:
+def toy_spec():
+    """Tree shape for the toy pair: its answers are templated, so deeper round trees pay; the
+    first tree gets 8 levels (the same work in sequential and hide)."""
+    from phide.engine import SpecConfig
+
+    return SpecConfig(topk=4, depth=10, budget=32, window_depth=8, window_budget=48)
+
+
+def engine_variants(engine, names, planner=None) -> dict:
     """One Engine per configuration, sharing the loaded models."""
     out = {}
     for name in names:
         cfg = CONFIGS[name]
         e = copy.copy(engine)
-        e.spec = dataclasses.replace(engine.spec, continuation=cfg.get("continuation", "head"))
+        e.spec = dataclasses.replace(engine.spec, continuation=cfg.get("continuation", "head"),
+                                     draft_threads=cfg.get("draft_threads", engine.spec.draft_threads))
         if not cfg.get("adapter", True):
             e.draft_adapter = None
+        e.planner = planner if cfg.get("planner") else None
         out[name] = (e, cfg["mode"])
     return out
 
@@ -50,7 +65,18 @@ def load_bundled(spec=None):
     from phide.toy.bundle import bundled_dir
 
     d = bundled_dir()
-    return load_pair(d / "target", d / "draft", spec=spec)
+    return load_pair(d / "target", d / "draft", spec=spec or toy_spec())
+
+
+def quick_planner(pair, scenes: int = 2):
+    """A Planner calibrated on `scenes` toy scenes never used for measurement (seed EVAL_SEED + 1)."""
+    from phide.calibration import calibrate
+    from phide.planner import Planner
+    from phide.toy.bundle import EVAL_SEED
+    from phide.toy.world import make_dataset
+
+    costs = calibrate(pair, make_dataset(scenes, seed=EVAL_SEED + 1, questions_per_scene=1), [1])
+    return Planner(costs, window_steps=pair.engine.spec.window_depth)
 
 
 def eval_samples(n: int):
@@ -75,7 +101,8 @@ def run_scenes(pair, samples, names, *, max_new_tokens: int, draft_alone: bool =
     from phide.pipeline import eos_ids
     from phide.toy.world import score_answer
 
-    variants = engine_variants(pair.engine, names)
+    planner = quick_planner(pair) if any(CONFIGS[n].get("planner") for n in names) else None
+    variants = engine_variants(pair.engine, names, planner)
     tok = pair.target.tokenizer
     draft_engine = None
     if draft_alone and pair.draft is not None:  # the draft answering on its own, no adapter
@@ -125,6 +152,9 @@ def summarize(rows: list[dict], names) -> dict:
             "faults": sum(r["results"][name].stats["faults"] for r in rows),
             "identical_to_target_only": True,  # run_scenes raises otherwise
         }
+        plans = [r["results"][name].stats.get("plan") for r in rows]
+        if any(plans):
+            entry["plans"] = {p: plans.count(p) for p in sorted(set(plans))}
         for ref in ("target-only", "sequential"):
             if ref in names and ref != name:
                 ratios = [r["results"][ref].stats["wall_s"] / r["results"][name].stats["wall_s"] for r in rows]
@@ -167,7 +197,8 @@ def run_bench(args) -> int:
     summary, acc = summarize(rows, names), accuracy(rows)
     ctx = run_context()
     csv_rows = [{**ctx, "bench": "toy_e2e", "config": n, "scenes": len(rows), "max_new_tokens": args.max_new_tokens,
-                 **{k: v for k, v in summary[n].items() if not isinstance(v, list)}} for n in names]
+                 **{k: v for k, v in summary[n].items() if not isinstance(v, (list, dict))},
+                 "plans": " ".join(f"{p}:{c}" for p, c in summary[n].get("plans", {}).items())} for n in names]
     append_csv(csv_path, csv_rows)
     report = {"context": ctx, "configs": summary, "accuracy": acc, "csv": str(csv_path),
               "wall_s": round(time.perf_counter() - t0, 1)}

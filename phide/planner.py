@@ -179,16 +179,26 @@ class Planner:
     far; after it, updates the acceptance from the request's stats. Starts optimistic (`prior_tau`)
     so the drafters get measured, and stops using them once they prove useless."""
 
-    def __init__(self, costs: Costs, *, prior_tau: float = 3.0, prior_window_rate: float = 0.5,
+    def __init__(self, costs: Costs, *, prior_tau: float | None = None, prior_window_rate: float = 0.5,
                  margin: float = 0.03, window_steps: int = 8):
         self.costs = costs
-        self.head_acc = Acceptance(tau=prior_tau, window_accept_rate=prior_window_rate)
-        self.draft_acc = Acceptance(tau=prior_tau, window_accept_rate=prior_window_rate)
+        # Optimistic until measured (prior_tau None: 3/4 of a full round tree's tokens, set at the
+        # first plan), so each drafter gets tried once; one observation replaces the prior.
+        self.prior_tau = prior_tau
+        self.head_acc = Acceptance(tau=prior_tau or 0.0, window_accept_rate=prior_window_rate)
+        self.draft_acc = Acceptance(tau=prior_tau or 0.0, window_accept_rate=prior_window_rate)
+        self.tokens = Acceptance(tau=0.0)  # running mean of tokens per request (EMA)
         self.margin, self.window_steps = margin, window_steps
         self.last: Plan | None = None
         self.window_samples = 0
 
     def plan(self, *, new_tokens: int, has_draft: bool, has_head: bool, depth: int, budget: int) -> Plan:
+        """new_tokens: the request's limit; the plan uses the mean length seen so far when shorter."""
+        for acc in (self.head_acc, self.draft_acc):
+            if acc.samples == 0 and self.prior_tau is None:
+                acc.tau = 0.75 * (depth + 1)
+        if self.tokens.samples:
+            new_tokens = max(1, min(new_tokens, round(self.tokens.tau)))
         costs = self.costs if has_head else _replace_head(self.costs, 0.0)
         acc = Acceptance(tau=self.head_acc.tau if has_head else self.draft_acc.tau,
                          window_accept_rate=self.draft_acc.window_accept_rate)
@@ -199,6 +209,8 @@ class Planner:
     def observe(self, stats: dict) -> None:
         """Learn from a finished request's stats (tokens per verify of the round drafter; the
         share of window draft steps that the first verify accepted)."""
+        if stats.get("new_tokens"):
+            self.tokens.update(float(stats["new_tokens"]))
         if stats.get("verifies", 0) < 2 or not (stats.get("draft_forwards") or stats.get("head_forwards")):
             return  # nothing drafted: nothing to learn
         tau = stats["accepted_per_verify"]

@@ -21,84 +21,13 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import append_csv, run_context  # noqa: E402
 
-
-def _median(xs):
-    return statistics.median(xs) if xs else 0.0
-
-
-def _request(sample, mode, max_new_tokens=32):
-    from phide.engine import Request
-
-    return Request(prompt=sample.question, video=sample.frames, events=sample.events,
-                   max_new_tokens=max_new_tokens, mode=mode)
-
-
-def _verify_costs(engine, sample) -> tuple[float, float]:
-    """(one decode step, extra seconds per verified node) from one-shot verifies of 1 and 24 nodes."""
-    import time
-
-    from phide.spec.runners import TargetRunner
-    from phide.spec.tree import chain
-
-    prep = engine.target_side.prepare(_request(sample, "target-only"))
-    times = {}
-    for n in (1, 24):
-        samples = []
-        for _ in range(5):
-            runner = TargetRunner(engine.target, len(prep.ids) + 32)
-            runner.prefill(embeds=prep.embeds[:, :-1])
-            tree = chain(prep.ids[-1], [5] * (n - 1))
-            t0 = time.perf_counter()
-            runner.verify(tree)
-            samples.append(time.perf_counter() - t0)
-        times[n] = _median(samples)
-    return times[1], max(0.0, (times[24] - times[1]) / 23)
-
-
-def calibrate(pair, samples, draft_threads: list[int]):
-    import dataclasses
-
-    import torch
-
-    from phide.planner import Costs, SplitCosts
-
-    eng = pair.engine
-    for s in samples[:1]:  # warm-up
-        eng.generate(_request(s, "target-only", 4))
-        eng.generate(_request(s, "sequential", 4))
-    solo = [eng.generate(_request(s, "target-only")).stats for s in samples]
-    seq = [eng.generate(_request(s, "sequential")).stats for s in samples]
-    step, per_node = _verify_costs(eng, samples[0])
-    ph = lambda st, k: st["phases"].get(k, 0.0)  # noqa: E731
-    draft_step = _median([ph(st, "draft_grow") / max(1, st["draft_forwards"] - 1) for st in seq])
-    head_step = _median([ph(st, "head_grow") / max(1, st["head_forwards"]) for st in seq if st["head_forwards"]])
-    total = torch.get_num_threads()
-    splits = []
-    for d in draft_threads:
-        e = copy.copy(eng)
-        e.spec = dataclasses.replace(eng.spec, draft_threads=d, window="prefill")
-        hide = [e.generate(_request(s, "hide")).stats for s in samples]
-        steps = [st["draft_steps_in_window"] for st in hide if st.get("draft_steps_in_window")]
-        grow_in_window = [ph(st, "target_prepare") + ph(st, "target_prefill") - ph(st, "draft_prepare")
-                          - ph(st, "draft_prefill") for st in hide]
-        share = d / total if d else 1.0
-        splits.append(SplitCosts(
-            draft_share=share,
-            target_prefill_s=_median([ph(st, "target_prefill") for st in hide]),
-            draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in hide]),
-            draft_step_s=_median([g / n for g, n in zip(grow_in_window, steps) if n]) if steps else draft_step))
-    return Costs(target_prepare_s=_median([ph(st, "target_prepare") for st in solo]), prepare_idle=False,
-                 target_prefill_s=_median([ph(st, "target_prefill") for st in solo]), target_step_s=step,
-                 verify_extra_per_node_s=per_node,
-                 draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in seq]),
-                 draft_step_s=draft_step, head_step_s=head_step, splits=splits)
+from phide.calibration import _median, _request, calibrate  # noqa: E402
 
 
 def check(pair, costs, samples, draft_threads: list[int], window_depth: int) -> list[dict]:

@@ -140,8 +140,9 @@ def test_distilled_pair_is_lossless_in_every_configuration(toy, monkeypatch):
     for r in rows:
         for name, res in r["results"].items():
             assert res.stats["faults"] == 0, (name, res.stats.get("fault_messages"))
-        assert r["results"]["hide"].stats["head_forwards"] > 0
+        assert r["results"]["hide-split"].stats["head_forwards"] > 0
         assert r["results"]["hide-draft"].stats["head_forwards"] == 0
+        assert r["results"]["hide"].stats["plan"] in ("target-only", "head-only", "sequential", "hide")
 
 
 def test_demo_json_and_timeline(toy, tmp_path, capsys, monkeypatch):
@@ -172,3 +173,23 @@ def test_bench_appends_csv(toy, tmp_path, capsys, monkeypatch):
 def test_missing_toy_pair_is_one_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PHIDE_TOY_PAIR", str(tmp_path / "nothing"))
     _one_error(capsys, ["demo", "--out", str(tmp_path / "d")], "toy pair is missing")
+
+
+def test_the_bundled_pair_is_complete_small_and_lossless(monkeypatch):
+    """The committed toy pair: every part present, within the 40 MB bf16 budget, head and adapter
+    loaded by default, identical greedy tokens in hide / sequential / target-only."""
+    from phide.bench import _request, eval_samples, load_bundled
+    from phide.toy.bundle import BUNDLED
+    from phide.toy.pair import BF16_BUDGET_BYTES, checkpoint_stats
+
+    monkeypatch.delenv("PHIDE_TOY_PAIR", raising=False)
+    stats = checkpoint_stats(BUNDLED)
+    assert sum(s["bf16_bytes"] for s in stats.values()) <= BF16_BUDGET_BYTES
+    on_disk = sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file())
+    assert on_disk <= BF16_BUDGET_BYTES
+    pair = _quiet(load_bundled)
+    assert pair.head is not None and pair.adapter is not None
+    s = eval_samples(1)[0]
+    outs = {m: pair.engine.generate(_request(s, 16, m)) for m in ("target-only", "sequential", "hide")}
+    assert outs["hide"].token_ids == outs["sequential"].token_ids == outs["target-only"].token_ids
+    assert outs["hide"].stats["accepted_per_verify"] > 2  # the head drafts well for its own target

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir")
     ap.add_argument("--text-steps", type=int, default=300, help="stage 1 steps (target); the draft gets 2/3")
     ap.add_argument("--target-steps", type=int, default=1000, help="stage 2 schedule length (target)")
-    ap.add_argument("--target-stop", type=int, default=0, help="end stage 2 after this many steps (0: all)")
+    ap.add_argument("--target-stop", type=int, default=200, help="end stage 2 after this many steps (0: all)")
     ap.add_argument("--draft-steps", type=int, default=300, help="stage 2 steps (draft)")
     ap.add_argument("--train-scenes", type=int, default=800)
     ap.add_argument("--distill-scenes", type=int, default=60)

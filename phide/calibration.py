@@ -1,0 +1,84 @@
+"""Measure the planner's cost model (`phide.planner.Costs`) on this machine from real requests of a
+loaded pair: solo target / draft / head costs from target-only and sequential requests, the
+per-node verify cost from one-shot verifies, and per lane split the costs with both lanes busy
+(hide requests). Used by `profiling/calibrate.py` (which also checks the predictions) and by
+`phide demo` / `phide bench` (a quick calibration when no calibration file exists)."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+
+def _median(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+def _request(sample, mode, max_new_tokens=32):
+    from phide.engine import Request
+
+    return Request(prompt=sample.question, video=sample.frames, events=sample.events,
+                   max_new_tokens=max_new_tokens, mode=mode)
+
+
+def _verify_costs(engine, sample) -> tuple[float, float]:
+    """(one decode step, extra seconds per verified node) from one-shot verifies of 1 and 24 nodes."""
+    import time
+
+    from phide.spec.runners import TargetRunner
+    from phide.spec.tree import chain
+
+    prep = engine.target_side.prepare(_request(sample, "target-only"))
+    runner = TargetRunner(engine.target, len(prep.ids) + 32)
+    runner.prefill(embeds=prep.embeds[:, :-1])
+    trees = {n: chain(prep.ids[-1], [5] * (n - 1)) for n in (1, 24)}
+    times = {1: [], 24: []}
+    for rep in range(7):  # alternate sizes on one warm runner (a verify leaves the prefix intact)
+        for n, tree in trees.items():
+            t0 = time.perf_counter()
+            runner.verify(tree)
+            if rep:
+                times[n].append(time.perf_counter() - t0)
+    one, many = _median(times[1]), _median(times[24])
+    return one, max(0.0, (many - one) / 23)
+
+
+def calibrate(pair, samples, draft_threads: list[int]):
+    import dataclasses
+
+    import torch
+
+    from phide.planner import Costs, SplitCosts
+
+    eng = pair.engine
+    for s in samples[:1]:  # warm-up
+        eng.generate(_request(s, "target-only", 4))
+        eng.generate(_request(s, "sequential", 4))
+    solo = [eng.generate(_request(s, "target-only")).stats for s in samples]
+    seq = [eng.generate(_request(s, "sequential")).stats for s in samples]
+    step, per_node = _verify_costs(eng, samples[0])
+    ph = lambda st, k: st["phases"].get(k, 0.0)  # noqa: E731
+    draft_step = _median([ph(st, "draft_grow") / max(1, st["draft_forwards"] - 1) for st in seq])
+    head_step = _median([ph(st, "head_grow") / max(1, st["head_forwards"]) for st in seq if st["head_forwards"]])
+    total = torch.get_num_threads()
+    splits = []
+    for d in draft_threads:
+        e = copy.copy(eng)
+        e.spec = dataclasses.replace(eng.spec, draft_threads=d, window="prefill")
+        hide = [e.generate(_request(s, "hide")).stats for s in samples]
+        steps = [st["draft_steps_in_window"] for st in hide if st.get("draft_steps_in_window")]
+        grow_in_window = [ph(st, "target_prepare") + ph(st, "target_prefill") - ph(st, "draft_prepare")
+                          - ph(st, "draft_prefill") for st in hide]
+        share = d / total if d else 1.0
+        splits.append(SplitCosts(
+            draft_share=share,
+            target_prefill_s=_median([ph(st, "target_prefill") for st in hide]),
+            draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in hide]),
+            draft_step_s=_median([g / n for g, n in zip(grow_in_window, steps) if n]) if steps else draft_step))
+    return Costs(target_prepare_s=_median([ph(st, "target_prepare") for st in solo]), prepare_idle=False,
+                 target_prefill_s=_median([ph(st, "target_prefill") for st in solo]), target_step_s=step,
+                 verify_extra_per_node_s=per_node,
+                 draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in seq]),
+                 draft_step_s=draft_step, head_step_s=head_step, splits=splits)
+
+
