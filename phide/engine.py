@@ -9,8 +9,6 @@ needed, never the tokens: a draft that fails is dropped and the target goes on a
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +28,7 @@ from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
 from phide.spec.eagle_runner import EagleRunner
 from phide.spec.runners import DraftRunner, TargetRunner
 from phide.spec.tree import Tree, chain
-from phide.spec.verify import position_gumbel, sampled_choices, target_choices
+from phide.spec.verify import PositionNoise, sampled_choices, target_choices
 
 MODES = ("hide", "sequential", "target-only")
 
@@ -155,7 +153,9 @@ class Engine:
     def generate(self, req: Request) -> Result:
         self.validate(req)
         if self.planner is not None and req.mode == "hide":
-            return self._planned(req)
+            from phide.planner import run_planned
+
+            return run_planned(self, req)
         tl = Timeline()
         t_start = time.perf_counter()
         if self.target.device.type == "cuda":
@@ -168,7 +168,7 @@ class Engine:
         if head is not None:
             drafting = False  # the draft's job ends with the first tree; the head continues
         spec = self.spec
-        noise = _PositionNoise(int(req.seed), self.target.cfg.vocab_size)
+        noise = PositionNoise(int(req.seed), self.target.cfg.vocab_size)
         grow_kwargs = dict(budget=self.spec.budget, topk=self.spec.topk, max_depth=self.spec.depth,
                            max_expansions=self.spec.topk * self.spec.depth)
         on_cpu = self.target.device.type == "cpu"
@@ -262,29 +262,6 @@ class Engine:
             **self._memory_stats(),
         )
         return Result(out, stats, tl)
-
-    def _planned(self, req: Request) -> Result:
-        """`hide` under the planner: run what it picks (target-only, head-only, sequential, or hide
-        with its lane split) on a shallow copy of this engine, then let it learn from the stats."""
-        spec = self.spec
-        use_head = self.head is not None and spec.continuation == "head"
-        plan = self.planner.plan(new_tokens=req.max_new_tokens, has_draft=self.draft_side is not None,
-                                 has_head=use_head, depth=spec.depth, budget=spec.budget)
-        run = copy.copy(self)
-        run.planner = None
-        mode = {"target-only": "target-only", "head-only": "sequential", "sequential": "sequential"}.get(
-            plan.schedule, "hide")
-        if plan.schedule == "head-only":
-            run.draft_side, run.draft = None, None
-        if plan.schedule == "hide" and self.target.device.type == "cpu":
-            share = plan.draft_share
-            threads = 0 if share >= 1.0 else max(1, round(share * torch.get_num_threads()))
-            run.spec = dataclasses.replace(spec, draft_threads=threads)
-        result = run.generate(dataclasses.replace(req, mode=mode))
-        result.stats.update(mode=req.mode, plan=plan.schedule, plan_reason=plan.reason,
-                            plan_predicted_s=round(plan.predicted_s, 6))
-        self.planner.observe(result.stats)
-        return result
 
     def _memory_stats(self) -> dict:
         if self.target.device.type == "cuda":
@@ -457,7 +434,7 @@ class Engine:
         return False
 
     @staticmethod
-    def _accept(tree: Tree, logits: torch.Tensor, temperature: float, noise: "_PositionNoise", produced: int):
+    def _accept(tree: Tree, logits: torch.Tensor, temperature: float, noise: "PositionNoise", produced: int):
         """Run the acceptance walk; returns (accept_nodes [N], out_tokens list, n_accepted).
         Greedy: each node's choice is the target's argmax. Sampling: its Gumbel-max sample for
         the output position it predicts (`produced` tokens are out already), so the emitted tokens
@@ -472,17 +449,3 @@ class Engine:
         nodes, out, n = ops.tree_accept_greedy(tokens, parents, choice)
         n_acc = int(n[0])
         return nodes[0], out[0, : n_acc + 1].tolist(), n_acc
-
-
-class _PositionNoise:
-    """Per-request cache of position-keyed Gumbel noise rows (`position_gumbel`)."""
-
-    def __init__(self, seed: int, vocab: int):
-        self.seed, self.vocab = seed, vocab
-        self._rows: dict[int, torch.Tensor] = {}
-
-    def rows(self, positions: list[int]) -> torch.Tensor:
-        for p in positions:
-            if p not in self._rows:
-                self._rows[p] = position_gumbel(self.seed, p, self.vocab)
-        return torch.stack([self._rows[p] for p in positions])

@@ -19,6 +19,7 @@ predictions are compared with measurements in profiling/calibrate.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -148,7 +149,8 @@ def choose(costs: Costs, acc: Acceptance, *, new_tokens: int, margin: float = 0.
     summary = {name: round(v[0], 6) for name, v in preds.items()}
     if label == "target-only" or t > alone * (1 - margin):
         return Plan("target-only", 0.0, alone, 0, summary,
-                    f"no schedule beats target-only by {margin:.0%} (best {label} {t * 1e3:.1f} ms vs {alone * 1e3:.1f} ms)")
+                    f"no schedule beats target-only by {margin:.0%} "
+                    f"(best {label} {t * 1e3:.1f} ms vs {alone * 1e3:.1f} ms)")
     schedule = "hide" if label.startswith("hide@") else label
     return Plan(schedule, share, t, k, summary,
                 f"{label} predicted {t * 1e3:.1f} ms vs target-only {alone * 1e3:.1f} ms")
@@ -227,3 +229,32 @@ def _replace_head(costs: Costs, head_step_s: float) -> Costs:
     import dataclasses
 
     return dataclasses.replace(costs, head_step_s=head_step_s)
+
+
+def run_planned(engine, req):
+    """`hide` under the planner (`engine.planner`): run what it picks (target-only, head-only,
+    sequential, or hide with its lane split) on a shallow copy of the engine, then let the
+    planner learn from the request's stats. Returns the engine's Result."""
+    import copy
+
+    import torch
+
+    spec = engine.spec
+    use_head = engine.head is not None and spec.continuation == "head"
+    plan = engine.planner.plan(new_tokens=req.max_new_tokens, has_draft=engine.draft_side is not None,
+                               has_head=use_head, depth=spec.depth, budget=spec.budget)
+    run = copy.copy(engine)
+    run.planner = None
+    mode = {"target-only": "target-only", "head-only": "sequential", "sequential": "sequential"}.get(
+        plan.schedule, "hide")
+    if plan.schedule == "head-only":
+        run.draft_side, run.draft = None, None
+    if plan.schedule == "hide" and engine.target.device.type == "cpu":
+        share = plan.draft_share
+        threads = 0 if share >= 1.0 else max(1, round(share * torch.get_num_threads()))
+        run.spec = dataclasses.replace(spec, draft_threads=threads)
+    result = run.generate(dataclasses.replace(req, mode=mode))
+    result.stats.update(mode=req.mode, plan=plan.schedule, plan_reason=plan.reason,
+                        plan_predicted_s=round(plan.predicted_s, 6))
+    engine.planner.observe(result.stats)
+    return result

@@ -93,7 +93,8 @@ def main() -> int:
     print(f"calibration written to {out}")
     for r in rows:
         print(f"draft threads {r['draft_threads']} of {r['total_threads']}: prefill stretch measured "
-              f"{r['stretch_measured']:.2f} predicted {r['stretch_predicted']:.2f} ({r['stretch_error_pct']:.0f}% off); "
+              f"{r['stretch_measured']:.2f} predicted {r['stretch_predicted']:.2f} "
+              f"({r['stretch_error_pct']:.0f}% off); "
               f"draft steps in the window measured {r['draft_steps_measured']} predicted "
               f"{r['draft_steps_predicted']} ({r['draft_steps_error_pct']:.0f}% off)")
     return 0

@@ -244,3 +244,17 @@ def sampled_choices(logits: torch.Tensor, temperature: float, noise: torch.Tenso
     x = logits.double() / temperature
     x = torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
     return torch.argmax(x + noise.to(device=x.device), dim=-1)
+
+
+class PositionNoise:
+    """Per-request cache of position-keyed Gumbel noise rows (`position_gumbel`)."""
+
+    def __init__(self, seed: int, vocab: int):
+        self.seed, self.vocab = seed, vocab
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def rows(self, positions: list[int]) -> torch.Tensor:
+        for p in positions:
+            if p not in self._rows:
+                self._rows[p] = position_gumbel(self.seed, p, self.vocab)
+        return torch.stack([self._rows[p] for p in positions])
