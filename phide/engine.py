@@ -28,7 +28,7 @@ from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
 from phide.spec.eagle_runner import EagleRunner
 from phide.spec.runners import DraftRunner, TargetRunner
 from phide.spec.tree import Tree, chain
-from phide.spec.verify import PositionNoise, sampled_choices, target_choices
+
 
 MODES = ("hide", "sequential", "target-only")
 
@@ -168,7 +168,6 @@ class Engine:
         if head is not None:
             drafting = False  # the draft's job ends with the first tree; the head continues
         spec = self.spec
-        noise = PositionNoise(int(req.seed), self.target.cfg.vocab_size)
         grow_kwargs = dict(budget=self.spec.budget, topk=self.spec.topk, max_depth=self.spec.depth,
                            max_expansions=self.spec.topk * self.spec.depth)
         on_cpu = self.target.device.type == "cpu"
@@ -206,7 +205,7 @@ class Engine:
                 stats["overlap_rounds"] += ahead is not None
             with tl.phase("verify", "target"), reserved_threads(target_threads if ahead else 0):
                 logits = target.verify(tree)
-                nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, noise, len(out))
+                nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, int(req.seed), len(out))
             with tl.phase("commit", "target"):
                 target.commit(nodes, n_acc)
             if verifies == 0:  # how good the first tree was (the planner learns from it)
@@ -434,18 +433,16 @@ class Engine:
         return False
 
     @staticmethod
-    def _accept(tree: Tree, logits: torch.Tensor, temperature: float, noise: "PositionNoise", produced: int):
+    def _accept(tree: Tree, logits: torch.Tensor, temperature: float, seed: int, produced: int):
         """Run the acceptance walk; returns (accept_nodes [N], out_tokens list, n_accepted).
-        Greedy: each node's choice is the target's argmax. Sampling: its Gumbel-max sample for
-        the output position it predicts (`produced` tokens are out already), so the emitted tokens
-        are exactly target-only sampling's with the same seed, whatever the draft proposed."""
+        Each node's choice is the target's argmax (greedy) or its Gumbel-max sample with noise
+        keyed by (seed, the output position the node predicts; `produced` tokens are out
+        already), so sampled tokens are exactly target-only sampling's with the same seed,
+        whatever the draft proposed. A child is accepted iff it equals its parent's choice."""
         tokens = torch.tensor([tree.tokens], dtype=torch.int64)
         parents = torch.tensor([tree.parents], dtype=torch.int64)
-        if temperature == 0:
-            choice = target_choices(logits).cpu().view(1, -1)
-        else:
-            rows = noise.rows([produced + d for d in tree.depths()])
-            choice = sampled_choices(logits, temperature, rows).cpu().view(1, -1)
+        positions = torch.tensor([produced + d for d in tree.depths()], dtype=torch.int64, device=logits.device)
+        choice = ops.gumbel_choices(logits, temperature, seed, positions).cpu().view(1, -1)
         nodes, out, n = ops.tree_accept_greedy(tokens, parents, choice)
         n_acc = int(n[0])
         return nodes[0], out[0, : n_acc + 1].tolist(), n_acc

@@ -2,7 +2,9 @@
 
 Every op has a pure-torch twin (the CPU fallback and the test reference). PHIDE_OPS selects the
 backend: `auto` (default: the compiled op when the extension is loaded and registered for the
-tensor's device, else the twin), `torch` (always the twin), `cpp` (the compiled op or an error).
+tensor's device, the Triton kernel for CUDA tensors where there is one, else the twin), `torch`
+(always the twin), `cpp` (the compiled op or an error), `triton` (the Triton kernels where one
+exists, e.g. under TRITON_INTERPRET=1 on a CPU; the other ops as in `auto`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from phide._ext import load_extension
 from phide.spec import verify as _twin
 
-_BACKENDS = ("auto", "torch", "cpp")
+_BACKENDS = ("auto", "torch", "cpp", "triton")
 
 
 def backend() -> str:
@@ -25,7 +27,7 @@ def backend() -> str:
 
 
 def _use_compiled(*tensors: torch.Tensor) -> bool:
-    choice = backend()
+    choice = backend()  # "triton": the acceptance walk has no Triton kernel, so as in "auto"
     if choice == "torch":
         return False
     loaded = load_extension()
@@ -63,3 +65,42 @@ def tree_accept_stochastic(tokens, parents, target_probs, coins, final_coins):
             final_coins.float().contiguous(),
         )
     return _twin.tree_accept_stochastic_torch(tokens, parents, target_probs, coins, final_coins)
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    choice = backend()
+    if choice == "triton":
+        return True
+    return choice == "auto" and t.device.type == "cuda" and _triton_available()
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401  (availability probe)
+    except ImportError:
+        return False
+    return True
+
+
+def gumbel_choices(logits, temperature: float, seed: int, positions):
+    """The target's choice per tree node: argmax (T = 0) or its Gumbel-max sample with hash noise
+    keyed by (seed, output position). See `phide.spec.hash_noise.gumbel_choices_torch`."""
+    if _use_triton(logits):
+        from phide.triton_kernels.gumbel_verify import gumbel_choices_triton
+
+        return gumbel_choices_triton(logits, temperature, seed, positions)
+    from phide.spec.hash_noise import gumbel_choices_torch
+
+    return gumbel_choices_torch(logits, temperature, seed, positions)
+
+
+def kv_commit(k_cache, v_cache, base, accept_nodes, accept_len):
+    """Move each request's accepted path to its committed slots, race-free, every layer at once.
+    See `phide.spec.commit.commit_accepted_path` for shapes."""
+    if _use_triton(k_cache):
+        from phide.triton_kernels.kv_commit import kv_commit_triton
+
+        return kv_commit_triton(k_cache, v_cache, base, accept_nodes, accept_len)
+    from phide.spec.commit import commit_accepted_path
+
+    return commit_accepted_path(k_cache, v_cache, base, accept_nodes, accept_len)

@@ -6,6 +6,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Triton kernels run through the interpreter on machines without a GPU. Set before anything (e.g.
+# transformers' imports) pulls in triton: whether @triton.jit interprets is decided when a
+# kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 @pytest.fixture(autouse=True)
 def _seed():

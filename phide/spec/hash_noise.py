@@ -1,7 +1,6 @@
 """Counter-based hash noise for sampling: the same bits in torch and in a Triton kernel.
 
-`position_gumbel` (verify.py) draws its noise from a torch.Generator, which no kernel can
-reproduce. The noise here is a pure function of (seed, output position, token id) built from
+A torch.Generator's stream is something no kernel can reproduce. The noise here is a pure function of (seed, output position, token id) built from
 32-bit unsigned integer ops and a handful of IEEE float32 ops (+, -, *, correctly rounded /),
 so torch (CPU or CUDA) and Triton (GPU or TRITON_INTERPRET) produce bit-identical values. No
 state, no host sync: a position gets the same noise in every round, mode and batch layout.

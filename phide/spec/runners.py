@@ -13,7 +13,7 @@ import threading
 import torch
 
 from phide.models.llama import LlamaModel
-from phide.spec.commit import commit_accepted_path
+from phide import ops
 from phide.spec.tree import Tree, TreeGrower, verify_layout
 
 
@@ -68,8 +68,8 @@ class TargetRunner:
     def commit(self, accept_nodes: torch.Tensor, accept_len: int) -> None:
         """Keep the accepted path's KV rows (root first) contiguous after the prefix."""
         base = torch.tensor([self.length], device=self.cache.k.device)
-        commit_accepted_path(self.cache.k, self.cache.v, base, accept_nodes.view(1, -1).to(base.device),
-                             torch.tensor([accept_len], device=base.device))
+        ops.kv_commit(self.cache.k, self.cache.v, base, accept_nodes.view(1, -1).to(base.device),
+                      torch.tensor([accept_len], device=base.device))
         self.length += accept_len + 1
 
 

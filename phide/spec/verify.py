@@ -33,7 +33,6 @@ __all__ = [
     "tree_accept_stochastic_torch",
     "sample_residual_torch",
     "chain_accept_leviathan",
-    "target_choices",
     "target_probs",
 ]
 
@@ -205,56 +204,8 @@ def chain_accept_leviathan(
     return out_tokens, accept_len
 
 
-def target_choices(logits: torch.Tensor) -> torch.Tensor:
-    """Greedy target choice per node: [..., V] logits -> [...] int64 (first max, like HF)."""
-    return torch.argmax(logits, dim=-1)
-
-
 def target_probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Temperature softmax in float32; NaN logits fail closed (become -inf, never sampled)."""
     x = logits.float()
     x = torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
     return torch.softmax(x / temperature, dim=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Position-keyed Gumbel sampling: a sampled token that does not depend on the draft.
-
-
-def position_gumbel(seed: int, position: int, vocab: int) -> torch.Tensor:
-    """Gumbel(0, 1) noise [vocab] (float64) that depends only on (seed, output position):
-    stateless, so the same position gets the same noise in every round and every mode."""
-    import numpy as np
-
-    key = int(np.random.SeedSequence([int(seed) % 2**63, int(position)]).generate_state(1, dtype=np.uint64)[0])
-    gen = torch.Generator().manual_seed(key)
-    u = torch.rand(vocab, generator=gen, dtype=torch.float64).clamp_(min=1e-300)
-    return -torch.log(-torch.log(u))
-
-
-def sampled_choices(logits: torch.Tensor, temperature: float, noise: torch.Tensor) -> torch.Tensor:
-    """The target's SAMPLE per node by the Gumbel-max trick: argmax(logits / T + g) is an exact
-    draw from softmax(logits / T). logits [N, V]; noise [N, V] (row i: the Gumbel noise of the
-    output position node i predicts). NaN logits fail closed (never chosen).
-
-    Verification then is the greedy walk over these choices: a drafted child is accepted iff it
-    equals its parent's sample, which happens with exactly the target's probability of the
-    drafted tokens (the same acceptance as residual sampling over deterministic top-k siblings),
-    and the emitted tokens are the ones target-only sampling draws with the same seed."""
-    x = logits.double() / temperature
-    x = torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
-    return torch.argmax(x + noise.to(device=x.device), dim=-1)
-
-
-class PositionNoise:
-    """Per-request cache of position-keyed Gumbel noise rows (`position_gumbel`)."""
-
-    def __init__(self, seed: int, vocab: int):
-        self.seed, self.vocab = seed, vocab
-        self._rows: dict[int, torch.Tensor] = {}
-
-    def rows(self, positions: list[int]) -> torch.Tensor:
-        for p in positions:
-            if p not in self._rows:
-                self._rows[p] = position_gumbel(self.seed, p, self.vocab)
-        return torch.stack([self._rows[p] for p in positions])
