@@ -62,6 +62,20 @@ def checkpoint_stats(out_dir: str | os.PathLike) -> dict[str, dict]:
 EMBED_STD = 1.0
 
 
+def _edit_weights(model_dir: Path, suffixes: tuple[str, ...], edit) -> None:
+    """Replace every tensor whose key ends with one of `suffixes` by `edit(tensor)`, in place in
+    the directory's safetensors files."""
+    from safetensors.torch import load_file, save_file
+
+    for f in sorted(model_dir.glob("*.safetensors")):
+        part = load_file(str(f))
+        hit = [k for k in part if k.endswith(suffixes)]
+        for k in hit:
+            part[k] = edit(part[k])
+        if hit:
+            save_file(part, str(f), metadata={"format": "pt"})
+
+
 def _rescale_embeddings(model_dir: Path, std: float, seed: int) -> None:
     """Re-draw the LM's token embeddings with standard deviation `std`.
 
@@ -71,16 +85,10 @@ def _rescale_embeddings(model_dir: Path, std: float, seed: int) -> None:
     or the frames (it sat on a plateau of perfect templates with guessed attributes). Unit-scale
     embeddings keep text and visual tokens comparable."""
     import torch
-    from safetensors.torch import load_file, save_file
 
     gen = torch.Generator().manual_seed(seed)
-    for f in sorted(model_dir.glob("*.safetensors")):
-        part = load_file(str(f))
-        hit = [k for k in part if k.endswith("embed_tokens.weight")]
-        for k in hit:
-            part[k] = (torch.randn(part[k].shape, generator=gen) * std).to(part[k].dtype)
-        if hit:
-            save_file(part, str(f), metadata={"format": "pt"})
+    _edit_weights(model_dir, ("embed_tokens.weight",),
+                  lambda t: (torch.randn(t.shape, generator=gen) * std).to(t.dtype))
 
 
 VISUAL_OUT_SCALE = 0.1
@@ -90,15 +98,7 @@ def _scale_weights(model_dir: Path, suffixes: tuple[str, ...], factor: float) ->
     """Multiply the named weights (the last layer that produces visual embeddings) by `factor`:
     visual features then start ~10x smaller than the unit-scale text embeddings, so they do not
     swamp the question's tokens before attention has learned where to look."""
-    from safetensors.torch import load_file, save_file
-
-    for f in sorted(model_dir.glob("*.safetensors")):
-        part = load_file(str(f))
-        hit = [k for k in part if k.endswith(suffixes)]
-        for k in hit:
-            part[k] = part[k] * factor
-        if hit:
-            save_file(part, str(f), metadata={"format": "pt"})
+    _edit_weights(model_dir, suffixes, lambda t: t * factor)
 
 
 def write_toy_pair(out_dir: str | os.PathLike, *, size: str = "demo", seed: int = 0, verbose: bool = False) -> dict:

@@ -243,7 +243,9 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
                  log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0,
                  stop_at: int = 0, text_only: bool = False) -> list[float]:
     """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
-    question) -> answer; writes the weights back in place. Returns the per-step losses."""
+    question) -> answer; writes the weights back in place. Returns the per-step losses.
+    text_only: the curriculum's first stage (no visual tokens: the LM learns the templates and to
+    copy from the question while nothing else competes for its attention)."""
     from phide.models.video_llava import LM_PREFIXES, PROJECTOR_PREFIXES, TOWER_PREFIXES, load_video_llava
 
     torch.manual_seed(seed)
