@@ -104,3 +104,36 @@ def kv_commit(k_cache, v_cache, base, accept_nodes, accept_len):
     from phide.spec.commit import commit_accepted_path
 
     return commit_accepted_path(k_cache, v_cache, base, accept_nodes, accept_len)
+
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def tree_attention(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nodes, scale=None):
+    """Tree-verify attention: every tree node over the committed prefix plus its ancestors in the
+    tree, padding nodes zero. q [B, Hq, N, D], k_cache/v_cache [B, Hkv, S, D] (one layer),
+    prefix_len/tree_start/n_nodes [B], ancestors [B, N] int64 bitmasks (so N <= 64; larger trees
+    go through the decoder's dense mask). See `phide.spec.tree_attention.tree_attention_torch`."""
+    if _use_triton(q) and q.dtype in _KERNEL_DTYPES and k_cache.dtype == q.dtype:
+        from phide.triton_kernels.tree_attention import MAX_HEAD_DIM, tree_attention_triton
+
+        if q.shape[-1] <= MAX_HEAD_DIM:
+            return tree_attention_triton(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nodes, scale)
+    from phide.spec.tree_attention import tree_attention_torch
+
+    return tree_attention_torch(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nodes, scale)
+
+
+def tree_topk(logits, parent_scores, k: int):
+    """Draft tree step: per row the top-k tokens (ties: lower id first), their cumulative
+    log-probs (parent score + log-softmax) and the row's log-sum-exp. logits [..., V],
+    parent_scores [...] -> tokens [..., k] int64, scores [..., k] fp32, row_lse [...] fp32.
+    See `phide.spec.tree_topk.tree_topk_torch`."""
+    if _use_triton(logits) and logits.dtype in _KERNEL_DTYPES:
+        from phide.triton_kernels.tree_topk import MAX_K, tree_topk_triton
+
+        if k <= MAX_K:
+            return tree_topk_triton(logits, parent_scores, k)
+    from phide.spec.tree_topk import tree_topk_torch
+
+    return tree_topk_torch(logits, parent_scores, k)

@@ -3,7 +3,9 @@
 #   1. builds the CUDA extension (PHIDE_BUILD_CUDA=1) into the current environment,
 #   2. runs the kernel tests ON THE DEVICE: the CUDA acceptance walk and green-context lanes
 #      (pytest -m gpu) and the Triton kernels compiled for real (TRITON_INTERPRET=0),
-#   3. the per-op microbenchmarks (torch twin vs Triton vs CUDA; CSV in profiling/results/),
+#   3. the per-op microbenchmarks (torch twin vs Triton vs CUDA; CSV in profiling/results/): the
+#      verification kernels, tree-verify attention (Vicuna-7B MHA and a GQA layout) and the draft
+#      tree step top-k,
 #   4. the planner's projection (`phide plan`),
 #   5. an Nsight Systems trace of one toy request, when nsys is installed.
 # The lane-overlap sweep at 8/16/24/32 reserved SMs needs the engine to run its draft lane inside
@@ -25,11 +27,14 @@ PHIDE_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation -e . -q
 
 echo "== 2. kernel tests on the device"
 "$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py
-TRITON_INTERPRET=0 "$PY" -m pytest -q tests/test_triton_kernels.py
+TRITON_INTERPRET=0 "$PY" -m pytest -q tests/test_triton_kernels.py tests/test_tree_attention.py tests/test_tree_topk.py
 
 echo "== 3. microbenchmarks"
 "$PY" profiling/bench_tree_accept.py
 "$PY" profiling/bench_verify_kernels.py --V 32064 128256 --L 32 --H 8 --D 128 --S 4096 --path 8
+"$PY" profiling/bench_tree_attention.py --B 1 4 --Hq 32 --Hkv 32 --D 128 --N 24 64 --prefix 2048 8192
+"$PY" profiling/bench_tree_attention.py --B 1 4 --Hq 32 --Hkv 8 --D 128 --N 24 64 --prefix 2048 8192
+"$PY" profiling/bench_tree_topk.py --B 1 8 --F 4 8 --V 32064 128256 --k 4 8
 
 echo "== 4. planner projection for the real pair"
 "$PY" -m phide.cli plan

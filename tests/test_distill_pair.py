@@ -193,3 +193,19 @@ def test_the_bundled_pair_is_complete_small_and_lossless(monkeypatch):
     outs = {m: pair.engine.generate(_request(s, 16, m)) for m in ("target-only", "sequential", "hide")}
     assert outs["hide"].token_ids == outs["sequential"].token_ids == outs["target-only"].token_ids
     assert outs["hide"].stats["accepted_per_verify"] > 2  # the head drafts well for its own target
+
+
+def test_toy_evaluate_scores_target_and_draft(toy, capsys, monkeypatch):
+    """`python -m phide.toy.evaluate`: accuracy of the target and the draft alone, per question."""
+    from phide.toy.evaluate import main as evaluate_main
+
+    monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
+    assert evaluate_main(["--scenes", "3", "--max-new-tokens", "6", "--json"]) == 0
+    acc = json.loads(capsys.readouterr().out)
+    assert acc["scenes"] == 3
+    for k in ("target_correct", "target_motion", "target_colour", "draft_motion", "draft_colour"):
+        assert 0.0 <= acc[k] <= 1.0
+    assert acc["target_correct"] <= min(acc["target_motion"], acc["target_colour"])
+    assert sum(len(q) > 0 for q in acc["by_question"]) == len(acc["by_question"]) >= 1
+    assert evaluate_main([str(toy["root"]), "--scenes", "1", "--max-new-tokens", "4"]) == 0
+    assert "held-out scenes" in capsys.readouterr().out

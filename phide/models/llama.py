@@ -2,7 +2,10 @@
 
 One forward takes (tokens or embeddings, positions, cache slots, boolean attention mask), so the
 same code runs a prefill, a one-token decode step, a draft-tree expansion and a whole-tree
-verification. Numerics follow transformers' LlamaForCausalLM (fp32 RoPE tables, fp32 RMSNorm).
+verification. A tree verification may instead describe its tree (`TreeAttention`): attention then
+runs through `ops.tree_attention` (a Triton kernel, or its torch twin, which computes exactly what
+the dense mask does). Numerics follow transformers' LlamaForCausalLM (fp32 RoPE tables, fp32
+RMSNorm).
 
 Shapes: B batch, T new tokens, S cache slots, L layers, H query heads, Hkv kv heads, D head dim.
 """
@@ -16,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phide import ops
 from phide.errors import PhideError
 
 _ACTIVATIONS = {
@@ -135,6 +139,25 @@ class KVCache:
         return self.k.shape[3]
 
 
+@dataclass
+class TreeAttention:
+    """A tree-verify batch, described instead of masked: pass it as `LlamaModel.forward(tree=...)`
+    and attention runs through `ops.tree_attention` (no dense [B, T, kv_len] mask is read).
+    phide.spec.tree.tree_attention_layout builds it.
+
+    prefix_len [B] int64: committed cache rows, visible to every node.
+    tree_start [B] int64: cache row of tree node 0; the forward's slots must be tree_start + j.
+    ancestors [B, T] int64: bit j set iff node j is the node itself or one of its ancestors
+        (so T <= 64; larger trees keep the dense mask).
+    n_nodes [B] int64: real nodes per request; nodes past it are padding (attention output 0).
+    """
+
+    prefix_len: torch.Tensor
+    tree_start: torch.Tensor
+    ancestors: torch.Tensor
+    n_nodes: torch.Tensor
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -163,9 +186,10 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias=bias)
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=bias)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len):
+    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree=None):
         """x [B,T,hidden]; cos/sin [B,T,D]; k_cache/v_cache [B,Hkv,S,D] (one layer, written in
-        place at `slots` [B,T]); attn_mask [B,T,kv_len] bool (True = attend)."""
+        place at `slots` [B,T]); attn_mask [B,T,kv_len] bool (True = attend), not read when
+        `tree` (a TreeAttention over rows [0, kv_len)) is given."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.h, self.d).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.hkv, self.d).transpose(1, 2)
@@ -178,9 +202,13 @@ class Attention(nn.Module):
         k_cache[b_idx, :, slots] = k.transpose(1, 2).to(k_cache.dtype)
         v_cache[b_idx, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
         keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-        out = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=attn_mask.unsqueeze(1), enable_gqa=self.h != self.hkv
-        )
+        if tree is not None:
+            out = ops.tree_attention(q, keys, values, tree.prefix_len, tree.tree_start, tree.ancestors,
+                                     tree.n_nodes)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=attn_mask.unsqueeze(1), enable_gqa=self.h != self.hkv
+            )
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.h * self.d))
 
 
@@ -205,8 +233,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, k_cache, v_cache, slots, attn_mask, kv_len)
+    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree=None):
+        h = self.input_layernorm(x)
+        x = x + self.self_attn(h, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -241,19 +270,24 @@ class LlamaModel(nn.Module):
         positions: torch.Tensor,
         cache: KVCache,
         slots: torch.Tensor,
-        attn_mask: torch.Tensor,
+        attn_mask: torch.Tensor | None,
         kv_len: int,
+        tree: TreeAttention | None = None,
     ) -> torch.Tensor:
         """Run the decoder and return final-norm hidden states [B,T,hidden].
 
         input_ids [B,T] int64 or inputs_embeds [B,T,hidden]; positions [B,T] (RoPE positions,
         tree depth for tree nodes); slots [B,T] cache rows to write; attn_mask [B,T,kv_len] bool
-        over cache rows [0, kv_len) (must include each token's own slot).
+        over cache rows [0, kv_len) (must include each token's own slot). `tree`: a tree-verify
+        batch described by a TreeAttention over rows [0, kv_len); attn_mask is then not read
+        (pass None).
         """
+        if attn_mask is None and tree is None:
+            raise ValueError("LlamaModel.forward needs attn_mask or tree")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache.k[i], cache.v[i], slots, attn_mask, kv_len)
+            x = layer(x, cos, sin, cache.k[i], cache.v[i], slots, attn_mask, kv_len, tree)
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

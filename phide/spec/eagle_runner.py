@@ -52,7 +52,7 @@ class EagleRunner:
         self.length += n
         base = self.length
         root_hidden = out[0, -1]
-        grower = TreeGrower(self.root_token, self._logprobs(root_hidden), topk=topk, max_depth=max_depth)
+        grower = TreeGrower(self.root_token, self._logits(root_hidden), topk=topk, max_depth=max_depth)
         hidden_of: dict[int, torch.Tensor] = {}  # head output at each expanded candidate
 
         def expand(chosen: list[int]) -> torch.Tensor:
@@ -64,13 +64,13 @@ class EagleRunner:
             self.forwards += 1
             for row, ci in enumerate(chosen):
                 hidden_of[ci] = h[row]
-            return self._logprobs(h)
+            return self._logits(h)
 
         grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
         return grower.build(budget)
 
-    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.lm.logits(hidden), dim=-1)
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.logits(hidden)  # the tree grower normalises (ops.tree_topk)
 
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
         """Queue the accepted path's pairs: features from the target's verify forward of this tree."""

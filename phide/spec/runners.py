@@ -14,7 +14,7 @@ import torch
 
 from phide.models.llama import LlamaModel
 from phide import ops
-from phide.spec.tree import Tree, TreeGrower, verify_layout
+from phide.spec.tree import MAX_TREE_NODES, Tree, TreeGrower, tree_attention_layout, verify_layout, verify_rows
 
 
 def causal_inputs(start: int, n: int, device):
@@ -53,14 +53,20 @@ class TargetRunner:
 
     @torch.inference_mode()
     def verify(self, tree: Tree) -> torch.Tensor:
-        """Target logits [N, V] for every tree node, in one forward."""
+        """Target logits [N, V] for every tree node, in one forward. Trees of up to
+        MAX_TREE_NODES nodes are described to the decoder (`ops.tree_attention`: the prefix
+        unmasked, the tree under ancestor bitmasks); larger ones take the dense mask."""
         if self.length + len(tree) > self.cache.max_len:
             raise RuntimeError("target KV cache too small for this tree")
         device = self.model.device
-        pos, slots, mask = verify_layout(tree, self.length, device)
+        if len(tree) <= MAX_TREE_NODES:
+            pos, slots = verify_rows(tree, self.length, device)
+            mask, tree_attn = None, tree_attention_layout([tree], [self.length], len(tree), device)
+        else:
+            (pos, slots, mask), tree_attn = verify_layout(tree, self.length, device), None
         ids = torch.tensor([tree.tokens], dtype=torch.int64, device=device)
         hidden = self.model(ids, positions=pos, cache=self.cache, slots=slots, attn_mask=mask,
-                            kv_len=self.length + len(tree))
+                            kv_len=self.length + len(tree), tree=tree_attn)
         self.forwards += 1
         self.last_hidden = hidden[0]
         return self.model.logits(hidden)[0]
@@ -105,9 +111,9 @@ class DraftRunner:
         self.length = n
         self.pending = [] if last_token is None else [int(last_token)]
 
-    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.head.logits(hidden)[..., : self.vocab_limit]
-        return torch.log_softmax(logits, dim=-1)
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        # The tree grower normalises (ops.tree_topk), over the shared vocabulary only.
+        return self.head.logits(hidden)[..., : self.vocab_limit]
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
@@ -126,7 +132,7 @@ class DraftRunner:
         self.length += n
         root_token, root_slot = self.pending[-1], self.length - 1
         self.pending = []
-        grower = TreeGrower(root_token, self._logprobs(hidden[0, -1]), topk=topk, max_depth=max_depth)
+        grower = TreeGrower(root_token, self._logits(hidden[0, -1]), topk=topk, max_depth=max_depth)
         base = self.length
 
         def expand(chosen: list[int]) -> torch.Tensor:
@@ -134,7 +140,7 @@ class DraftRunner:
             tok = torch.tensor([[grower.cands[ci].token for ci in chosen]], device=device)
             h = self.model(tok, positions=pos, cache=self.cache, slots=slots, attn_mask=mask, kv_len=kv_len)
             self.forwards += 1
-            return self._logprobs(h[0])
+            return self._logits(h[0])
 
         grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
         tree = grower.build(budget, root_slot)

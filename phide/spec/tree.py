@@ -15,6 +15,11 @@ from typing import Callable
 
 import torch
 
+from phide import ops
+from phide.errors import DraftFault
+from phide.models.llama import TreeAttention
+from phide.spec.tree_attention import MAX_TREE_NODES, ancestor_bits
+
 
 @dataclass
 class Tree:
@@ -84,6 +89,15 @@ def stack_trees(trees: list[Tree], n: int, pad_token: int = 0) -> tuple[torch.Te
     return tokens, parents
 
 
+def verify_rows(tree: Tree, prefix_len: int, device="cpu"):
+    """positions [1,N] (prefix_len + depth) and slots [1,N] (prefix_len + i) for verifying one
+    tree in one forward after `prefix_len` cached rows."""
+    depth = torch.tensor(tree.depths(), dtype=torch.int64)
+    positions = (prefix_len + depth).unsqueeze(0)
+    slots = torch.arange(prefix_len, prefix_len + len(tree), dtype=torch.int64).unsqueeze(0)
+    return positions.to(device), slots.to(device)
+
+
 def verify_layout(tree: Tree, prefix_len: int, device="cpu"):
     """Inputs for verifying one tree in one forward after `prefix_len` cached rows.
 
@@ -91,12 +105,26 @@ def verify_layout(tree: Tree, prefix_len: int, device="cpu"):
     attention mask [1, N, prefix_len + N] (whole prefix, then ancestors-or-self).
     """
     n = len(tree)
-    depth = torch.tensor(tree.depths(), dtype=torch.int64)
-    positions = (prefix_len + depth).unsqueeze(0)
-    slots = torch.arange(prefix_len, prefix_len + n, dtype=torch.int64).unsqueeze(0)
+    positions, slots = verify_rows(tree, prefix_len, device)
     mask = torch.ones(1, n, prefix_len + n, dtype=torch.bool)
     mask[0, :, prefix_len:] = ancestor_mask(tree.parents)
-    return positions.to(device), slots.to(device), mask.to(device)
+    return positions, slots, mask.to(device)
+
+
+def tree_attention_layout(trees: list[Tree], prefix_lens: list[int], n: int, device="cpu") -> TreeAttention:
+    """The structured twin of `verify_batch_layout`'s mask, for `LlamaModel.forward(tree=...)`:
+    request b's tree (padded to n <= MAX_TREE_NODES nodes) sits at cache rows prefix_lens[b] + j
+    after its prefix_lens[b] committed rows. Padding nodes see only themselves, as in the mask."""
+    if n > MAX_TREE_NODES:
+        raise ValueError(f"{n} nodes: structured tree attention holds at most {MAX_TREE_NODES}")
+    ancestors = [ancestor_bits(t.parents + [-1] * (n - len(t))) for t in trees]
+    lens = torch.tensor(prefix_lens, dtype=torch.int64)
+    return TreeAttention(
+        prefix_len=lens.to(device),
+        tree_start=lens.to(device),
+        ancestors=torch.tensor(ancestors, dtype=torch.int64, device=device),
+        n_nodes=torch.tensor([len(t) for t in trees], dtype=torch.int64, device=device),
+    )
 
 
 def verify_batch_layout(trees: list[Tree], prefix_lens: list[int], n: int, device="cpu"):
@@ -128,7 +156,8 @@ class _Candidate:
     slot: int = -1  # draft KV row once expanded
 
 
-# expand(frontier) -> log-probs [F, V] of the next token after each frontier candidate.
+# expand(frontier) -> logits [F, V] of the next token after each frontier candidate (any
+# monotone shift per row is fine, e.g. log-probs: the grower normalises them itself).
 ExpandFn = Callable[[list[int]], torch.Tensor]
 
 
@@ -138,37 +167,44 @@ class TreeGrower:
     time (the end of the target's prefill) and still get a valid tree.
 
     `expand(ids)` receives candidate indices (into `self.cands`; -1 never passed) whose ancestors
-    were all expanded before, runs the draft on them, and returns [F, V] log-probs. The caller
+    were all expanded before, runs the draft on them, and returns [F, V] logits. The caller
     records each expanded candidate's KV slot via `cands[i].slot`.
+
+    Children come from `ops.tree_topk` (Triton or its torch twin): the top-k tokens of each
+    row's log-softmax, ties to the lower token id, scored by cumulative log-prob (fp32).
     """
 
-    def __init__(self, root_token: int, root_logprobs: torch.Tensor, *, topk: int, max_depth: int):
+    def __init__(self, root_token: int, root_logits: torch.Tensor, *, topk: int, max_depth: int):
         self.root_token = root_token
         self.topk = max(1, topk)
         self.max_depth = max_depth
         self.cands: list[_Candidate] = []
         self.frontier: list[int] = []
         self.expanded = 0
-        self._add_children(-1, 0.0, 0, root_logprobs)
+        self._add_children([-1], root_logits.unsqueeze(0))
 
-    def _add_children(self, parent: int, parent_score: float, parent_depth: int, logprobs: torch.Tensor):
-        if parent_depth + 1 > self.max_depth:
+    def _add_children(self, parents: list[int], logits: torch.Tensor):
+        """Children of `parents` (candidate indices, -1 = the root) from their logits [F, V]."""
+        depths = [self.cands[p].depth if p >= 0 else 0 for p in parents]
+        if min(depths) + 1 > self.max_depth:
             return
-        logprobs = logprobs.float()
-        if not torch.isfinite(logprobs).any() or torch.isnan(logprobs).any():
-            from phide.errors import DraftFault
-
+        parent_scores = torch.tensor([self.cands[p].score if p >= 0 else 0.0 for p in parents],
+                                     dtype=torch.float32, device=logits.device)
+        k = min(self.topk, logits.shape[-1])
+        tokens, scores, row_lse = ops.tree_topk(logits, parent_scores, k)
+        if not bool(torch.isfinite(row_lse).all()):
             raise DraftFault("draft produced NaN or all -inf log-probs")
-        k = min(self.topk, logprobs.numel())
-        vals, toks = torch.topk(logprobs, k)
-        new = []
-        for v, t in zip(vals.tolist(), toks.tolist()):
-            if v == float("-inf"):
+        for p, depth, toks, vals in zip(parents, depths, tokens.tolist(), scores.tolist()):
+            if depth + 1 > self.max_depth:
                 continue
-            self.cands.append(_Candidate(t, parent_score + v, parent, parent_depth + 1))
-            new.append(len(self.cands) - 1)
-        if parent_depth + 1 < self.max_depth:  # nodes at max depth are never expanded
-            self.frontier.extend(new)
+            new = []
+            for t, v in zip(toks, vals):
+                if v == float("-inf"):
+                    continue
+                self.cands.append(_Candidate(t, v, p, depth + 1))
+                new.append(len(self.cands) - 1)
+            if depth + 1 < self.max_depth:  # nodes at max depth are never expanded
+                self.frontier.extend(new)
 
     def can_grow(self) -> bool:
         return bool(self.frontier)
@@ -187,10 +223,7 @@ class TreeGrower:
         chosen = self.next_frontier()
         # Only the newest level stays on the frontier (EAGLE-2 expands level by level).
         self.frontier = []
-        logprobs = expand(chosen)
-        for row, ci in enumerate(chosen):
-            c = self.cands[ci]
-            self._add_children(ci, c.score, c.depth, logprobs[row])
+        self._add_children(chosen, expand(chosen))
         self.expanded += len(chosen)
         return len(chosen)
 

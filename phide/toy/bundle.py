@@ -5,21 +5,26 @@
     phide/toy/bundled/clip        the draft's CLIP tower
     phide/toy/bundled/draft       EventGPT-format draft + draft_adapter.* (strategy B adapter)
 
-Rebuild (fixed seeds; about an hour on 2 CPU cores, most of it the target):
+Rebuild (fixed seeds; about 1.5 hours on 2 free CPU cores, most of it the target):
 
     python -m phide.toy.bundle OUT_DIR [--install]
 
 runs, in order (each step is a `phide.toy.train` / `phide distill` command, logged as it runs):
-  1. write the random `demo` pair (unit-scale text embeddings, visual outputs scaled down:
-     `phide.toy.pair`);
-  2. target, curriculum stage 1: text only (no visual tokens), 300 steps: templates and copying
-     from the question;
-  3. target, stage 2: frames + question, answer loss + renderer-supervised patch losses
-     (`phide.toy.supervision`), the first `--target-stop` steps of a `--target-steps` schedule;
-  4. draft, the same two stages on events;
+  1. write the random `demo` pair with shallow language models (`--train-layers`, 4: on 2 cores a
+     32-layer LM trains ~8x slower per step, and reading the frames takes thousands of steps);
+     unit-scale text embeddings, visual outputs scaled down (`phide.toy.pair`);
+  2. target (`TARGET_STAGES`): text only first (no visual tokens: templates and copying from the
+     question), then frames + question with answer loss + renderer-supervised losses
+     (`phide.toy.supervision`: per patch and per scene; `phide.toy.look`: attention), at a
+     lower learning rate and on more scenes as it goes; held-out exact-match logged throughout;
+  3. draft (`DRAFT_STAGES`), the same on events;
+  4. grow both language models to the preset's 32 layers, function-preserving (`phide.toy.grow`:
+     the new layers do full work but start as identities), then `--finetune-steps` at full depth;
   5. export paired distillation data (`phide.paired` layout) and `phide distill --data` (EAGLE
      head + draft adapter), copied into the model directories.
---install copies OUT_DIR over phide/toy/bundled/. CPU training is deterministic up to
+--install copies OUT_DIR over phide/toy/bundled/. The committed pair was trained stage by stage
+while the recipe was being found (the per-patch row/column losses joined at the target's third
+stage); the stages above are that run. CPU training is deterministic up to
 floating-point reduction order, so a rebuild gives a pair of the same quality, not the same bits.
 
 Scene seeds: training uses world seed 0, distillation data seed 1, the demo and bench seed 2
@@ -37,6 +42,19 @@ from pathlib import Path
 from phide.errors import PhideError
 
 BUNDLED = Path(__file__).resolve().parent / "bundled"
+# The committed pair's training, stage by stage (`phide.toy.train` arguments after --only PART).
+TARGET_STAGES = (
+    ["--text-only", "--target-steps", "400", "--scenes", "800"],
+    ["--target-steps", "2000", "--scenes", "800", "--checkpoint-every", "200"],
+    ["--target-steps", "2000", "--lr", "1e-3", "--scenes", "800", "--checkpoint-every", "250"],
+    ["--target-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "250", "--stop-at", "0"],
+)
+DRAFT_STAGES = (
+    ["--text-only", "--draft-steps", "266", "--scenes", "800"],
+    ["--draft-steps", "1500", "--scenes", "800", "--checkpoint-every", "250"],
+    ["--draft-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "500"],
+    ["--draft-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "500", "--stop-at", "0"],
+)
 TRAIN_SEED, DISTILL_SEED, EVAL_SEED = 0, 1, 2
 PARTS = ("tokenizer", "target", "clip", "draft")
 
@@ -66,15 +84,14 @@ def export_distill_data(out_dir, scenes: int, seed: int = DISTILL_SEED) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from phide.cli import main as phide_main
+    from phide.toy.grow import grow_decoder
+    from phide.toy.pair import SIZES
     from phide.toy.train import main as train_main
 
     ap = argparse.ArgumentParser(prog="python -m phide.toy.bundle", description="rebuild the bundled toy pair")
     ap.add_argument("out_dir")
-    ap.add_argument("--text-steps", type=int, default=300, help="stage 1 steps (target); the draft gets 2/3")
-    ap.add_argument("--target-steps", type=int, default=1000, help="stage 2 schedule length (target)")
-    ap.add_argument("--target-stop", type=int, default=200, help="end stage 2 after this many steps (0: all)")
-    ap.add_argument("--draft-steps", type=int, default=300, help="stage 2 steps (draft)")
-    ap.add_argument("--train-scenes", type=int, default=800)
+    ap.add_argument("--train-layers", type=int, default=4, help="LM layers while training (then grown)")
+    ap.add_argument("--finetune-steps", type=int, default=0, help="steps of each model after growing it")
     ap.add_argument("--distill-scenes", type=int, default=60)
     ap.add_argument("--head-steps", type=int, default=800)
     ap.add_argument("--adapter-steps", type=int, default=400)
@@ -83,13 +100,18 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     if not args.skip_training:
-        common = [str(out), "--size", "demo", "--scenes", str(args.train_scenes), "--seed", str(TRAIN_SEED),
-                  "--log-every", "50"]
-        train_main(common + ["--only", "target", "--text-only", "--target-steps", str(args.text_steps)])
-        train_main(common + ["--only", "target", "--target-steps", str(args.target_steps),
-                             "--stop-at", str(args.target_stop)])
-        train_main(common + ["--only", "draft", "--text-only", "--draft-steps", str(2 * args.text_steps // 3)])
-        train_main(common + ["--only", "draft", "--draft-steps", str(args.draft_steps)])
+        common = [str(out), "--size", "demo", "--seed", str(TRAIN_SEED), "--log-every", "50",
+                  "--lm-layers", str(args.train_layers), "--held-out", "96"]
+        for part, stages in (("target", TARGET_STAGES), ("draft", DRAFT_STAGES)):
+            for stage in stages:
+                train_main(common + ["--only", part, *stage])
+        depth = SIZES["demo"]["target"]["text_layers"]
+        for part in ("target", "draft"):
+            old = grow_decoder(out / part, depth)
+            print(f"phide: grew the {part} LM from {old} to {depth} layers", file=sys.stderr)
+        if args.finetune_steps:
+            train_main(common + ["--target-steps", str(args.finetune_steps), "--draft-steps",
+                                 str(args.finetune_steps), "--lr", "3e-4"])
     n = export_distill_data(out / "distill-data", args.distill_scenes)
     print(f"phide: wrote {n} paired samples to {out / 'distill-data'}", file=sys.stderr)
     rc = phide_main(["distill", "--target", str(out / "target"), "--draft", str(out / "draft"),

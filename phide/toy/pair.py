@@ -101,16 +101,23 @@ def _scale_weights(model_dir: Path, suffixes: tuple[str, ...], factor: float) ->
     _edit_weights(model_dir, suffixes, lambda t: t * factor)
 
 
-def write_toy_pair(out_dir: str | os.PathLike, *, size: str = "demo", seed: int = 0, verbose: bool = False) -> dict:
+def write_toy_pair(out_dir: str | os.PathLike, *, size: str = "demo", seed: int = 0, verbose: bool = False,
+                   lm_layers: int | None = None) -> dict:
     """Write tokenizer/, target/, clip/, draft/ under out_dir (random weights, deterministic by seed);
-    returns checkpoint_stats(out_dir). Raises ValueError when the pair is over the bf16 budget."""
+    returns checkpoint_stats(out_dir). Raises ValueError when the pair is over the bf16 budget.
+    lm_layers: both language models with this many layers instead of the preset's (train shallow,
+    then grow to the preset's depth with `phide.toy.grow`)."""
     from phide.models.tiny_eventgpt import write_tiny_clip, write_tiny_eventgpt
     from phide.models.tiny_video_llava import write_tiny_video_llava
     from phide.toy.tokenizer import train_toy_tokenizer
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
-    preset = SIZES[size]
+    preset = {k: dict(v) for k, v in SIZES[size].items()}
+    if lm_layers is not None:
+        if lm_layers < 1:
+            raise ValueError(f"lm_layers must be >= 1, not {lm_layers}")
+        preset["target"]["text_layers"] = preset["draft"]["layers"] = lm_layers
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok_dir = out / "tokenizer"

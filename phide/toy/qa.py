@@ -42,11 +42,17 @@ def questions_for(scene: Scene) -> list[str]:
     return out
 
 
-def region(obj: Obj, scene: Scene, t_s: Optional[float] = None) -> str:
-    """Where the object's centre is (3x3 grid) at t_s (default: the end of the clip)."""
+def region_cell(obj: Obj, scene: Scene, t_s: Optional[float] = None) -> tuple[int, int]:
+    """(row, col) of the 3x3 grid cell holding the object's centre at t_s (default: the clip's end)."""
     cx, cy = obj.centre_px(scene, scene.duration_s if t_s is None else t_s)
     col = min(2, max(0, int(3 * float(cx) / scene.width)))
     row = min(2, max(0, int(3 * float(cy) / scene.height)))
+    return row, col
+
+
+def region(obj: Obj, scene: Scene, t_s: Optional[float] = None) -> str:
+    """Where the object's centre is (3x3 grid) at t_s (default: the end of the clip)."""
+    row, col = region_cell(obj, scene, t_s)
     return _REGIONS[row][col]
 
 

@@ -211,4 +211,7 @@ def sample_scene(rng: Union[int, np.random.Generator] = 0, *, width: int = 64, h
     else:  # crowded (tiny images): keep the objects that fit
         while len(objs) > 1 and not _overlap_free(objs, frame):
             objs.pop()
+    # Canonical order (circle, square, triangle): answers list objects in scene order, and a
+    # sampled order is invisible to both cameras, so it would make answers a coin flip.
+    objs.sort(key=lambda o: SHAPES.index(o.shape))
     return Scene(tuple(objs), width, height, duration_us, seed)

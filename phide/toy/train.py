@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from phide.models.llama import LlamaModel
-from phide.toy.supervision import (COLOUR_CLASSES, MOTION_CLASSES, SHAPE_CLASSES, event_patch_labels,
-                                   target_patch_labels)
+from phide.toy.look import attention_rows, capture_attention_inputs, look_loss
+from phide.toy.supervision import (COLOUR_CLASSES, MOTION_CLASSES, SCENE_CLASSES, SHAPE_CLASSES, event_patch_labels,
+                                   scene_labels, target_patch_labels)
 
 EOS_ID = 2  # </s>
+LOOK_LAYERS = (0, 1)  # attention supervision: layer 0 looks at the last frame, layer 1 at the first
 
 
 def _log(msg: str) -> None:
@@ -75,16 +77,22 @@ def _answer_ids(prompt_ids: list[int], full_ids: list[int]) -> list[int]:
     return full_ids[len(prompt_ids):] + [EOS_ID]
 
 
-def target_example(target, sample) -> dict:
-    """(ids with ONE <video>, where it is, answer ids + </s>, pixel values) for one Sample."""
+def target_example(target, sample, pixel_cache: dict | None = None) -> dict:
+    """(ids with ONE <video>, where it is, answer ids + </s>, pixel values) for one Sample.
+    pixel_cache: a dict shared across samples, so a scene's questions share one pixel tensor."""
     prompt = target.prompt_text(sample.question)
     ids = target.prompt_ids(sample.question)
     full = list(target.tokenizer(prompt + " " + sample.answer)["input_ids"])
-    pixels = target.pixel_values(sample.frames)
+    if pixel_cache is None:
+        pixels = target.pixel_values(sample.frames)
+    else:
+        pixels = pixel_cache.get(sample.scene)
+        if pixels is None:
+            pixels = pixel_cache[sample.scene] = target.pixel_values(sample.frames)
     grid = pixels.shape[-1] // target.tower.config.patch_size
     labels = {k: torch.from_numpy(v) for k, v in target_patch_labels(sample.scene, pixels.shape[0], grid).items()}
     return {"ids": ids, "at": ids.index(target.video_token_id), "answer": _answer_ids(ids, full),
-            "pixels": pixels, "labels": labels}
+            "pixels": pixels, "labels": labels, "scene": _scene_tensors(sample.scene)}
 
 
 def draft_example(draft, sample) -> dict:
@@ -96,7 +104,12 @@ def draft_example(draft, sample) -> dict:
     labels = {k: torch.from_numpy(v) for k, v in
               event_patch_labels(sample.scene, draft.image_size // draft.patch_size).items()}
     return {"ids": ids, "at": ids.index(EVENT_TOKEN_INDEX), "answer": _answer_ids(ids, full),
-            "pixels": draft.pixel_values(as_event_frames(sample.events, draft.n_frames)), "labels": labels}
+            "pixels": draft.pixel_values(as_event_frames(sample.events, draft.n_frames)), "labels": labels,
+            "scene": _scene_tensors(sample.scene)}
+
+
+def _scene_tensors(scene) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in scene_labels(scene).items()}
 
 
 def _sequence(lm: LlamaModel, ex: dict, feats: torch.Tensor, placeholder: int) -> tuple[torch.Tensor, list[int]]:
@@ -127,6 +140,27 @@ def batch_loss(lm: LlamaModel, seqs: list[tuple[torch.Tensor, list[int], int]], 
     return (loss, hidden) if return_hidden else loss
 
 
+@torch.no_grad()
+def teacher_forced_exact(lm: LlamaModel, seqs: list[tuple[torch.Tensor, list[int], int]], batch: int = 8) -> tuple[float, float]:
+    """(fraction of sequences whose every answer token is the argmax given the reference prefix,
+    i.e. greedy decoding would reproduce the reference exactly; answer-token accuracy)."""
+    was_training = lm.training
+    lm.eval()
+    exact = right = total = 0
+    for i in range(0, len(seqs), batch):
+        chunk = seqs[i:i + batch]
+        T = max(e.shape[0] for e, _, _ in chunk)
+        hidden = causal_hidden(lm, torch.stack([F.pad(e, (0, 0, 0, T - e.shape[0])) for e, _, _ in chunk]))
+        for b, (e, ids, n) in enumerate(chunk):
+            L = e.shape[0]
+            ok = lm.lm_head(hidden[b, L - n - 1:L - 1]).argmax(-1) == torch.tensor(ids[L - n:])
+            exact += bool(ok.all())
+            right += int(ok.sum())
+            total += n
+    lm.train(was_training)
+    return exact / max(len(seqs), 1), right / max(total, 1)
+
+
 def _aux_heads(hidden: int, names: dict[str, int]) -> torch.nn.ModuleDict:
     """Linear probes for the auxiliary losses (training only; never saved)."""
     return torch.nn.ModuleDict({k: torch.nn.Linear(hidden, n) for k, n in names.items()})
@@ -134,6 +168,23 @@ def _aux_heads(hidden: int, names: dict[str, int]) -> torch.nn.ModuleDict:
 
 def _aux_ce(head: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(x).reshape(-1, head.out_features).float(), labels.reshape(-1))
+
+
+def _scene_heads(hidden: int, facts) -> torch.nn.ModuleDict:
+    """Linear probes for the scene-level facts (`phide.toy.supervision.scene_labels`): one
+    output block per shape slot."""
+    return torch.nn.ModuleDict({k: torch.nn.Linear(hidden, 3 * SCENE_CLASSES[k]) for k in facts})
+
+
+def scene_loss(heads: torch.nn.ModuleDict, text_hidden: torch.Tensor, scene: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean CE of every fact in `heads`, predicted at each text position after the visual tokens
+    (text_hidden [N, H]: the question and answer positions, which see all of them)."""
+    loss = 0.0
+    for k, head in heads.items():
+        c = SCENE_CLASSES[k]
+        logits = head(text_hidden).reshape(-1, c).float()      # [N * slots, c]
+        loss = loss + F.cross_entropy(logits, scene[k].repeat(text_hidden.shape[0]))
+    return loss / len(heads)
 
 
 # ---------------------------------------------------------------------------------------- saving
@@ -223,7 +274,33 @@ def _loop(name: str, params, step_loss, *, steps: int, lr: float, batch: int, n:
                  f"({dt:.1f}s, {dt / (step + 1):.3f}s/step)")
         if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
             checkpoint()
-            _log(f"train {name}: checkpoint written at step {step + 1}")
+            _log(f"train {name}: checkpoint at step {step + 1}")
+    return losses
+
+
+def _held_out_scorer(name: str, lm: LlamaModel, held: list[dict], features, placeholder: int):
+    """A callable that logs teacher_forced_exact on the held-out examples (a no-op without any);
+    features(example) -> the visual rows spliced at its placeholder."""
+    def score():
+        if not held:
+            return
+        with torch.no_grad():
+            seqs = [(*_sequence(lm, ex, features(ex), placeholder), len(ex["answer"])) for ex in held]
+        exact, acc = teacher_forced_exact(lm, seqs)
+        _log(f"train {name}: held-out exact answers {exact:.3f}, answer tokens {acc:.4f} ({len(held)} samples)")
+    return score
+
+
+def _run(name, params, step_loss, score, write, **loop_kw) -> list[float]:
+    """_loop with held-out scoring and (when `write` is given) the weights written at every
+    checkpoint and at the end."""
+    def checkpoint():
+        score()
+        if write is not None:
+            write()
+
+    losses = _loop(name, params, step_loss, checkpoint=checkpoint, **loop_kw)
+    checkpoint()
     return losses
 
 
@@ -241,20 +318,30 @@ def _trainable(*modules) -> list:
 
 def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
                  log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0,
-                 stop_at: int = 0, text_only: bool = False) -> list[float]:
+                 stop_at: int = 0, text_only: bool = False, scene_weight: float = 1.0, look_weight: float = 1.0,
+                 held_out=None) -> list[float]:
     """Train pair_dir/target (tower layers used for features, projector, LM) on samples' (frames,
     question) -> answer; writes the weights back in place. Returns the per-step losses.
     text_only: the curriculum's first stage (no visual tokens: the LM learns the templates and to
-    copy from the question while nothing else competes for its attention)."""
+    copy from the question while nothing else competes for its attention).
+    aux_weight: the per-patch losses; scene_weight: the scene-level facts (colour, size, motion,
+    region of each shape) probed at every text position after the frames; look_weight: attention
+    supervision (`phide.toy.look`). held_out: samples scored (teacher-forced exact match) at each
+    checkpoint and at the end."""
     from phide.models.video_llava import LM_PREFIXES, PROJECTOR_PREFIXES, TOWER_PREFIXES, load_video_llava
 
     torch.manual_seed(seed)
     model_dir = Path(pair_dir) / "target"
     target = load_video_llava(model_dir)
-    data = [target_example(target, s) for s in samples]
+    pixel_cache: dict = {}
+    data = [target_example(target, s, pixel_cache) for s in samples]
     H = target.lm.cfg.hidden_size
-    heads = _aux_heads(H, {"colour": COLOUR_CLASSES, "shape": SHAPE_CLASSES, "motion": MOTION_CLASSES})
-    params = _trainable(target.lm, target.tower, target.projector, heads)
+    grid = target.tower.config.image_size // target.tower.config.patch_size
+    heads = _aux_heads(H, {"colour": COLOUR_CLASSES, "shape": SHAPE_CLASSES, "motion": MOTION_CLASSES,
+                           "row": grid, "col": grid})
+    cells = torch.arange(grid * grid)
+    facts = _scene_heads(H, ("colour", "size", "motion", "region"))
+    params = _trainable(target.lm, target.tower, target.projector, heads, facts)
 
     def step_loss(idx):
         seqs, aux = [], 0.0
@@ -264,18 +351,37 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
                     target_features(target, ex["pixels"], per_frame=True))  # [F, 1 + P, H]
             emb, ids = _sequence(target.lm, ex, proj.reshape(-1, H), target.video_token_id)
             seqs.append((emb, ids, len(ex["answer"])))
-            if aux_weight and not text_only:  # what each patch token shows (CLS token 0 left out)
-                aux = aux + _aux_ce(heads["colour"], proj[:, 1:], ex["labels"]["colour"]) \
-                    + _aux_ce(heads["shape"], proj[:, 1:], ex["labels"]["shape"])
-        loss, hidden = batch_loss(target.lm, seqs, return_hidden=True)
-        if aux_weight and not text_only:
-            for b, i in enumerate(idx):  # motion at the LM's visual positions of frames 1.. (they see the past)
-                ex = data[i]
-                F_, P = ex["labels"]["motion"].shape
-                vis = hidden[b, ex["at"]:ex["at"] + F_ * (P + 1)].reshape(F_, P + 1, H)[1:, 1:]
-                aux = aux + _aux_ce(heads["motion"], vis, ex["labels"]["motion"][1:])
-            return loss + aux_weight * aux / len(idx), loss.detach()
-        return loss
+            if aux_weight and not text_only:  # what each patch token shows (CLS token 0 left out) and where
+                F_ = proj.shape[0]
+                aux = aux + aux_weight * (_aux_ce(heads["colour"], proj[:, 1:], ex["labels"]["colour"])
+                                          + _aux_ce(heads["shape"], proj[:, 1:], ex["labels"]["shape"])
+                                          + _aux_ce(heads["row"], proj[:, 1:], (cells // grid).expand(F_, -1))
+                                          + _aux_ce(heads["col"], proj[:, 1:], (cells % grid).expand(F_, -1)))
+        with capture_attention_inputs(target.lm, LOOK_LAYERS if look_weight and not text_only else ()) as seen:
+            loss, hidden = batch_loss(target.lm, seqs, return_hidden=True)
+        if text_only or not (aux_weight or scene_weight or look_weight):
+            return loss
+        for b, i in enumerate(idx):
+            ex = data[i]
+            F_, P = ex["labels"]["motion"].shape
+            end = ex["at"] + F_ * (P + 1)  # the first text position after the frames
+            L = seqs[b][0].shape[0]
+            for layer, frame in zip(LOOK_LAYERS, (F_ - 1, 0)) if look_weight else ():
+                x, cos, sin = (t[b] for t in seen[layer])
+                probs = attention_rows(target.lm.layers[layer].self_attn, x, cos, sin, slice(end, L), L)
+                shapes = ex["labels"]["shape"][frame]
+                keys = {k: ex["at"] + frame * (P + 1) + 1 + torch.nonzero(shapes == k + 1).flatten()
+                        for k in range(SHAPE_CLASSES - 1) if bool((shapes == k + 1).any())}
+                aux = aux + look_weight * look_loss(probs, keys)
+            if aux_weight:  # motion at the LM's visual positions of frames 1.. (they see the past)
+                vis = hidden[b, ex["at"]:end].reshape(F_, P + 1, H)[1:, 1:]
+                aux = aux + aux_weight * _aux_ce(heads["motion"], vis, ex["labels"]["motion"][1:])
+            if scene_weight:
+                aux = aux + scene_weight * scene_loss(facts, hidden[b, end:L], ex["scene"])
+        return loss + aux / len(idx), loss.detach()
+
+    score = _held_out_scorer("target", target.lm, [target_example(target, s) for s in held_out or ()],
+                             lambda ex: target_features(target, ex["pixels"]), target.video_token_id)
 
     def write():
         keys = _keys(model_dir)
@@ -284,20 +390,19 @@ def train_target(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch
         updates.update(_named(target.projector, keys, PROJECTOR_PREFIXES, "linear_1.weight"))
         _write_back(model_dir, updates)
 
-    losses = _loop("target", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
-                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every,
-                   stop_at=stop_at)
-    if save:
-        write()
-    return losses
+    return _run("target", params, step_loss, score, write if save else None, steps=steps, lr=lr, batch=batch,
+                n=len(data), seed=seed, log_every=log_every, checkpoint_every=checkpoint_every, stop_at=stop_at)
 
 
 def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch: int = 8, seed: int = 0,
                 log_every: int = 10, save: bool = True, checkpoint_every: int = 0, aux_weight: float = 1.0,
-                stop_at: int = 0, text_only: bool = False) -> list[float]:
+                stop_at: int = 0, text_only: bool = False, scene_weight: float = 1.0, look_weight: float = 1.0,
+                held_out=None) -> list[float]:
     """Train pair_dir/draft (CLIP tower, projector, adaptor, LM) on samples' (event frames, question)
     -> answer; writes the decoder + adapters back to draft/ and the tower back to where it was
-    loaded from (the checkpoint when it holds one, else the CLIP directory). Returns the losses."""
+    loaded from (the checkpoint when it holds one, else the CLIP directory). Returns the losses.
+    The scene-level facts probed here leave colour out: events cannot show it. Attention
+    supervision: layer 0's head k looks at shape k's patches of the event image."""
     from phide.models.eventgpt import (ADAPTOR_PREFIXES, CKPT_TOWER_PREFIXES, CLIP_TOWER_PREFIXES, PROJECTOR_PREFIXES,
                                        load_eventgpt, resolve_clip_dir)
     from phide.models.loading import read_config
@@ -306,24 +411,48 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch:
     model_dir = Path(pair_dir) / "draft"
     draft = load_eventgpt(model_dir)
     data = [draft_example(draft, s) for s in samples]
-    heads = _aux_heads(draft.lm.cfg.hidden_size, {"shape": SHAPE_CLASSES, "motion": MOTION_CLASSES})
-    params = _trainable(draft.lm, draft.tower, draft.projector, draft.adaptor, heads)
+    H = draft.lm.cfg.hidden_size
+    grid = draft.image_size // draft.patch_size
+    heads = _aux_heads(H, {"shape": SHAPE_CLASSES, "motion": MOTION_CLASSES, "row": grid, "col": grid})
+    cells = torch.arange(grid * grid)
+    facts = _scene_heads(H, ("size", "motion", "region"))
+    params = _trainable(draft.lm, draft.tower, draft.projector, draft.adaptor, heads, facts)
     placeholder = draft.placeholder_id()
 
     def step_loss(idx):
-        seqs, aux = [], 0.0
+        seqs, aux, ends = [], 0.0, []
         for i in idx:
             ex = data[i]
-            feats = (torch.zeros(0, draft.lm.cfg.hidden_size) if text_only else
+            feats = (torch.zeros(0, H) if text_only else
                      draft_features(draft, ex["pixels"]))  # [T + 1 + P, H]: frame means, CLS, patches
             emb, ids = _sequence(draft.lm, ex, feats, placeholder)
             seqs.append((emb, ids, len(ex["answer"])))
+            ends.append(ex["at"] + feats.shape[0])
             if aux_weight and not text_only:  # events show each patch's shape edges and motion (not colour)
                 P = ex["labels"]["motion"].shape[0]
-                aux = aux + _aux_ce(heads["shape"], feats[-P:], ex["labels"]["shape"]) \
-                    + _aux_ce(heads["motion"], feats[-P:], ex["labels"]["motion"])
-        loss = batch_loss(draft.lm, seqs)
-        return (loss + aux_weight * aux / len(idx), loss.detach()) if aux_weight and not text_only else loss
+                aux = aux + aux_weight * (_aux_ce(heads["shape"], feats[-P:], ex["labels"]["shape"])
+                                          + _aux_ce(heads["motion"], feats[-P:], ex["labels"]["motion"])
+                                          + _aux_ce(heads["row"], feats[-P:], cells // grid)
+                                          + _aux_ce(heads["col"], feats[-P:], cells % grid))
+        with capture_attention_inputs(draft.lm, (0,) if look_weight and not text_only else ()) as seen:
+            loss, hidden = batch_loss(draft.lm, seqs, return_hidden=True)
+        if text_only or not (aux_weight or scene_weight or look_weight):
+            return loss
+        for b, i in enumerate(idx):
+            L, shapes = seqs[b][0].shape[0], data[i]["labels"]["shape"]
+            if scene_weight:
+                aux = aux + scene_weight * scene_loss(facts, hidden[b, ends[b]:L], data[i]["scene"])
+            if look_weight:
+                x, cos, sin = (t[b] for t in seen[0])
+                probs = attention_rows(draft.lm.layers[0].self_attn, x, cos, sin, slice(ends[b], L), L)
+                first_patch = ends[b] - shapes.shape[0]
+                keys = {k: first_patch + torch.nonzero(shapes == k + 1).flatten()
+                        for k in range(SHAPE_CLASSES - 1) if bool((shapes == k + 1).any())}
+                aux = aux + look_weight * look_loss(probs, keys)
+        return loss + aux / len(idx), loss.detach()
+
+    score = _held_out_scorer("draft", draft.lm, [draft_example(draft, s) for s in held_out or ()],
+                             lambda ex: draft_features(draft, ex["pixels"]), placeholder)
 
     def write():
         keys = _keys(model_dir)
@@ -338,12 +467,8 @@ def train_draft(pair_dir, samples, *, steps: int = 100, lr: float = 2e-3, batch:
             _write_back(clip_dir, _named(draft.tower, _keys(clip_dir), CLIP_TOWER_PREFIXES, probe))
         _write_back(model_dir, updates)
 
-    losses = _loop("draft", params, step_loss, steps=steps, lr=lr, batch=batch, n=len(data), seed=seed,
-                   log_every=log_every, checkpoint=write if save else None, checkpoint_every=checkpoint_every,
-                   stop_at=stop_at)
-    if save:
-        write()
-    return losses
+    return _run("draft", params, step_loss, score, write if save else None, steps=steps, lr=lr, batch=batch,
+                n=len(data), seed=seed, log_every=log_every, checkpoint_every=checkpoint_every, stop_at=stop_at)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -357,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m phide.toy.train", description=main.__doc__.splitlines()[0])
     ap.add_argument("out_dir")
     ap.add_argument("--size", choices=sorted(SIZES), default="demo")
+    ap.add_argument("--lm-layers", type=int, help="write the pair with this many LM layers (train shallow, "
+                    "then grow with phide.toy.grow)")
     ap.add_argument("--steps", type=int, default=100, help="optimizer steps for each model")
     ap.add_argument("--target-steps", type=int, help="override --steps for the target")
     ap.add_argument("--draft-steps", type=int, help="override --steps for the draft")
@@ -367,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--aux-weight", type=float, default=1.0,
                     help="weight of the renderer-supervised patch losses (phide.toy.supervision); 0 = off")
+    ap.add_argument("--scene-weight", type=float, default=1.0,
+                    help="weight of the scene-level facts probed at the text positions; 0 = off")
+    ap.add_argument("--look-weight", type=float, default=1.0,
+                    help="weight of the attention supervision (phide.toy.look); 0 = off")
+    ap.add_argument("--held-out", type=int, default=0,
+                    help="score on this many held-out samples (world seed 2) at each checkpoint and at the end")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--scenes", type=int, default=256, help="training scenes (all their questions)")
     ap.add_argument("--seed", type=int, default=0)
@@ -374,14 +507,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     if not (out / "target" / "config.json").is_file():
-        write_toy_pair(out, size=args.size, seed=args.seed, verbose=True)
+        write_toy_pair(out, size=args.size, seed=args.seed, verbose=True, lm_layers=args.lm_layers)
     else:
         _log(f"{out} already holds a pair: training it further")
     samples = make_dataset(args.scenes, seed=args.seed, questions_per_scene=None)
     _log(f"{len(samples)} training samples from {args.scenes} scenes")
     kw = dict(lr=args.lr, batch=args.batch, seed=args.seed, log_every=args.log_every,
-              checkpoint_every=args.checkpoint_every, aux_weight=args.aux_weight, stop_at=args.stop_at,
-              text_only=args.text_only)
+              checkpoint_every=args.checkpoint_every, aux_weight=args.aux_weight, scene_weight=args.scene_weight,
+              stop_at=args.stop_at, text_only=args.text_only)
+    # held-out scenes come from world seed 2, which training (seed 0) never sees
+    held = make_dataset(args.held_out, seed=2, questions_per_scene=1) if args.held_out else None
+    kw.update(look_weight=args.look_weight, held_out=held)
     for name, fn, steps in (("target", train_target, args.target_steps), ("draft", train_draft, args.draft_steps)):
         if args.only not in (None, name):
             continue

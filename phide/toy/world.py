@@ -1,7 +1,8 @@
 """A toy world seen by an RGB camera and by an event camera, with template questions and answers.
 
 Scenes
-    1-3 objects (distinct shapes, distinct colours) over a fixed dark-grey gradient with a faint
+    1-3 objects (distinct shapes, distinct colours; listed, and named in answers, in the fixed
+    shape order circle, square, triangle) over a fixed dark-grey gradient with a faint
     checker texture (grey levels 16..64). Shapes: circle, square, triangle; sizes small / large
     (radius 0.08 / 0.14 of the image side); each object moves left, right, up or down, slowly
     (0.2 image sides per second) or quickly (0.6), or stays still. A clip lasts 1 s. Object

@@ -1,0 +1,253 @@
+"""Tree-verify attention: the torch twin against an explicit-loop reference and the decoder's
+dense mask, the Triton kernel (interpreted on CPU) against the twin, and the engine with
+PHIDE_OPS=triton against the twins."""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from phide.spec.tree import Tree, stack_trees, tree_attention_layout, verify_batch_layout  # noqa: E402
+from phide.spec.tree_attention import ancestor_bits, tree_attention_torch, tree_visibility  # noqa: E402
+
+try:
+    import triton
+except ImportError:  # pragma: no cover
+    triton = None
+
+needs_triton = pytest.mark.skipif(triton is None, reason="triton is not importable")
+# Kernel tests run on the GPU when there is one (profiling/gpu_check.sh sets TRITON_INTERPRET=0);
+# the decoder and engine tests keep CPU models, which only the interpreter can run Triton on.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+cpu_models = pytest.mark.skipif(torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="CPU models need the Triton interpreter")
+
+# Kernel vs twin, per dtype (atol, rtol): fp32 differs by summation order only; fp16/bf16 also
+# round P to the input dtype before P @ V (as flash attention does), so they sit about one output
+# ulp apart (bf16: 2**-8 relative; outputs here reach |3|).
+TOLERANCES = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3), torch.bfloat16: (2e-2, 1e-2)}
+
+
+def _random_parents(n, gen):
+    return [-1] + [int(torch.randint(0, i, (1,), generator=gen)) for i in range(1, n)]
+
+
+def _batch(B, N, Hq, Hkv, D, gen, dtype=torch.float32, sizes=None, prefixes=None, gaps=None):
+    """Random q/k/v and a batch of different trees padded to N nodes. Returns a dict with the
+    op's arguments plus `parents` (per request, unpadded) for the loop reference."""
+    sizes = sizes or [N] * B
+    prefixes = prefixes or [int(torch.randint(0, 40, (1,), generator=gen)) for _ in range(B)]
+    gaps = gaps or [0] * B  # rows between the prefix and the tree nobody may see
+    parents = [_random_parents(n, gen) for n in sizes]
+    starts = [p + g for p, g in zip(prefixes, gaps)]
+    S = max(s + N for s in starts) + 3
+    padded = [p + [-1] * (N - len(p)) for p in parents]
+    return dict(
+        q=torch.randn(B, Hq, N, D, generator=gen).to(dtype),
+        k_cache=torch.randn(B, Hkv, S, D, generator=gen).to(dtype),
+        v_cache=torch.randn(B, Hkv, S, D, generator=gen).to(dtype),
+        prefix_len=torch.tensor(prefixes),
+        tree_start=torch.tensor(starts),
+        ancestors=torch.tensor([ancestor_bits(p) for p in padded], dtype=torch.int64),
+        n_nodes=torch.tensor(sizes),
+        parents=parents,
+    )
+
+
+def _args(batch, device="cpu"):
+    return {k: v.to(device) for k, v in batch.items() if k != "parents"}
+
+
+def _loop_reference(batch, scale=None):
+    """Explicit loops in float64 over requests, heads and nodes; visibility from parent lists."""
+    q, k, v = (batch[n].double() for n in ("q", "k_cache", "v_cache"))
+    B, Hq, N, D = q.shape
+    G = Hq // k.shape[1]
+    scale = D ** -0.5 if scale is None else scale
+    out = torch.zeros_like(q)
+    for b, parents in enumerate(batch["parents"]):
+        start, prefix = int(batch["tree_start"][b]), int(batch["prefix_len"][b])
+        for i in range(len(parents)):
+            chain, j = [], i
+            while j >= 0:
+                chain.append(j)
+                j = parents[j]
+            rows = list(range(prefix)) + [start + j for j in sorted(chain)]
+            for h in range(Hq):
+                keys, vals = k[b, h // G, rows], v[b, h // G, rows]
+                p = torch.softmax(keys @ q[b, h, i] * scale, dim=0)
+                out[b, h, i] = p @ vals
+    return out
+
+
+def test_ancestor_bits_use_all_64_bits():
+    chain64 = [-1] + list(range(63))
+    bits = ancestor_bits(chain64)
+    assert bits[0] == 1 and bits[5] == 0b111111 and bits[63] == -1  # every bit set
+    assert ancestor_bits([-1, 0, -1, 1]) == [1, 3, 4, 11]  # node 2 is padding: only itself
+    with pytest.raises(ValueError):
+        ancestor_bits([-1] + list(range(64)))
+
+
+def test_twin_matches_loop_reference():
+    gen = torch.Generator().manual_seed(0)
+    batch = _batch(5, 13, 8, 2, 80, gen, sizes=[13, 1, 5, 13, 9], prefixes=[0, 7, 33, 20, 2],
+                   gaps=[0, 0, 4, 0, 1])
+    got = tree_attention_torch(**_args(batch))
+    ref = _loop_reference(batch)
+    torch.testing.assert_close(got.double(), ref, atol=1e-5, rtol=1e-5)
+    pad = torch.arange(13)[None, :] >= batch["n_nodes"][:, None]
+    assert (got.permute(0, 2, 1, 3)[pad] == 0).all()  # padding nodes are zero
+    # An explicit scale, and the 64-node chain whose last node has bit 63 set.
+    torch.testing.assert_close(tree_attention_torch(**_args(batch), scale=0.3).double(),
+                               _loop_reference(batch, scale=0.3), atol=1e-5, rtol=1e-5)
+    chain = _batch(1, 64, 2, 1, 16, gen, prefixes=[5])
+    chain["parents"] = [[-1] + list(range(63))]
+    chain["ancestors"] = torch.tensor([ancestor_bits(chain["parents"][0])])
+    torch.testing.assert_close(tree_attention_torch(**_args(chain)).double(), _loop_reference(chain),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_structured_layout_is_the_dense_mask():
+    trees = [Tree([1, 2, 3, 4], [-1, 0, 0, 2]), Tree([5], [-1]), Tree([6, 7, 8], [-1, 0, 1])]
+    lens, n = [3, 9, 0], 5
+    _, _, mask = verify_batch_layout(trees, lens, n)
+    ta = tree_attention_layout(trees, lens, n)
+    assert ta.n_nodes.tolist() == [4, 1, 3] and torch.equal(ta.tree_start, ta.prefix_len)
+    assert torch.equal(tree_visibility(ta.prefix_len, ta.tree_start, ta.ancestors, mask.shape[2]), mask)
+
+
+def _tiny_model():
+    from phide.models.llama import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=80, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=20)
+    return LlamaModel(cfg).eval()
+
+
+def _decoder_tree_vs_dense(model, monkeypatch, backend):
+    """Prefill two requests of different lengths, then verify two different trees with the dense
+    mask and with the structured TreeAttention; returns both logits and the real-node mask."""
+    monkeypatch.setenv("PHIDE_OPS", backend)
+    trees = [Tree([3, 4, 5, 6, 7], [-1, 0, 0, 1, 3]), Tree([8, 9, 10], [-1, 0, 0])]
+    lens, n = [6, 11], 5
+    tokens, _ = stack_trees(trees, n)
+    pos, slots, mask = verify_batch_layout(trees, lens, n)
+    out = []
+    for tree_attn in (None, tree_attention_layout(trees, lens, n)):
+        cache = model.new_cache(2, 20)
+        prompt = torch.arange(22).view(2, 11) % 60
+        causal = torch.ones(11, 11, dtype=torch.bool).tril().expand(2, 11, 11).clone()
+        causal[0, :, 6:] = False  # request 0 has a 6-token prefix
+        p = torch.arange(11).expand(2, 11)
+        with torch.inference_mode():
+            model(prompt, positions=p, cache=cache, slots=p, attn_mask=causal, kv_len=11)
+            hidden = model(tokens, positions=pos, cache=cache, slots=slots,
+                           attn_mask=None if tree_attn else mask, kv_len=mask.shape[2], tree=tree_attn)
+            out.append(model.logits(hidden))
+    real = torch.arange(n)[None, :] < torch.tensor([len(t) for t in trees])[:, None]
+    return out, real
+
+
+def test_decoder_twin_path_is_bit_identical_to_dense_mask(monkeypatch):
+    model = _tiny_model()
+    (dense, structured), real = _decoder_tree_vs_dense(model, monkeypatch, "torch")
+    assert torch.equal(dense[real], structured[real])
+    zero = torch.zeros(1, 1, dtype=torch.int64)
+    with pytest.raises(ValueError):  # neither a mask nor a tree
+        model(zero, positions=zero, cache=model.new_cache(1, 2), slots=zero, attn_mask=None, kv_len=1)
+
+
+@needs_triton
+@cpu_models
+def test_decoder_triton_path_matches_dense_mask(monkeypatch):
+    import phide.triton_kernels.tree_attention as kernel
+
+    calls = []
+    real_fn = kernel.tree_attention_triton
+    monkeypatch.setattr(kernel, "tree_attention_triton", lambda *a, **kw: calls.append(1) or real_fn(*a, **kw))
+    (dense, structured), real = _decoder_tree_vs_dense(_tiny_model(), monkeypatch, "triton")
+    assert len(calls) == 2  # one per layer
+    torch.testing.assert_close(structured[real], dense[real], atol=1e-4, rtol=1e-4)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B", [1, 5])
+def test_kernel_matches_twin(dtype, B):
+    from phide.triton_kernels.tree_attention import tree_attention_triton
+
+    gen = torch.Generator().manual_seed(B)
+    if B == 1:
+        batch = _batch(1, 13, 8, 2, 80, gen, dtype, prefixes=[70])
+    else:
+        batch = _batch(5, 13, 8, 2, 80, gen, dtype, sizes=[13, 1, 5, 13, 9], prefixes=[0, 7, 33, 20, 2],
+                       gaps=[0, 0, 4, 0, 1])
+    args = _args(batch, DEVICE)
+    ref = tree_attention_torch(**args)
+    atol, rtol = TOLERANCES[dtype]
+    for splits in (None, 1, 3):  # 3 splits leave some empty for the short prefixes
+        got = tree_attention_triton(**args, num_splits=splits)
+        assert got.dtype == dtype and got.shape == ref.shape
+        torch.testing.assert_close(got, ref, atol=atol, rtol=rtol, msg=f"splits={splits}")
+    pad = (torch.arange(13)[None, :] >= batch["n_nodes"][:, None]).to(DEVICE)
+    assert (got.permute(0, 2, 1, 3)[pad] == 0).all()
+
+
+@needs_triton
+def test_kernel_strided_views_bit63_and_m_blocks():
+    from phide.triton_kernels.tree_attention import tree_attention_triton
+
+    gen = torch.Generator().manual_seed(7)
+    # The decoder's layouts: q transposed from [B, T, H, D], the cache sliced to kv_len.
+    batch = _batch(2, 13, 4, 4, 24, gen, prefixes=[9, 30])
+    q = batch["q"].transpose(1, 2).contiguous().transpose(1, 2)
+    wide_k = torch.randn(2, 4, 80, 24, generator=gen)
+    wide_k[:, :, :batch["k_cache"].shape[2]] = batch["k_cache"]
+    args = {**_args(batch, DEVICE), "q": q.to(DEVICE), "k_cache": wide_k.to(DEVICE)[:, :, : batch["k_cache"].shape[2]]}
+    torch.testing.assert_close(tree_attention_triton(**args), tree_attention_torch(**args), atol=2e-5, rtol=2e-5)
+    # 64-node chain (bit 63) with G = 3: M = 192 rows, three M blocks.
+    chain = _batch(1, 64, 6, 2, 16, gen, prefixes=[11])
+    chain["ancestors"] = torch.tensor([ancestor_bits([-1] + list(range(63)))])
+    torch.testing.assert_close(tree_attention_triton(**_args(chain, DEVICE), num_splits=2),
+                               tree_attention_torch(**_args(chain, DEVICE)), atol=2e-5, rtol=2e-5)
+    with pytest.raises(ValueError):
+        tree_attention_triton(**{**_args(chain), "q": torch.zeros(1, 6, 65, 16)})
+
+
+@needs_triton
+@cpu_models
+def test_engine_greedy_tokens_same_with_triton_attention_and_topk(tiny_pair, monkeypatch):
+    """PHIDE_OPS=triton routes the target's tree verification through the attention kernel and
+    the draft's tree growth through the top-k kernel; the greedy tokens equal the twins'."""
+    import phide.triton_kernels.tree_attention as attention_kernel
+    import phide.triton_kernels.tree_topk as topk_kernel
+    from phide.engine import Engine, Request, SpecConfig
+    from phide.models.loading import load_llama
+
+    calls = {"attention": 0, "topk": 0}
+
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(attention_kernel, "tree_attention_triton",
+                        counting("attention", attention_kernel.tree_attention_triton))
+    monkeypatch.setattr(topk_kernel, "tree_topk_triton", counting("topk", topk_kernel.tree_topk_triton))
+    engine = Engine(load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"]), eos_token_ids=[],
+                    spec=SpecConfig(topk=3, depth=4, budget=13, window_budget=24))
+    ids = [1, 17, 42, 99, 5]
+    ref, got = {}, {}
+    for backend, out in (("torch", ref), ("triton", got)):
+        monkeypatch.setenv("PHIDE_OPS", backend)
+        for mode in ("target-only", "sequential"):
+            out[mode] = engine.generate(Request(prompt_ids=ids, max_new_tokens=8, mode=mode)).token_ids
+        if backend == "torch":
+            assert calls == {"attention": 0, "topk": 0}
+    assert got == ref and ref["sequential"] == ref["target-only"]
+    assert calls["attention"] > 0 and calls["topk"] > 0

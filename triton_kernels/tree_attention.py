@@ -1,0 +1,289 @@
+"""Tree-verify attention (torch twin: phide.spec.tree_attention.tree_attention_torch, same
+signature and semantics; the visibility rule is documented there).
+
+Per (request b, KV head) the N tree nodes times the G query heads of the GQA group form
+M = N * G query rows (row m = node * G + g), packed into one tile so every K/V row that is read
+serves all of them (kernels.md 5.1). Two launches:
+
+1. _prefix_partial_kernel, grid (B * Hkv, M blocks, splits): split-K over the committed prefix
+   rows [0, prefix_len[b]). Each program streams its chunk once, with no mask (the prefix is
+   visible to every node, so it carries no mask traffic), and writes its partial result per row:
+   O normalised by its own softmax sum, and the log2-sum-exp2 of its scores (-inf: empty chunk).
+2. _tail_merge_kernel, grid (B * Hkv, M blocks): log-sum-exp merges the splits, then attends the
+   tree's own rows tree_start[b] + j (j < N) under the ancestor bitmask (bit j of
+   ancestors[b, node]), merges that too and writes O in q's dtype; padding nodes get zeros.
+
+The prefix is read once per (request, KV head) when M <= BLOCK_M (64 rows for D <= 128, e.g.
+16 nodes x 4 heads); larger M takes several M blocks, each reading it again. Softmax and
+accumulation run in fp32 in the exp2 domain (scale folded with log2 e). fp32 inputs use IEEE
+dots (no TF32), so fp32 results match the twin to rounding; fp16/bf16 round P to the input dtype
+for the P @ V dot, as flash attention does. Split count and block sizes depend on shapes only
+(no host sync).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from phide.spec.tree_attention import MAX_TREE_NODES
+
+try:  # guarded: `import phide` (and this module) must work on machines without triton
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised only on triton-less installs
+    triton = None
+
+__all__ = ["MAX_HEAD_DIM", "MAX_TREE_NODES", "tree_attention_triton"]
+
+MAX_HEAD_DIM = 256  # q, the accumulator and a K/V tile of BLOCK_D columns stay in registers
+
+_MAX_SPLITS = 16
+_MIN_SPLIT_ROWS = 256  # below this a split costs more in merging than it saves
+_TARGET_PROGRAMS = 256  # about two waves on an H100 (132 SMs)
+_LOG2E = 1.4426950408889634
+
+if triton is not None:
+
+    @triton.jit
+    def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        # UPCAST: Triton's CPU interpreter multiplies bf16 operands as raw bits (numpy has no
+        # bf16), so there the operands go to fp32 first; bf16 x bf16 products are exact in fp32,
+        # so this is the GPU's bf16 MMA math up to summation order.
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b, input_precision=DOT_PRECISION)
+
+    @triton.jit
+    def _load_q(q_ptr, b, kvh, rows, row_ok, offs_d, d_ok, G, sq_b, sq_h, sq_n, sq_d):
+        # Rows m = node * G + g of one KV head's group -> a [BLOCK_M, BLOCK_D] tile (zero padded).
+        node = (rows // G).to(tl.int64)
+        head = (kvh * G + rows % G).to(tl.int64)
+        ptrs = q_ptr + b * sq_b + head[:, None] * sq_h + node[:, None] * sq_n + offs_d[None, :] * sq_d
+        return tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    @triton.jit
+    def _prefix_partial_kernel(
+        q_ptr,  # [B, Hq, N, D] (any strides)
+        k_ptr,  # [B, Hkv, S, D] one layer's cache (any strides)
+        v_ptr,  # [B, Hkv, S, D]
+        prefix_ptr,  # [B] int64, rows [0, prefix_len) are visible to every node
+        o_part_ptr,  # [B * Hkv, splits, M, D] fp32 contiguous: each split's normalised O
+        lse_part_ptr,  # [B * Hkv, splits, M] fp32: each split's log2-sum-exp2 (-inf: empty)
+        Hkv, G, N, D,
+        split_rows,  # rows per split, a multiple of BLOCK_N
+        qk_scale,  # fp32: scale * log2(e)
+        sq_b, sq_h, sq_n, sq_d,
+        sk_b, sk_h, sk_s, sk_d,
+        sv_b, sv_h, sv_s, sv_d,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no TF32)
+        UPCAST: tl.constexpr,  # bf16 under the interpreter (see _dot)
+    ):
+        pid = tl.program_id(0).to(tl.int64)  # flattened (request, kv head)
+        b = pid // Hkv
+        kvh = pid % Hkv
+        split = tl.program_id(2)
+        M = N * G
+        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        offs_d = tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        q = _load_q(q_ptr, b, kvh, rows, row_ok, offs_d, d_ok, G, sq_b, sq_h, sq_n, sq_d)
+
+        k_head = k_ptr + b * sk_b + kvh * sk_h
+        v_head = v_ptr + b * sv_b + kvh * sv_h
+        lo = split.to(tl.int64) * split_rows  # int64 like hi: one loop-variable type
+        hi = tl.minimum(lo + split_rows, tl.load(prefix_ptr + b))
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start in range(lo, hi, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < hi
+            kv_mask = col_ok[:, None] & d_ok[None, :]
+            cols64 = cols.to(tl.int64)[:, None]
+            k = tl.load(k_head + cols64 * sk_s + offs_d[None, :] * sk_d, mask=kv_mask, other=0.0)
+            s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST) * qk_scale
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            # Inside the loop every row sees at least one finite score, so m_new is finite.
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_head + cols64 * sv_s + offs_d[None, :] * sv_d, mask=kv_mask, other=0.0)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
+            m_i = m_new
+
+        seen = l_i > 0
+        l_safe = tl.where(seen, l_i, 1.0)
+        part = (pid * tl.num_programs(2) + split) * M + rows  # [BLOCK_M] int64
+        o_ptrs = o_part_ptr + part[:, None] * D + offs_d[None, :]
+        tl.store(o_ptrs, acc / l_safe[:, None], mask=row_ok[:, None] & d_ok[None, :])
+        lse = tl.where(seen, m_i + tl.log2(l_safe), float("-inf"))
+        tl.store(lse_part_ptr + part, lse, mask=row_ok)
+
+    @triton.jit
+    def _tail_merge_kernel(
+        q_ptr,  # [B, Hq, N, D]
+        k_ptr,  # [B, Hkv, S, D]
+        v_ptr,  # [B, Hkv, S, D]
+        o_ptr,  # [B, Hq, N, D] out, q's dtype
+        tree_start_ptr,  # [B] int64, cache row of tree node 0
+        anc_ptr,  # [B, N] int64 contiguous, ancestor-or-self bitmask per node
+        n_nodes_ptr,  # [B] int64, real nodes; the rest is padding (output 0)
+        o_part_ptr,  # [B * Hkv, splits, M, D] fp32 from _prefix_partial_kernel
+        lse_part_ptr,  # [B * Hkv, splits, M] fp32
+        Hkv, G, N, D, S, n_splits,
+        qk_scale,
+        sq_b, sq_h, sq_n, sq_d,
+        sk_b, sk_h, sk_s, sk_d,
+        sv_b, sv_h, sv_s, sv_d,
+        so_b, so_h, so_n, so_d,
+        BLOCK_M: tl.constexpr,
+        BLOCK_T: tl.constexpr,  # next_pow2(N), at least 16 (tl.dot's minimum)
+        BLOCK_D: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):
+        pid = tl.program_id(0).to(tl.int64)
+        b = pid // Hkv
+        kvh = pid % Hkv
+        M = N * G
+        rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        node = rows // G
+        offs_d = tl.arange(0, BLOCK_D)
+        d_ok = offs_d < D
+        tile_ok = row_ok[:, None] & d_ok[None, :]
+
+        # 1. LSE-merge the prefix splits. -inf entries (empty splits) get weight 0; m_safe keeps
+        #    exp2(-inf - -inf) from producing NaN while nothing has been seen yet.
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for split in range(0, n_splits):
+            part = (pid * n_splits + split) * M + rows
+            lse_s = tl.load(lse_part_ptr + part, mask=row_ok, other=float("-inf"))
+            o_s = tl.load(o_part_ptr + part[:, None] * D + offs_d[None, :], mask=tile_ok, other=0.0)
+            m_new = tl.maximum(m_i, lse_s)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_safe)
+            beta = tl.exp2(lse_s - m_safe)
+            acc = acc * alpha[:, None] + o_s * beta[:, None]
+            l_i = l_i * alpha + beta
+            m_i = m_new
+
+        # 2. The tree's own rows under the ancestor bitmask.
+        q = _load_q(q_ptr, b, kvh, rows, row_ok, offs_d, d_ok, G, sq_b, sq_h, sq_n, sq_d)
+        t = tl.arange(0, BLOCK_T)
+        slot = tl.load(tree_start_ptr + b) + t
+        t_ok = (t < N) & (slot < S)
+        kv_mask = t_ok[:, None] & d_ok[None, :]
+        k_t = tl.load(k_ptr + b * sk_b + kvh * sk_h + slot[:, None] * sk_s + offs_d[None, :] * sk_d,
+                      mask=kv_mask, other=0.0)
+        v_t = tl.load(v_ptr + b * sv_b + kvh * sv_h + slot[:, None] * sv_s + offs_d[None, :] * sv_d,
+                      mask=kv_mask, other=0.0)
+        anc = tl.load(anc_ptr + b * N + node, mask=row_ok, other=0)
+        # Arithmetic shift: bit 63 (the sign bit) still reads as 1.
+        visible = (((anc[:, None] >> t.to(tl.int64)[None, :]) & 1) != 0) & t_ok[None, :]
+        s = _dot(q, tl.trans(k_t), DOT_PRECISION, UPCAST) * qk_scale
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + _dot(p.to(v_t.dtype), v_t, DOT_PRECISION, UPCAST)
+
+        real = row_ok & (node < tl.load(n_nodes_ptr + b)) & (l_i > 0)
+        out = acc / tl.where(real, l_i, 1.0)[:, None]
+        out = tl.where(real[:, None], out, 0.0)
+        head = (kvh * G + rows % G).to(tl.int64)
+        o_ptrs = o_ptr + b * so_b + head[:, None] * so_h + node.to(tl.int64)[:, None] * so_n + offs_d[None, :] * so_d
+        tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=tile_ok)
+
+    # Under TRITON_INTERPRET=1 (decided when this module is imported) @triton.jit returns an
+    # interpreter object instead of a JITFunction.
+    _INTERPRETED = not isinstance(_prefix_partial_kernel, triton.runtime.JITFunction)
+
+
+def _default_splits(S: int, programs: int) -> int:
+    """Enough programs to fill the GPU, no split shorter than _MIN_SPLIT_ROWS cache rows."""
+    want = triton.cdiv(_TARGET_PROGRAMS, max(1, programs))
+    return max(1, min(_MAX_SPLITS, want, triton.cdiv(S, _MIN_SPLIT_ROWS)))
+
+
+def tree_attention_triton(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    prefix_len: torch.Tensor,
+    tree_start: torch.Tensor,
+    ancestors: torch.Tensor,
+    n_nodes: torch.Tensor,
+    scale: float | None = None,
+    *,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Triton twin of tree_attention_torch (shapes there): q [B, Hq, N, D], k_cache/v_cache
+    [B, Hkv, S, D], prefix_len/tree_start/n_nodes [B] int, ancestors [B, N] int64 bitmasks,
+    scale (None: 1/sqrt(D)) -> [B, Hq, N, D] in q's dtype. N <= MAX_TREE_NODES; fp32, fp16 or
+    bf16; any D <= MAX_HEAD_DIM (masked to a power-of-two block). num_splits overrides the prefix split count
+    (tests use it to force several splits on short caches). Two launches, no host sync."""
+    if triton is None:
+        raise RuntimeError("tree_attention_triton needs triton; use tree_attention_torch")
+    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+        raise ValueError("q must be [B, Hq, N, D] and k_cache, v_cache [B, Hkv, S, D] of one shape")
+    B, Hq, N, D = q.shape
+    _, Hkv, S, Dk = k_cache.shape
+    if k_cache.shape[0] != B or Dk != D or Hq % Hkv:
+        raise ValueError(f"q {tuple(q.shape)} does not fit the cache {tuple(k_cache.shape)}")
+    if N > MAX_TREE_NODES:
+        raise ValueError(f"{N} tree nodes: the ancestor bitmask holds at most {MAX_TREE_NODES}")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} > {MAX_HEAD_DIM}: use tree_attention_torch")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k_cache.dtype != q.dtype:
+        raise ValueError(f"q and the cache must share one of fp32/fp16/bf16, got {q.dtype}, {k_cache.dtype}")
+    if ancestors.shape != (B, N):
+        raise ValueError(f"ancestors must be [B, N] = {(B, N)}, got {tuple(ancestors.shape)}")
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if out.numel() == 0:
+        return out
+    dev = q.device
+    prefix_len, tree_start, n_nodes = (t.to(device=dev, dtype=torch.int64).reshape(-1).contiguous()
+                                       for t in (prefix_len, tree_start, n_nodes))
+    ancestors = ancestors.to(device=dev, dtype=torch.int64).contiguous()
+
+    G = Hq // Hkv
+    M = N * G
+    block_d = max(16, triton.next_power_of_2(D))
+    block_m = min(64 if block_d <= 128 else 32, max(16, triton.next_power_of_2(M)))
+    block_n = 64 if block_d <= 128 else 32
+    m_blocks = triton.cdiv(M, block_m)
+    splits = num_splits or _default_splits(S, B * Hkv * m_blocks)
+    split_rows = triton.cdiv(triton.cdiv(S, splits), block_n) * block_n
+    o_part = torch.empty(B * Hkv, splits, M, D, dtype=torch.float32, device=dev)
+    lse_part = torch.empty(B * Hkv, splits, M, dtype=torch.float32, device=dev)
+    qk_scale = (1.0 / math.sqrt(D) if scale is None else float(scale)) * _LOG2E
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32 is ignored for fp16/bf16
+    upcast = q.dtype == torch.bfloat16 and _INTERPRETED
+    strides = (*q.stride(), *k_cache.stride(), *v_cache.stride())
+
+    _prefix_partial_kernel[(B * Hkv, m_blocks, splits)](
+        q, k_cache, v_cache, prefix_len, o_part, lse_part,
+        Hkv, G, N, D, split_rows, qk_scale, *strides,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
+        UPCAST=upcast, num_warps=4,
+        num_stages=2 if q.dtype == torch.float32 else 3,  # fp32 tiles: 3 stages pass A100's smem
+    )
+    _tail_merge_kernel[(B * Hkv, m_blocks)](
+        q, k_cache, v_cache, out, tree_start, ancestors, n_nodes, o_part, lse_part,
+        Hkv, G, N, D, S, splits, qk_scale, *strides, *out.stride(),
+        BLOCK_M=block_m, BLOCK_T=max(16, triton.next_power_of_2(N)), BLOCK_D=block_d,
+        DOT_PRECISION=precision, UPCAST=upcast, num_warps=4,
+    )
+    return out
