@@ -15,7 +15,6 @@ marked `interpreted` and mean nothing about GPU speed; they still check kernel a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,19 +23,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
+from harness import append_csv, run_context, sync, time_us, use_interpreter_without_gpu  # noqa: E402
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from harness import append_csv, run_context, time_us  # noqa: E402
+use_interpreter_without_gpu()
 
 CSV_PATH = ROOT / "profiling" / "results" / "tree_attention.csv"
 TOLERANCE = {"float32": 5e-5, "float16": 5e-3, "bfloat16": 5e-2}  # max abs error vs the twin
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_inputs(device, dtype, B: int, Hq: int, Hkv: int, N: int, D: int, prefix: int, seed: int = 0):
@@ -67,7 +59,7 @@ def bench_case(device, dtype, B, Hq, Hkv, N, D, prefix, min_time):
     for name, fn in (("torch", tree_attention_torch), ("triton", tree_attention_triton)):
         def call():
             fn(**args)
-            _sync(device)
+            sync(device)
         out[name] = time_us(call, min_time_s=min_time, min_iters=3)
     err = float((tree_attention_triton(**args).float() - tree_attention_torch(**args).float()).abs().max())
     elt = args["q"].element_size()

@@ -15,7 +15,6 @@ mean nothing about GPU speed; they still check that kernel and twin agree.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,19 +23,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
+from harness import append_csv, run_context, sync, time_us, use_interpreter_without_gpu  # noqa: E402
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from harness import append_csv, run_context, time_us  # noqa: E402
+use_interpreter_without_gpu()
 
 CSV_PATH = ROOT / "profiling" / "results" / "tree_topk.csv"
 SCORE_TOLERANCE = 1e-4  # selection is exact; scores differ by the sum-of-exp rounding only
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_case(device, dtype, B: int, F: int, V: int, k: int, min_time: float):
@@ -50,7 +42,7 @@ def bench_case(device, dtype, B: int, F: int, V: int, k: int, min_time: float):
     for name, fn in (("torch", tree_topk_torch), ("triton", tree_topk_triton)):
         def call():
             fn(logits, parents, k)
-            _sync(device)
+            sync(device)
         out[name] = time_us(call, min_time_s=min_time, min_iters=3)
     ref_tok, ref_score, _ = tree_topk_torch(logits, parents, k)
     tok, score, _ = tree_topk_triton(logits, parents, k)

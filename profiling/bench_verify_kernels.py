@@ -15,7 +15,6 @@ the kernel and the twin agree.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,18 +23,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
+from harness import append_csv, run_context, sync, time_us, use_interpreter_without_gpu  # noqa: E402
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from harness import append_csv, run_context, time_us  # noqa: E402
+use_interpreter_without_gpu()
 
 CSV_PATH = ROOT / "profiling" / "results" / "verify_kernels.csv"
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def bench_gumbel(device, N: int, V: int, dtype, temperature: float, min_time: float):
@@ -49,7 +41,7 @@ def bench_gumbel(device, N: int, V: int, dtype, temperature: float, min_time: fl
     for name, fn in (("torch", gumbel_choices_torch), ("triton", gumbel_choices_triton)):
         def call():
             fn(logits, temperature, 7, positions)
-            _sync(device)
+            sync(device)
         out[name] = time_us(call, min_time_s=min_time, min_iters=3)
     ref = gumbel_choices_torch(logits, temperature, 7, positions)
     got = gumbel_choices_triton(logits, temperature, 7, positions)
@@ -74,7 +66,7 @@ def bench_kv_commit(device, L: int, B: int, H: int, S: int, D: int, path: int, d
 
         def call():
             fn(k, v, base, nodes, alen)
-            _sync(device)
+            sync(device)
         out[name] = time_us(call, min_time_s=min_time, min_iters=3)
     kr, vr, kt, vt = k0.clone(), v0.clone(), k0.clone(), v0.clone()
     commit_accepted_path(kr, vr, base, nodes, alen)

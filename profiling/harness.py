@@ -1,8 +1,10 @@
 """Shared benchmark plumbing: run context (device, versions, git sha) and CSV appends (from
-phide.runtime.benchlog, also used by `phide bench`), and a wall-clock timer for microbenchmarks."""
+phide.runtime.benchlog, also used by `phide bench`), a wall-clock timer for microbenchmarks, and
+the Triton kernel benches' setup (`use_interpreter_without_gpu`, `sync`)."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -20,3 +22,20 @@ def time_us(fn, min_time_s: float = 0.3, min_iters: int = 5) -> float:
         fn()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples) * 1e6
+
+
+def use_interpreter_without_gpu() -> None:
+    """Without CUDA, Triton kernels can only run interpreted: set TRITON_INTERPRET=1 (unless the
+    caller chose) before triton is imported."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so wall times cover it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
