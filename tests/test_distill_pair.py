@@ -209,3 +209,11 @@ def test_toy_evaluate_scores_target_and_draft(toy, capsys, monkeypatch):
     assert sum(len(q) > 0 for q in acc["by_question"]) == len(acc["by_question"]) >= 1
     assert evaluate_main([str(toy["root"]), "--scenes", "1", "--max-new-tokens", "4"]) == 0
     assert "held-out scenes" in capsys.readouterr().out
+
+
+def test_toy_evaluate_bad_directory_is_one_error(tmp_path, capsys):
+    from phide.toy.evaluate import main as evaluate_main
+
+    assert evaluate_main([str(tmp_path / "nothing"), "--scenes", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("phide: error:")

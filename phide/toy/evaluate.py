@@ -31,6 +31,7 @@ def evaluate(pair_dir, scenes: int, max_new_tokens: int = 48) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from phide.errors import PhideError
     from phide.toy.bundle import bundled_dir
 
     ap = argparse.ArgumentParser(prog="python -m phide.toy.evaluate", description=__doc__.splitlines()[0])
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenes < 1:
         ap.error("--scenes must be >= 1")
     t0 = time.perf_counter()
-    acc = evaluate(args.pair_dir or str(bundled_dir()), args.scenes, args.max_new_tokens)
+    try:
+        acc = evaluate(args.pair_dir or str(bundled_dir()), args.scenes, args.max_new_tokens)
+    except PhideError as exc:  # a missing or broken pair directory: one line, as the CLI does
+        print(f"phide: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(acc))
         return 0
