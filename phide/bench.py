@@ -161,6 +161,7 @@ def summarize(rows: list[dict], names) -> dict:
                 lo, med, hi = _quantiles(ratios)
                 entry[f"speedup_vs_{ref}"] = round(med, 3)
                 entry[f"speedup_vs_{ref}_p25_p75"] = [round(lo, 3), round(hi, 3)]
+                entry[f"speedup_vs_{ref}_worst"] = round(min(ratios), 3)  # the slowest scene
         out[name] = entry
     return out
 
@@ -224,14 +225,16 @@ def default_csv():
 def format_summary(summary: dict, acc: dict, n: int) -> str:
     lines = [f"{n} held-out scenes, greedy, identical tokens in every configuration",
              f"{'config':15} {'median ms':>9} {'p25-p75 ms':>13} {'τ':>5} {'window':>6} {'vs target':>9} "
-             f"{'vs seq':>7}"]
+             f"{'vs seq':>7} {'worst scene vs target/seq':>25}"]
     for name, e in summary.items():
         vs_t = f"{e['speedup_vs_target-only']:.2f}x" if "speedup_vs_target-only" in e else "-"
         vs_s = f"{e['speedup_vs_sequential']:.2f}x" if "speedup_vs_sequential" in e else "-"
+        worst = "/".join(f"{e[k]:.2f}x" for k in ("speedup_vs_target-only_worst", "speedup_vs_sequential_worst")
+                         if k in e) or "-"
         lines.append(f"{name:15} {e['median_wall_s'] * 1e3:>9.1f} "
                      f"{e['p25_wall_s'] * 1e3:>6.0f}-{e['p75_wall_s'] * 1e3:<6.0f} "
                      f"{e['mean_accepted_per_verify']:>5.2f} {e['mean_draft_tokens_in_window']:>6.1f} "
-                     f"{vs_t:>9} {vs_s:>7}")
+                     f"{vs_t:>9} {vs_s:>7} {worst:>25}")
     lines.append(f"target answers correct (motion and colour): {acc['target_correct']:.0%}; "
                  f"draft alone: motion {acc.get('draft_motion', 0):.0%}, colour {acc.get('draft_colour', 0):.0%}")
     return "\n".join(lines)

@@ -22,7 +22,8 @@ def _request(sample, mode, max_new_tokens=32):
 
 
 def _verify_costs(engine, sample) -> tuple[float, float]:
-    """(one decode step, extra seconds per verified node) from one-shot verifies of 1 and 24 nodes."""
+    """(one bare verify of a lone root, extra seconds per verified node) from one-shot verifies of
+    1 and 24 nodes."""
     import time
 
     from phide.spec.runners import TargetRunner
@@ -56,8 +57,11 @@ def calibrate(pair, samples, draft_threads: list[int]):
         eng.generate(_request(s, "sequential", 4))
     solo = [eng.generate(_request(s, "target-only")).stats for s in samples]
     seq = [eng.generate(_request(s, "sequential")).stats for s in samples]
-    step, per_node = _verify_costs(eng, samples[0])
+    _, per_node = _verify_costs(eng, samples[0])
     ph = lambda st, k: st["phases"].get(k, 0.0)  # noqa: E731
+    # A decode step as the engine runs it (verify of the lone root + commit + the loop's own
+    # overhead), from the target-only requests: what a drafted round must beat per token.
+    step = _median([(ph(st, "verify") + ph(st, "commit")) / max(1, st["verifies"]) for st in solo])
     draft_step = _median([ph(st, "draft_grow") / max(1, st["draft_forwards"] - 1) for st in seq])
     head_step = _median([ph(st, "head_grow") / max(1, st["head_forwards"]) for st in seq if st["head_forwards"]])
     total = torch.get_num_threads()

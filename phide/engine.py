@@ -21,6 +21,7 @@ from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
 from phide.runtime.cpu_lanes import CpuLane, cpu_split, reserved_threads
 from phide.spec.overlap import PostVerifyOverlap
+from phide.spec.payoff import Payoff
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
 from phide.models.eagle import EagleHead
@@ -138,6 +139,7 @@ class Engine:
         self.head = head  # EAGLE continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
         self.planner = planner  # phide.planner.Planner: decides what `hide` really runs (optional)
+        self.plain_step_s: float | None = None  # set by the planner: drafting that costs more stops
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
@@ -177,7 +179,11 @@ class Engine:
         out: list[int] = []
         root = prepared.ids[-1]
         verifies = accepted_drafts = 0
+        payoff = Payoff(self.plain_step_s)
+        stopped_head = None  # the head, once payoff stopped it (its forwards still count)
         while len(out) < req.max_new_tokens:
+            payoff.start_round()
+            from_window = first_tree is not None and verifies == 0
             tree = first_tree
             first_tree = None
             if tree is None:
@@ -221,6 +227,7 @@ class Engine:
                     new, done = new[: i + 1], True
                     break
             out.extend(new)
+            payoff.end_round(len(tree) > 1 and not from_window, len(new))
             if done:
                 if ahead is not None:
                     ahead.abandon()
@@ -245,12 +252,15 @@ class Engine:
                         drafting = self._fault(stats, exc)
                 else:
                     draft.commit(tree, nodes.tolist()[: n_acc + 1], bonus)
+            if (head is not None or drafting) and payoff.should_stop():  # go on with the target alone
+                stats["draft_stopped"] = payoff.reason()
+                stopped_head, head, first_tree, drafting = head, None, None, False
 
         wall = time.perf_counter() - t_start
         stats.update(
             target_forwards=target.forwards,
             draft_forwards=draft.forwards if draft is not None else 0,
-            head_forwards=head.forwards if head is not None else 0,
+            head_forwards=(head or stopped_head).forwards if (head or stopped_head) is not None else 0,
             verifies=verifies,
             accepted_per_verify=round((accepted_drafts + verifies) / max(verifies, 1), 4),
             accepted_drafts_per_verify=round(accepted_drafts / max(verifies, 1), 4),

@@ -103,6 +103,27 @@ def _first_tree_tokens(steps: int, acc: Acceptance) -> float:
     return min(steps, steps * acc.window_accept_rate)
 
 
+def hide_window(costs: Costs, sp: SplitCosts) -> tuple[float, float]:
+    """(window seconds, seconds of it left for tree steps after the draft's prepare + prefill;
+    negative: the target waits). The window is the target's preparation plus its (stretched)
+    prefill. Where preparation leaves the device idle (a GPU while the CPU decodes video) the
+    draft runs solo there, and only the rest of its prefill runs on its share alongside the target."""
+    prep = costs.target_prepare_s
+    window = prep + sp.target_prefill_s
+    if costs.prepare_idle:
+        solo = min(costs.draft_prefill_s, prep)
+        draft_ready = solo + (costs.draft_prefill_s - solo) * sp.draft_prefill_s / costs.draft_prefill_s
+    else:
+        draft_ready = sp.draft_prefill_s
+    return window, window - draft_ready
+
+
+def window_draft_steps(costs: Costs, sp: SplitCosts, window_steps: int) -> float:
+    """Draft tree steps expected to finish inside the window (fractional; capped at window_steps)."""
+    _, spare = hide_window(costs, sp)
+    return max(0.0, min(float(window_steps), spare / sp.draft_step_s)) if spare > 0 else 0.0
+
+
 def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, budget: int = 24,
             window_steps: int = 8, use_draft: bool = True) -> dict[str, tuple[float, int, float]]:
     """Every candidate schedule -> (predicted seconds, first-tree steps, draft share)."""
@@ -121,18 +142,8 @@ def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, b
            + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
     out["sequential"] = (seq, k, 0.0)
     for sp in costs.splits:
-        # The window is the target's preparation plus its (stretched) prefill. Where preparation
-        # leaves the device idle (a GPU while the CPU decodes video) the draft runs solo there,
-        # and only the rest of its prefill runs on its share alongside the target.
-        prep = costs.target_prepare_s
-        window = prep + sp.target_prefill_s
-        if costs.prepare_idle:
-            solo = min(costs.draft_prefill_s, prep)
-            draft_ready = solo + (costs.draft_prefill_s - solo) * sp.draft_prefill_s / costs.draft_prefill_s
-        else:
-            draft_ready = sp.draft_prefill_s
-        spare = window - draft_ready
-        k = max(0, min(window_steps, int(spare / sp.draft_step_s))) if spare > 0 else 0
+        window, spare = hide_window(costs, sp)
+        k = int(window_draft_steps(costs, sp, window_steps))
         wait = max(0.0, -spare)  # the target waits for the draft's prefill to end
         gain = _first_tree_tokens(k, acc)
         t = (window + wait + costs.target_step_s + k * costs.verify_extra_per_node_s
@@ -245,6 +256,7 @@ def run_planned(engine, req):
                                has_head=use_head, depth=spec.depth, budget=spec.budget)
     run = copy.copy(engine)
     run.planner = None
+    run.plain_step_s = engine.planner.costs.target_step_s  # drafting that stops paying stops
     mode = {"target-only": "target-only", "head-only": "sequential", "sequential": "sequential"}.get(
         plan.schedule, "hide")
     if plan.schedule == "head-only":

@@ -35,10 +35,9 @@ def check(pair, costs, samples, draft_threads: list[int], window_depth: int) -> 
 
     import torch
 
-    from phide.planner import Acceptance, predict
+    from phide.planner import window_draft_steps
 
     eng = pair.engine
-    preds = predict(costs, Acceptance(tau=4.0), new_tokens=32, window_steps=window_depth)
     rows = []
     total = torch.get_num_threads()
     for d, split in zip(draft_threads, costs.splits):
@@ -51,12 +50,12 @@ def check(pair, costs, samples, draft_threads: list[int], window_depth: int) -> 
             stretch.append(st["phases"]["target_prefill"] / alone)
             steps.append(st.get("draft_steps_in_window", 0))
         pred_stretch = split.target_prefill_s / costs.target_prefill_s
-        pred_steps = preds[f"hide@{split.draft_share:.3g}"][1]
-        got_stretch, got_steps = _median(stretch), _median(steps)
+        pred_steps = round(window_draft_steps(costs, split, window_depth), 2)
+        got_stretch, got_steps = _median(stretch), sum(steps) / len(steps)
         rows.append({"draft_threads": d, "total_threads": total, "draft_share": split.draft_share,
                      "stretch_measured": round(got_stretch, 3), "stretch_predicted": round(pred_stretch, 3),
                      "stretch_error_pct": round(100 * abs(pred_stretch - got_stretch) / got_stretch, 1),
-                     "draft_steps_measured": got_steps, "draft_steps_predicted": pred_steps,
+                     "draft_steps_measured": round(got_steps, 2), "draft_steps_predicted": pred_steps,
                      "draft_steps_error_pct": round(100 * abs(pred_steps - got_steps) / max(got_steps, 1), 1)})
     return rows
 

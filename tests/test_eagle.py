@@ -85,3 +85,76 @@ def test_head_without_draft_and_head_faults(trained):
         res = Engine(trained["target"], None, head=head).generate(
             Request(prompt_ids=ids, max_new_tokens=20, mode="sequential"))
         assert res.token_ids == ref.token_ids and res.stats["faults"] == faults
+
+
+@pytest.mark.parametrize("plain_step_s, stops", [(1e-9, True), (1e3, False)])
+def test_drafting_that_does_not_pay_stops_quietly(trained, plain_step_s, stops):
+    """With a plain decode step priced (near) free, drafted rounds never pay: after the first
+    `min_rounds` the engine stops drafting and finishes with the target alone, same tokens.
+    Priced dear, drafting goes on to the end."""
+    ids = trained["tok"](PROMPTS[0])["input_ids"]
+    ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=30, mode="target-only"))
+    engine = Engine(trained["target"], None, head=trained["head"], spec=SpecConfig(topk=2, depth=2, budget=4))
+    engine.plain_step_s = plain_step_s
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))
+    assert res.token_ids == ref.token_ids
+    assert ("draft_stopped" in res.stats) == stops, res.stats.get("draft_stopped")
+    assert res.stats["head_forwards"] > 0
+    if stops:  # three drafted rounds, then plain decode steps: one verify per remaining token
+        assert "did not pay" in res.stats["draft_stopped"]
+        assert res.stats["head_forwards"] <= 3 * (2 + 1)
+        assert res.stats["verifies"] > 3
+
+
+def test_payoff_arithmetic():
+    from phide.spec.payoff import Payoff
+
+    p = Payoff(0.010, min_rounds=2)
+    for spent, emitted in ((0.030, 2), (0.030, 2)):  # 15 ms per token vs a 10 ms plain step
+        p.start_round()
+        p._t0 -= spent  # as if the round took `spent` seconds
+        p.end_round(True, emitted)
+        p.start_round()
+        p.end_round(False, 1)  # a bare-root round is not counted
+    assert p.rounds == 2 and p.tokens == 4 and p.should_stop()
+    assert "15.0 ms per token over 2 rounds vs 10.0 ms" in p.reason()
+    assert not Payoff(None).should_stop()
+    q = Payoff(0.010, min_rounds=1)
+    q.start_round()
+    q._t0 -= 0.030
+    q.end_round(True, 4)  # 7.5 ms per token: pays
+    assert not q.should_stop()
+
+
+@pytest.mark.parametrize("tail", [None, 3])
+def test_rollout_matches_chain_drafting(trained, tail):
+    """head_rollout's step-k prediction at index i is what drafting a chain computes: the committed
+    pairs 0..i in the cache, then k-1 expansions each reading the previous one's output (the
+    positions, cache rows and mask EagleRunner/TreeGrower use)."""
+    from phide.distill import head_rollout, target_features
+    from phide.models.llama import KVCache
+
+    torch.manual_seed(1)
+    head = EagleHead(trained["target"].cfg)
+    for p in head.parameters():  # a random head: every path through the layer matters
+        torch.nn.init.normal_(p, std=0.3)
+    e, f = target_features(trained["target"], trained["seqs"][0])
+    T, depth = e.shape[0], 3
+    steps = head_rollout(head, e, f, depth, tail)
+    assert len(steps) == depth
+    for k, (pred, first) in enumerate(steps, 1):
+        for row in (0, pred.shape[0] // 2, pred.shape[0] - 1):
+            i = first + row
+            cache = KVCache(head.cfg, 1, i + depth + 1, torch.float32, "cpu")
+            pos = torch.arange(i + 1).unsqueeze(0)
+            mask = torch.ones(i + 1, i + 1, dtype=torch.bool).tril().unsqueeze(0)
+            h = head(e[1: i + 2].unsqueeze(0), f[: i + 1].unsqueeze(0), positions=pos, cache=cache, slots=pos,
+                     attn_mask=mask, kv_len=i + 1)[0, -1]
+            for d in range(1, k):  # expansion d: token i+1+d at position i+d, row i+d of the cache
+                slot = i + d
+                m = torch.zeros(1, 1, slot + 1, dtype=torch.bool)
+                m[0, 0, :] = True  # committed rows and the chain so far
+                h = head(e[i + 1 + d].view(1, 1, -1), h.view(1, 1, -1), positions=torch.tensor([[i + d]]),
+                         cache=cache, slots=torch.tensor([[slot]]), attn_mask=m, kv_len=slot + 1)[0, -1]
+            torch.testing.assert_close(pred[row], h, rtol=1e-4, atol=1e-5)
+
