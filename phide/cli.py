@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--out", required=True, help="directory to write eagle_head.* and draft_adapter.* into")
     distill.add_argument("--max-new-tokens", type=_positive_int, default=48)
     distill.add_argument("--steps", type=_positive_int, default=400, help="EAGLE head training steps")
+    distill.add_argument("--rollout", type=_positive_int, default=3,
+                         help="train the head on its own predictions this many steps ahead (1: teacher forcing only)")
     distill.add_argument("--adapter-steps", type=_positive_int, default=300, help="draft adapter training steps")
     distill.add_argument("--adapter-rank", type=_positive_int, default=64)
     distill.add_argument("--lr", type=_nonneg_float, default=3e-3)

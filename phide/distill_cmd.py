@@ -56,7 +56,8 @@ def _distill_prompts(args) -> int:
         if (i + 1) % 20 == 0 or i + 1 == len(prompts):
             progress(f"distill: target answered {i + 1}/{len(prompts)} prompts")
     held = max(1, len(seqs) // 10)
-    head = train_eagle_head(target, seqs[:-held], steps=args.steps, lr=args.lr, seed=args.seed)
+    head = train_eagle_head(target, seqs[:-held], steps=args.steps, lr=args.lr, seed=args.seed,
+                            rollout=args.rollout)
     head.save(args.out)
     report = {"out": str(args.out), "train_sequences": len(seqs) - held, "held_out": held,
               "train_top1": head_top1_accuracy(target, head, seqs[:-held]),
@@ -86,11 +87,14 @@ def _distill_paired(args) -> int:
     held = max(1, len(examples) // 10)
     train, test = examples[:-held], examples[-held:]
     head = train_eagle_head(engine.target, [e.head_seq for e in train], steps=args.steps, lr=args.lr,
-                            seed=args.seed)
+                            seed=args.seed, rollout=args.rollout)
     head.save(args.out)
     report = {"out": str(args.out), "train_samples": len(train), "held_out": held,
               "head_top1_train": head_top1_accuracy(engine.target, head, [e.head_seq for e in train]),
-              "head_top1_held_out": head_top1_accuracy(engine.target, head, [e.head_seq for e in test])}
+              "head_top1_held_out": head_top1_accuracy(engine.target, head, [e.head_seq for e in test]),
+              # k steps ahead, reading its own predictions (tree level k), over the answers' span
+              "head_top1_held_out_by_depth": {k: head_top1_accuracy(engine.target, head, [e.head_seq for e in test],
+                                                                    depth=k, tail=32) for k in (1, 2, 3, 4)}}
     text = (f"wrote the EAGLE head to {args.out}: top-1 agreement with the target "
             f"{report['head_top1_train']:.2f} (train), {report['head_top1_held_out']:.2f} (held out)")
     if args.draft:

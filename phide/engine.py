@@ -21,14 +21,13 @@ from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
 from phide.runtime.cpu_lanes import CpuLane, cpu_split, reserved_threads
 from phide.spec.overlap import PostVerifyOverlap
-from phide.spec.payoff import Payoff
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
 from phide.models.eagle import EagleHead
 from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
 from phide.spec.eagle_runner import EagleRunner
 from phide.spec.runners import DraftRunner, TargetRunner
-from phide.spec.tree import Tree, chain
+from phide.spec.tree import Tree, TreePrice, chain
 
 
 MODES = ("hide", "sequential", "target-only")
@@ -139,7 +138,9 @@ class Engine:
         self.head = head  # EAGLE continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
         self.planner = planner  # phide.planner.Planner: decides what `hide` really runs (optional)
-        self.plain_step_s: float | None = None  # set by the planner: drafting that costs more stops
+        # phide.planner.Costs, set by the planner: round trees are priced (TreePrice), so an
+        # unsure drafter's tree shrinks, down to a plain decode step. None: fixed tree shapes.
+        self.costs = None
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
@@ -179,11 +180,8 @@ class Engine:
         out: list[int] = []
         root = prepared.ids[-1]
         verifies = accepted_drafts = 0
-        payoff = Payoff(self.plain_step_s)
-        stopped_head = None  # the head, once payoff stopped it (its forwards still count)
+        head_price, draft_price = self._round_prices()
         while len(out) < req.max_new_tokens:
-            payoff.start_round()
-            from_window = first_tree is not None and verifies == 0
             tree = first_tree
             first_tree = None
             if tree is None:
@@ -192,7 +190,7 @@ class Engine:
                     try:
                         with tl.phase("head_grow", "draft"):
                             tree = head.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
-                                             max_expansions=spec.topk * spec.depth)
+                                             max_expansions=spec.topk * spec.depth, price=head_price)
                         self._check_tree(tree, root, self.target.cfg.vocab_size)
                     except Exception as exc:  # a failing head is dropped like a failing draft
                         self._fault(stats, exc)
@@ -201,7 +199,7 @@ class Engine:
                     try:
                         with tl.phase("draft_grow", "draft"):
                             tree = draft.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
-                                              max_expansions=spec.topk * spec.depth)
+                                              max_expansions=spec.topk * spec.depth, price=draft_price)
                         self._check_tree(tree, root)
                     except Exception as exc:  # any draft failure: drop the draft, keep going
                         drafting, tree = self._fault(stats, exc), chain(root, [])
@@ -227,7 +225,6 @@ class Engine:
                     new, done = new[: i + 1], True
                     break
             out.extend(new)
-            payoff.end_round(len(tree) > 1 and not from_window, len(new))
             if done:
                 if ahead is not None:
                     ahead.abandon()
@@ -252,15 +249,12 @@ class Engine:
                         drafting = self._fault(stats, exc)
                 else:
                     draft.commit(tree, nodes.tolist()[: n_acc + 1], bonus)
-            if (head is not None or drafting) and payoff.should_stop():  # go on with the target alone
-                stats["draft_stopped"] = payoff.reason()
-                stopped_head, head, first_tree, drafting = head, None, None, False
 
         wall = time.perf_counter() - t_start
         stats.update(
             target_forwards=target.forwards,
             draft_forwards=draft.forwards if draft is not None else 0,
-            head_forwards=(head or stopped_head).forwards if (head or stopped_head) is not None else 0,
+            head_forwards=head.forwards if head is not None else 0,
             verifies=verifies,
             accepted_per_verify=round((accepted_drafts + verifies) / max(verifies, 1), 4),
             accepted_drafts_per_verify=round(accepted_drafts / max(verifies, 1), 4),
@@ -271,6 +265,14 @@ class Engine:
             **self._memory_stats(),
         )
         return Result(out, stats, tl)
+
+    def _round_prices(self) -> tuple[TreePrice | None, TreePrice | None]:
+        """(head, draft) round-tree prices in plain decode steps, from the planner's costs."""
+        c = self.costs
+        if c is None or c.target_step_s <= 0:
+            return None, None
+        node = c.verify_extra_per_node_s / c.target_step_s
+        return TreePrice(node, c.head_step_s / c.target_step_s), TreePrice(node, c.draft_step_s / c.target_step_s)
 
     def _memory_stats(self) -> dict:
         if self.target.device.type == "cuda":

@@ -77,7 +77,8 @@ class CrossVocabDraft:
     def forwards(self) -> int:
         return self.runner.forwards
 
-    def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int, stop=None, log=None) -> Tree:
+    def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int, stop=None, log=None,
+             price=None) -> Tree:  # a chain of re-tokenised proposals: no tree to price
         depth = max(1, min(max_depth, budget - 1))
         d_tree = self.runner.grow(budget=depth + 1, topk=1, max_depth=depth, max_expansions=depth,
                                   stop=stop, log=log)

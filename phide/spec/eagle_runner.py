@@ -16,7 +16,7 @@ import torch
 from phide.models.eagle import EagleHead
 from phide.models.llama import LlamaModel
 from phide.spec.runners import causal_inputs
-from phide.spec.tree import Tree, TreeGrower
+from phide.spec.tree import Tree, TreeGrower, TreePrice
 
 
 class EagleRunner:
@@ -39,7 +39,8 @@ class EagleRunner:
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
-             stop: threading.Event | None = None, log: list | None = None) -> Tree:
+             stop: threading.Event | None = None, log: list | None = None, price: TreePrice | None = None) -> Tree:
+        """Cache the pending pairs, then grow a tree (as DraftRunner.grow; `price`: `TreePrice`)."""
         device = self.head.device
         if not self._embeds:  # no features yet (a one-token prompt): nothing to draft from
             return Tree([self.root_token], [-1])
@@ -66,8 +67,9 @@ class EagleRunner:
                 hidden_of[ci] = h[row]
             return self._logits(h)
 
-        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
-        return grower.build(budget)
+        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log,
+                    price=price)
+        return grower.build(budget, price=price)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.logits(hidden)  # the tree grower normalises (ops.tree_topk)

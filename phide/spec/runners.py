@@ -14,7 +14,7 @@ import torch
 
 from phide.models.llama import LlamaModel
 from phide import ops
-from phide.spec.tree import MAX_TREE_NODES, Tree, TreeGrower, tree_attention_layout, verify_layout, verify_rows
+from phide.spec.tree import MAX_TREE_NODES, Tree, TreeGrower, TreePrice, tree_attention_layout, verify_layout, verify_rows
 
 
 def causal_inputs(start: int, n: int, device):
@@ -117,10 +117,11 @@ class DraftRunner:
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
-             stop: threading.Event | None = None, log: list | None = None) -> Tree:
+             stop: threading.Event | None = None, log: list | None = None, price: TreePrice | None = None) -> Tree:
         """Cache the pending tokens, then grow a tree until `stop` is set, the frontier is
         exhausted, or `max_expansions` nodes were run through the draft. Returns <= budget nodes.
         `log`, when given, receives (perf_counter time, candidates so far) after every step.
+        `price`: grow and keep only what pays (`TreePrice`).
         """
         device = self.model.device
         n = len(self.pending)
@@ -142,8 +143,9 @@ class DraftRunner:
             self.forwards += 1
             return self._logits(h[0])
 
-        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
-        tree = grower.build(budget, root_slot)
+        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log,
+                    price=price)
+        tree = grower.build(budget, root_slot, price)
         # The draft's own guess of the token after each tree node (where it expanded the node):
         # what post-verify overlap assumes the target will emit after an accepted path.
         top = grower.top_children()

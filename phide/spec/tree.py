@@ -9,6 +9,7 @@ different sizes stack into one [B, N] batch.
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -156,6 +157,20 @@ class _Candidate:
     slot: int = -1  # draft KV row once expanded
 
 
+@dataclass(frozen=True)
+class TreePrice:
+    """What a round tree costs, in plain decode steps of the target (the planner's calibrated
+    costs): `node` per verified node past the root, `step` per drafter step. With a price the
+    grower stops when the frontier it would expand next holds less probability than a step costs,
+    and `build` keeps the best-scored prefix of nodes that minimises verify cost per expected
+    token, (1 + n * node) / (1 + sum of the n nodes' path probabilities): an unsure drafter's
+    tree shrinks, down to the root alone (a plain decode step), instead of paying for nodes
+    that will not be accepted. Path probabilities are the drafter's own (EAGLE-2's confidence)."""
+
+    node: float
+    step: float
+
+
 # expand(frontier) -> logits [F, V] of the next token after each frontier candidate (any
 # monotone shift per row is fine, e.g. log-probs: the grower normalises them itself).
 ExpandFn = Callable[[list[int]], torch.Tensor]
@@ -245,14 +260,17 @@ class TreeGrower:
         slots = torch.arange(first, kv_len).unsqueeze(0)
         return positions.to(device), slots.to(device), mask.to(device), kv_len
 
-    def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, log: list | None = None) -> None:
-        """Step until the frontier is exhausted, `stop` (a threading.Event) is set, or the next
-        step would pass `max_expansions` expanded nodes. `log` gets (perf_counter, candidates)
-        now and after every step."""
+    def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, log: list | None = None,
+             price: TreePrice | None = None) -> None:
+        """Step until the frontier is exhausted, `stop` (a threading.Event) is set, the next
+        step would pass `max_expansions` expanded nodes, or (with a `price`) it would not pay.
+        `log` gets (perf_counter, candidates) now and after every step."""
         if log is not None:
             log.append((time.perf_counter(), len(self.cands)))
         while self.can_grow() and not (stop is not None and stop.is_set()):
             if self.expanded + min(self.topk, len(self.frontier)) > max_expansions:
+                break
+            if price is not None and sum(math.exp(self.cands[i].score) for i in self.next_frontier()) < price.step:
                 break
             self.step(expand)
             if log is not None:
@@ -273,13 +291,15 @@ class TreeGrower:
             ci = self.cands[ci].parent
         return out[::-1]
 
-    def build(self, budget: int, root_slot: int = -1) -> Tree:
-        """Keep the best `budget - 1` candidates (ancestor-closed) and return them as a Tree.
+    def build(self, budget: int, root_slot: int = -1, price: TreePrice | None = None) -> Tree:
+        """Keep the best `budget - 1` candidates (ancestor-closed) and return them as a Tree;
+        with a `price`, only the prefix of them that minimises cost per expected token.
 
         Ranking key (score desc, depth asc, index asc) puts a parent before any child even when
-        a child's log-prob rounds to 0, so the kept set is always ancestor-closed.
+        a child's log-prob rounds to 0, so the kept set (and every prefix of it) is ancestor-closed.
         """
         order = sorted(range(len(self.cands)), key=lambda i: (-self.cands[i].score, self.cands[i].depth, i))
+        ranked: list[int] = []
         kept: set[int] = set()
         for ci in order:
             if len(kept) >= budget - 1:
@@ -287,6 +307,14 @@ class TreeGrower:
             p = self.cands[ci].parent
             if p == -1 or p in kept:
                 kept.add(ci)
+                ranked.append(ci)
+        if price is not None:
+            best_n, best, expected = 0, 1.0, 1.0
+            for n, ci in enumerate(ranked, 1):
+                expected += math.exp(self.cands[ci].score)
+                if (1 + n * price.node) / expected < best:
+                    best_n, best = n, (1 + n * price.node) / expected
+            kept = set(ranked[:best_n])
         # Topological order: by depth, then creation order (= draft preference among siblings).
         nodes = sorted(kept, key=lambda i: (self.cands[i].depth, i))
         self.built = [-1] + nodes  # candidate index of each tree node (-1: the root)
