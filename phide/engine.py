@@ -20,6 +20,7 @@ from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
 from phide.runtime.cpu_lanes import CpuLane, cpu_split, reserved_threads
+from phide.runtime.window_lanes import WindowLanes
 from phide.spec.overlap import PostVerifyOverlap
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
@@ -53,6 +54,9 @@ class SpecConfig:
     # CPU lane split while both lanes run (the window, overlapped rounds): intra-op threads the
     # draft lane reserves; the target lane keeps the rest (phide.runtime.cpu_lanes). 0 = no split.
     draft_threads: int = 0
+    # GPU lane split in hide mode: SMs the draft lane's green context reserves during the window;
+    # the target's stream gets the remainder (phide.runtime.window_lanes). 0 = no split.
+    draft_sms: int = 0
     # Post-verify overlap (draft continuation only, phide.spec.overlap): grow the next tree from
     # the optimistic outcome while the target verifies.
     overlap: bool = False
@@ -67,6 +71,8 @@ class SpecConfig:
             raise PhideError(f"window must be 'prefill' or 'prepare', not {self.window!r}")
         if self.draft_threads < 0:
             raise PhideError("draft_threads must be >= 0")
+        if self.draft_sms < 0:
+            raise PhideError("draft_sms must be >= 0")
 
 
 @dataclass
@@ -141,6 +147,7 @@ class Engine:
         # phide.planner.Costs, set by the planner: round trees are priced (TreePrice), so an
         # unsure drafter's tree shrinks, down to a plain decode step. None: fixed tree shapes.
         self.costs = None
+        self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
@@ -250,6 +257,8 @@ class Engine:
                 else:
                     draft.commit(tree, nodes.tolist()[: n_acc + 1], bonus)
 
+        if req.mode == "hide":
+            WindowLanes.finish_request(self.target.device, self.spec.draft_sms)
         wall = time.perf_counter() - t_start
         stats.update(
             target_forwards=target.forwards,
@@ -374,19 +383,21 @@ class Engine:
         progress: list = []
         spec = self.spec
 
+        lanes = WindowLanes.for_engine(self.target.device, spec.draft_threads, spec.draft_sms, self._green_lanes)
+        stats["window_lanes"] = lanes.describe()
+
         def draft_lane():
             try:
-                lane["runner"] = runner = self._prepare_draft(req, tl, stats)
-                with tl.phase("draft_grow", "draft"):
-                    lane["tree"] = runner.grow(budget=spec.window_budget, topk=spec.topk,
-                                               max_depth=spec.window_depth,
-                                               max_expansions=spec.window_depth * spec.topk, stop=stop,
-                                               log=progress)
+                with lanes.draft():
+                    lane["runner"] = runner = self._prepare_draft(req, tl, stats)
+                    with tl.phase("draft_grow", "draft"):
+                        lane["tree"] = runner.grow(budget=spec.window_budget, topk=spec.topk,
+                                                   max_depth=spec.window_depth,
+                                                   max_expansions=spec.window_depth * spec.topk, stop=stop,
+                                                   log=progress)
             except BaseException as exc:  # reported on the main thread
                 lane["error"] = exc
 
-        on_cpu = self.target.device.type == "cpu"
-        target_threads, draft_threads = cpu_split(torch.get_num_threads(), spec.draft_threads if on_cpu else 0)
         window_end = None
 
         def end_window():
@@ -394,21 +405,22 @@ class Engine:
             window_end = time.perf_counter()
             stop.set()
 
-        done = CpuLane("draft", draft_threads).submit(draft_lane)
+        done = CpuLane("draft", lanes.draft_threads).submit(draft_lane)
         try:
-            with reserved_threads(target_threads):
+            with lanes.target():
                 with tl.phase("target_prepare", "target"):
                     prepared = self.target_side.prepare(req)
             if spec.window == "prepare":
-                end_window()  # the prefill gets every core; the draft stops at its next step
+                end_window()  # the prefill gets every core (SM); the draft stops at its next step
                 target = self._prefill_target(req, prepared, tl, stats)
             else:
-                with reserved_threads(target_threads):
+                with lanes.target():
                     target = self._prefill_target(req, prepared, tl, stats)
         finally:
             if window_end is None:
                 end_window()
             done.wait()  # draft_lane keeps its own errors in lane["error"]
+            lanes.join()
         if isinstance(lane.get("error"), PhideError):
             raise lane["error"]
         if "error" in lane:

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # GPU check for a user with an NVIDIA GPU (written for an H100; any sm_80+ works):
 #   1. builds the CUDA extension (PHIDE_BUILD_CUDA=1) into the current environment,
-#   2. runs the kernel tests ON THE DEVICE: the CUDA acceptance walk and green-context lanes
-#      (pytest -m gpu) and the tree-attention / top-k Triton kernels compiled for real,
+#   2. runs the kernel tests ON THE DEVICE: the CUDA acceptance walk, green-context lanes and
+#      the engine's hide window on them (pytest -m gpu) and the tree-attention / top-k Triton kernels compiled for real,
 #   3. the per-op microbenchmarks (torch twin vs Triton vs CUDA; CSV in profiling/results/): the
 #      verification kernels, tree-verify attention (Vicuna-7B MHA and a GQA layout) and the draft
 #      tree step top-k,
 #   4. the planner's projection (`phide plan`),
 #   5. an Nsight Systems trace of one toy request, when nsys is installed.
-# The lane-overlap sweep at 8/16/24/32 reserved SMs needs the engine to run its draft lane inside
-# a green context, which is not wired yet (issue 5); this script says so instead of faking it.
+#   6. the lane-overlap sweep: the toy pair's hide window with the draft on 8/16/24/32 SMs.
 #
 #   bash profiling/gpu_check.sh            # from the repository root, in phide's environment
 set -euo pipefail
@@ -26,7 +25,7 @@ echo "== 1. build the CUDA extension"
 PHIDE_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation -e . -q
 
 echo "== 2. kernel tests on the device"
-"$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py
+"$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py tests/test_window_lanes.py
 TRITON_INTERPRET=0 "$PY" -m pytest -q tests/test_tree_attention.py tests/test_tree_topk.py
 # test_triton_kernels.py builds its kernel inputs on the CPU, so it runs interpreted here too (its
 # Gumbel / KV-commit kernels are compiled for real by the microbenchmarks below).
@@ -48,4 +47,5 @@ if command -v nsys >/dev/null 2>&1; then
 else
     echo "nsys not installed: skipped"
 fi
-echo "== lane-overlap sweep (8/16/24/32 SMs): not available yet (issue 5: green-context lanes are not wired into the engine)"
+echo "== 6. lane-overlap sweep (the draft's window on 8/16/24/32 SMs of a green-context split)"
+"$PY" profiling/sweep_lanes.py --draft-sms 8 16 24 32

@@ -14,7 +14,8 @@ import torch
 
 from phide.models.llama import LlamaModel
 from phide import ops
-from phide.spec.tree import MAX_TREE_NODES, Tree, TreeGrower, TreePrice, tree_attention_layout, verify_layout, verify_rows
+from phide.spec.tree import (MAX_TREE_NODES, Tree, TreeGrower, TreePrice, tree_attention_layout, verify_layout,
+                              verify_rows)
 
 
 def causal_inputs(start: int, n: int, device):

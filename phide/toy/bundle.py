@@ -48,6 +48,8 @@ TARGET_STAGES = (
     ["--target-steps", "2000", "--scenes", "800", "--checkpoint-every", "200"],
     ["--target-steps", "2000", "--lr", "1e-3", "--scenes", "800", "--checkpoint-every", "250"],
     ["--target-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "250", "--stop-at", "0"],
+    ["--target-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "250"],
+    ["--target-steps", "3000", "--lr", "7e-4", "--scenes", "5000", "--checkpoint-every", "250"],
 )
 DRAFT_STAGES = (
     ["--text-only", "--draft-steps", "266", "--scenes", "800"],
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out_dir")
     ap.add_argument("--train-layers", type=int, default=4, help="LM layers while training (then grown)")
     ap.add_argument("--finetune-steps", type=int, default=0, help="steps of each model after growing it")
-    ap.add_argument("--distill-scenes", type=int, default=60)
+    ap.add_argument("--distill-scenes", type=int, default=150)
     ap.add_argument("--head-steps", type=int, default=800)
     ap.add_argument("--adapter-steps", type=int, default=400)
     ap.add_argument("--skip-training", action="store_true", help="OUT_DIR already holds the trained pair")
