@@ -57,6 +57,10 @@ class SpecConfig:
     # GPU lane split in hide mode: SMs the draft lane's green context reserves during the window;
     # the target's stream gets the remainder (phide.runtime.window_lanes). 0 = no split.
     draft_sms: int = 0
+    # Price round trees with the planner's costs (TreePrice: stop growing / drop nodes that will
+    # not pay, judged by the drafter's own path probabilities). Off by default: on the toy pair
+    # its head is underconfident on some answers and pricing measured a wash (README).
+    price_trees: bool = False
     # Post-verify overlap (draft continuation only, phide.spec.overlap): grow the next tree from
     # the optimistic outcome while the target verifies.
     overlap: bool = False
@@ -144,8 +148,8 @@ class Engine:
         self.head = head  # EAGLE continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
         self.planner = planner  # phide.planner.Planner: decides what `hide` really runs (optional)
-        # phide.planner.Costs, set by the planner: round trees are priced (TreePrice), so an
-        # unsure drafter's tree shrinks, down to a plain decode step. None: fixed tree shapes.
+        # phide.planner.Costs, set by the planner; with SpecConfig.price_trees round trees are
+        # priced (TreePrice), so an unsure drafter's tree shrinks, down to a plain decode step.
         self.costs = None
         self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
 
@@ -278,7 +282,7 @@ class Engine:
     def _round_prices(self) -> tuple[TreePrice | None, TreePrice | None]:
         """(head, draft) round-tree prices in plain decode steps, from the planner's costs."""
         c = self.costs
-        if c is None or c.target_step_s <= 0:
+        if c is None or not self.spec.price_trees or c.target_step_s <= 0:
             return None, None
         node = c.verify_extra_per_node_s / c.target_step_s
         return TreePrice(node, c.head_step_s / c.target_step_s), TreePrice(node, c.draft_step_s / c.target_step_s)

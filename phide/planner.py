@@ -256,7 +256,7 @@ def run_planned(engine, req):
                                has_head=use_head, depth=spec.depth, budget=spec.budget)
     run = copy.copy(engine)
     run.planner = None
-    run.costs = engine.planner.costs  # round trees priced: what will not pay is not verified
+    run.costs = engine.planner.costs  # for SpecConfig.price_trees
     mode = {"target-only": "target-only", "head-only": "sequential", "sequential": "sequential"}.get(
         plan.schedule, "hide")
     if plan.schedule == "head-only":

@@ -95,7 +95,8 @@ def test_priced_round_trees(trained, per_node_s, drafts):
     alone (a plain decode step), and the tokens are the same; with free nodes the head drafts."""
     ids = trained["tok"](PROMPTS[0])["input_ids"]
     ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=30, mode="target-only"))
-    engine = Engine(trained["target"], None, head=trained["head"], spec=SpecConfig(topk=2, depth=3, budget=6))
+    engine = Engine(trained["target"], None, head=trained["head"],
+                    spec=SpecConfig(topk=2, depth=3, budget=6, price_trees=True))
     engine.costs = Costs(target_prepare_s=0, prepare_idle=False, target_prefill_s=0, target_step_s=0.01,
                          verify_extra_per_node_s=per_node_s, draft_prefill_s=0, draft_step_s=0, head_step_s=0)
     res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))

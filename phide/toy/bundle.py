@@ -5,7 +5,7 @@
     phide/toy/bundled/clip        the draft's CLIP tower
     phide/toy/bundled/draft       EventGPT-format draft + draft_adapter.* (strategy B adapter)
 
-Rebuild (fixed seeds; about 1.5 hours on 2 free CPU cores, most of it the target):
+Rebuild (fixed seeds; about 2.5 hours on 2 free CPU cores, most of it the target):
 
     python -m phide.toy.bundle OUT_DIR [--install]
 
@@ -56,6 +56,7 @@ DRAFT_STAGES = (
     ["--draft-steps", "1500", "--scenes", "800", "--checkpoint-every", "250"],
     ["--draft-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "500"],
     ["--draft-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "500", "--stop-at", "0"],
+    ["--draft-steps", "3000", "--lr", "7e-4", "--scenes", "5000", "--checkpoint-every", "500"],
 )
 TRAIN_SEED, DISTILL_SEED, EVAL_SEED = 0, 1, 2
 PARTS = ("tokenizer", "target", "clip", "draft")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-layers", type=int, default=4, help="LM layers while training (then grown)")
     ap.add_argument("--finetune-steps", type=int, default=0, help="steps of each model after growing it")
     ap.add_argument("--distill-scenes", type=int, default=150)
-    ap.add_argument("--head-steps", type=int, default=800)
+    ap.add_argument("--head-steps", type=int, default=2000)
     ap.add_argument("--adapter-steps", type=int, default=400)
     ap.add_argument("--skip-training", action="store_true", help="OUT_DIR already holds the trained pair")
     ap.add_argument("--install", action="store_true", help=f"copy the result over {BUNDLED}")
