@@ -61,6 +61,9 @@ class SpecConfig:
     # not pay, judged by the drafter's own path probabilities). Off by default: on the toy pair
     # its head is underconfident on some answers and pricing measured a wash (README).
     price_trees: bool = False
+    # Draft tree steps with static shapes (phide.spec.static_step), captured as a CUDA graph when
+    # the draft is on a GPU (once per request, for now); on a CPU they run eagerly (the twin).
+    draft_graph: bool = False
     # Post-verify overlap (draft continuation only, phide.spec.overlap): grow the next tree from
     # the optimistic outcome while the target verifies.
     overlap: bool = False
@@ -326,7 +329,9 @@ class Engine:
         # Across tokenizers the draft may need several ids per target token: room for that.
         room = (4 if cross else 1) * req.max_new_tokens + scratch + max(spec.budget, spec.window_budget) + 2
         runner = DraftRunner(self.draft, len(prepared.ids) + room,
-                             self.draft.cfg.vocab_size if cross else self.shared_vocab, adapter=self.draft_adapter)
+                             self.draft.cfg.vocab_size if cross else self.shared_vocab, adapter=self.draft_adapter,
+                             static_rows=spec.topk if spec.draft_graph else 0,
+                             graph=spec.draft_graph and self.draft.device.type == "cuda")
         with tl.phase("draft_prefill", "draft"):
             device = self.draft.device
             if prepared.embeds is not None:

@@ -25,7 +25,7 @@ echo "== 1. build the CUDA extension"
 PHIDE_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation -e . -q
 
 echo "== 2. kernel tests on the device"
-"$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py tests/test_window_lanes.py
+"$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py tests/test_window_lanes.py tests/test_static_step.py
 TRITON_INTERPRET=0 "$PY" -m pytest -q tests/test_tree_attention.py tests/test_tree_topk.py
 # test_triton_kernels.py builds its kernel inputs on the CPU, so it runs interpreted here too (its
 # Gumbel / KV-commit kernels are compiled for real by the microbenchmarks below).

@@ -14,6 +14,7 @@ import torch
 
 from phide.models.llama import LlamaModel
 from phide import ops
+from phide.spec.static_step import StaticStep
 from phide.spec.tree import (MAX_TREE_NODES, Tree, TreeGrower, TreePrice, tree_attention_layout, verify_layout,
                               verify_rows)
 
@@ -89,10 +90,15 @@ class DraftRunner:
     replaces the draft's own LM head.
     """
 
-    def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int, adapter=None):
+    def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int, adapter=None, *,
+                 static_rows: int = 0, graph: bool = False):
+        """static_rows > 0: tree steps of up to that many candidates run with static shapes
+        (`phide.spec.static_step`; captured as a CUDA graph with graph=True on a GPU)."""
         self.model = model
         self.head = adapter if adapter is not None else model
-        self.cache = model.new_cache(1, max_len)
+        self.capacity = max_len  # usable cache rows (a static step adds one trash row past them)
+        self.cache = model.new_cache(1, max_len + (1 if static_rows else 0))
+        self.static = StaticStep(model, self.cache, static_rows, graph=graph) if static_rows else None
         self.length = 0
         self.pending: list[int] = []
         self.vocab_limit = vocab_limit
@@ -140,11 +146,14 @@ class DraftRunner:
         def expand(chosen: list[int]) -> torch.Tensor:
             pos, slots, mask, kv_len = grower.expansion_inputs(chosen, base, device)
             tok = torch.tensor([[grower.cands[ci].token for ci in chosen]], device=device)
-            h = self.model(tok, positions=pos, cache=self.cache, slots=slots, attn_mask=mask, kv_len=kv_len)
+            if self.static is not None and len(chosen) <= self.static.rows:
+                h = self.static.run(tok, pos, slots, mask)
+            else:
+                h = self.model(tok, positions=pos, cache=self.cache, slots=slots, attn_mask=mask, kv_len=kv_len)
             self.forwards += 1
             return self._logits(h[0])
 
-        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log,
+        grower.grow(expand, max_expansions=min(max_expansions, self.capacity - base), stop=stop, log=log,
                     price=price)
         tree = grower.build(budget, root_slot, price)
         # The draft's own guess of the token after each tree node (where it expanded the node):

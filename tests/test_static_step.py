@@ -1,0 +1,88 @@
+"""The draft's static-shape tree step (phide.spec.static_step) computes what the dynamic step does:
+same hidden states for every frontier size, padding never touches real cache rows, and the engine
+with `draft_graph` stays lossless. On a GPU the same step is replayed as a CUDA graph."""
+
+import pytest
+import torch
+
+from phide.engine import MODES, Engine, Request, SpecConfig
+from phide.models.loading import load_llama, load_tokenizer
+from phide.spec.runners import DraftRunner, causal_inputs
+from phide.spec.static_step import StaticStep
+from phide.spec.tree import TreeGrower
+
+
+@torch.inference_mode()
+def _grow_both(model, prompt, topk, device="cpu", graph=False):
+    """Prefill the same prompt into a dynamic and a static runner, then run identical expansions
+    through both; returns the per-step hidden states of each and the two caches."""
+    out = {}
+    for static in (False, True):
+        r = DraftRunner(model, 64, model.cfg.vocab_size, static_rows=topk if static else 0, graph=graph)
+        r.prefill(torch.tensor([prompt[:-1]], device=device), last_token=prompt[-1])
+        hs = []
+        pos, mask = causal_inputs(r.length, 1, device)
+        h = model(torch.tensor([[prompt[-1]]], device=device), positions=pos, cache=r.cache, slots=pos,
+                  attn_mask=mask, kv_len=r.length + 1)
+        r.length += 1
+        grower = TreeGrower(prompt[-1], model.logits(h[0, -1]), topk=topk, max_depth=4)
+        base = r.length
+        while grower.can_grow():
+            chosen = grower.next_frontier()
+            p, s, m, kv = grower.expansion_inputs(chosen, base, device)
+            tok = torch.tensor([[grower.cands[c].token for c in chosen]], device=device)
+            hid = r.static.run(tok, p, s, m) if static else model(tok, positions=p, cache=r.cache, slots=s,
+                                                                   attn_mask=m, kv_len=kv)
+            hs.append(hid.clone())
+            grower.frontier = []
+            grower._add_children(chosen, model.logits(hid[0]))
+            grower.expanded += len(chosen)
+        out[static] = (hs, r)
+    return out
+
+
+@pytest.mark.parametrize("topk", [1, 3])
+def test_static_step_matches_the_dynamic_step(tiny_pair, topk):
+    model = load_llama(tiny_pair["target"])
+    prompt = load_tokenizer(tiny_pair["target"])("the red car turns left")["input_ids"]
+    out = _grow_both(model, prompt, topk)
+    (dyn, r_dyn), (sta, r_sta) = out[False], out[True]
+    assert len(dyn) == len(sta) >= 3
+    for a, b in zip(dyn, sta):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    # every real cache row identical; only the static runner's trash row differs
+    rows = r_dyn.cache.max_len
+    assert r_sta.cache.max_len == rows + 1 and r_sta.static.trash == rows
+    torch.testing.assert_close(r_sta.cache.k[:, :, :, :rows], r_dyn.cache.k)
+
+
+def test_static_step_rejects_what_it_cannot_hold(tiny_pair):
+    model = load_llama(tiny_pair["target"])
+    cache = model.new_cache(1, 9)
+    step = StaticStep(model, cache, 2)
+    with pytest.raises(ValueError):
+        step.run(torch.zeros(1, 3, dtype=torch.int64), torch.zeros(1, 3, dtype=torch.int64),
+                 torch.zeros(1, 3, dtype=torch.int64), torch.ones(1, 3, 4, dtype=torch.bool))
+
+
+def test_engine_with_static_draft_steps_is_lossless(tiny_pair):
+    target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    ids = load_tokenizer(tiny_pair["target"])("Describe the scene.")["input_ids"]
+    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=20, mode="target-only"))
+    spec = SpecConfig(topk=3, depth=4, budget=10, draft_graph=True)
+    for mode in MODES:
+        res = Engine(target, near, spec=spec, eos_token_ids=[]).generate(
+            Request(prompt_ids=ids, max_new_tokens=20, mode=mode))
+        assert res.token_ids == ref.token_ids and len(ref.token_ids) == 20
+        assert res.stats["faults"] == 0 and (mode == "target-only" or res.stats["draft_forwards"] > 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_step_matches_the_dynamic_step(tiny_pair):
+    model = load_llama(tiny_pair["target"], device="cuda")
+    prompt = load_tokenizer(tiny_pair["target"])("the red car turns left")["input_ids"]
+    out = _grow_both(model, prompt, 3, device="cuda", graph=True)
+    assert out[True][1].static.graph is not None
+    for a, b in zip(out[False][0], out[True][0]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
