@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
-from harness import append_csv, run_context, sync, time_us, use_interpreter_without_gpu  # noqa: E402
+from harness import (add_kernel_bench_args, append_csv, kernel_bench_start, sync, time_us,  # noqa: E402
+                     use_interpreter_without_gpu)
 
 use_interpreter_without_gpu()
 
@@ -58,19 +59,10 @@ def main() -> None:
     ap.add_argument("--F", type=int, nargs="+", default=[4], help="frontier nodes per request")
     ap.add_argument("--V", type=int, nargs="+", default=[32064], help="vocabulary sizes")
     ap.add_argument("--k", type=int, nargs="+", default=[4], help="children per node")
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--min-time", type=float, default=0.2)
-    ap.add_argument("--csv", type=Path, default=CSV_PATH)
-    ap.add_argument("--no-csv", action="store_true")
+    add_kernel_bench_args(ap, CSV_PATH)
     args = ap.parse_args()
 
-    import triton
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    interpreted = device.type == "cpu"
-    meta = {**run_context(), "triton_version": triton.__version__}
-    note = "interpreted (timings not meaningful)" if interpreted else "compiled"
-    print(f"# {meta['device']}, torch {torch.__version__}, triton {triton.__version__} {note}, git {meta['git_sha']}")
+    device, interpreted, meta = kernel_bench_start()
     print(f"{'case':<24} {'dtype':<9} {'torch µs':>10} {'triton µs':>10} {'triton GB/s':>12} {'tokens':>7} {'max err':>9}")
     rows, failed = [], []
     for dt in args.dtypes:

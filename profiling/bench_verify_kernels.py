@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
-from harness import append_csv, run_context, sync, time_us, use_interpreter_without_gpu  # noqa: E402
+from harness import (add_kernel_bench_args, append_csv, kernel_bench_start, sync, time_us,  # noqa: E402
+                     use_interpreter_without_gpu)
 
 use_interpreter_without_gpu()
 
@@ -87,17 +88,10 @@ def main() -> None:
     ap.add_argument("--S", type=int, default=256)
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--path", type=int, default=8, help="accepted path length incl. the root (kv_commit)")
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
-    ap.add_argument("--min-time", type=float, default=0.2)
-    ap.add_argument("--csv", type=Path, default=CSV_PATH)
-    ap.add_argument("--no-csv", action="store_true")
+    add_kernel_bench_args(ap, CSV_PATH)
     args = ap.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    interpreted = device.type == "cpu"
-    meta = run_context()
-    note = "interpreted (timings not meaningful)" if interpreted else "compiled"
-    print(f"# {meta['device']}, torch {torch.__version__}, git {meta['git_sha']}, triton {note}")
+    device, interpreted, meta = kernel_bench_start()
     print(f"{'op':<22} {'dtype':<9} {'torch µs':>10} {'triton µs':>10} {'triton GB/s':>12} {'error':>8}")
     rows = []
     for dt in args.dtypes:

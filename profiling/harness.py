@@ -39,3 +39,28 @@ def sync(device) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def add_kernel_bench_args(ap, csv_path) -> None:
+    """The options every kernel microbenchmark takes: dtypes, timing budget, CSV destination."""
+    from pathlib import Path
+
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--min-time", type=float, default=0.2)
+    ap.add_argument("--csv", type=Path, default=csv_path)
+    ap.add_argument("--no-csv", action="store_true")
+
+
+def kernel_bench_start():
+    """(device, interpreted, meta) for a Triton kernel microbenchmark, after printing its header
+    line: the device (CUDA when present, else the CPU under the interpreter), whether timings
+    are interpreted (and so mean nothing about GPU speed), and the run context for CSV rows."""
+    import torch
+    import triton
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    interpreted = device.type == "cpu"
+    meta = {**run_context(), "triton_version": triton.__version__}
+    note = "interpreted (timings not meaningful)" if interpreted else "compiled"
+    print(f"# {meta['device']}, torch {torch.__version__}, triton {triton.__version__} {note}, git {meta['git_sha']}")
+    return device, interpreted, meta
