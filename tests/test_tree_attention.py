@@ -2,9 +2,7 @@
 dense mask, the Triton kernel (interpreted on CPU) against the twin, and the engine with
 PHIDE_OPS=triton against the twins."""
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from kernel_marks import DEVICE, needs_interpreter, needs_triton  # first: sets TRITON_INTERPRET
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -12,17 +10,6 @@ import torch  # noqa: E402
 from phide.spec.tree import Tree, stack_trees, tree_attention_layout, verify_batch_layout  # noqa: E402
 from phide.spec.tree_attention import ancestor_bits, tree_attention_torch, tree_visibility  # noqa: E402
 
-try:
-    import triton
-except ImportError:  # pragma: no cover
-    triton = None
-
-needs_triton = pytest.mark.skipif(triton is None, reason="triton is not importable")
-# Kernel tests run on the GPU when there is one (profiling/gpu_check.sh sets TRITON_INTERPRET=0);
-# the decoder and engine tests keep CPU models, which only the interpreter can run Triton on.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-cpu_models = pytest.mark.skipif(torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU models need the Triton interpreter")
 
 # Kernel vs twin, per dtype (atol, rtol): fp32 differs by summation order only; fp16/bf16 also
 # round P to the input dtype before P @ V (as flash attention does), so they sit about one output
@@ -162,7 +149,7 @@ def test_decoder_twin_path_is_bit_identical_to_dense_mask(monkeypatch):
 
 
 @needs_triton
-@cpu_models
+@needs_interpreter
 def test_decoder_triton_path_matches_dense_mask(monkeypatch):
     import phide.triton_kernels.tree_attention as kernel
 
@@ -219,7 +206,7 @@ def test_kernel_strided_views_bit63_and_m_blocks():
 
 
 @needs_triton
-@cpu_models
+@needs_interpreter
 def test_engine_greedy_tokens_same_with_triton_attention_and_topk(tiny_pair, monkeypatch):
     """PHIDE_OPS=triton routes the target's tree verification through the attention kernel and
     the draft's tree growth through the top-k kernel; the greedy tokens equal the twins'."""

@@ -2,9 +2,7 @@
 non-finite rules, the Triton kernel (interpreted on CPU) against the twin, and the tree grower
 through `ops.tree_topk` on both backends."""
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
+from kernel_marks import DEVICE, needs_interpreter, needs_triton  # first: sets TRITON_INTERPRET
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -13,17 +11,6 @@ from phide.errors import DraftFault  # noqa: E402
 from phide.spec.tree import TreeGrower  # noqa: E402
 from phide.spec.tree_topk import tree_topk_torch  # noqa: E402
 
-try:
-    import triton
-except ImportError:  # pragma: no cover
-    triton = None
-
-needs_triton = pytest.mark.skipif(triton is None, reason="triton is not importable")
-# Kernel tests run on the GPU when there is one (profiling/gpu_check.sh sets TRITON_INTERPRET=0);
-# the grower test keeps CPU tensors, which only the interpreter can run Triton on.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-cpu_tensors = pytest.mark.skipif(torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-                                 reason="CPU tensors need the Triton interpreter")
 NINF, NAN, INF = float("-inf"), float("nan"), float("inf")
 # The interpreter runs kernels in numpy, which warns on the log(0) / inf - inf of degenerate rows.
 quiet_numpy = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning",
@@ -151,7 +138,7 @@ def _table_expand(grower, table):
 
 
 @needs_triton
-@cpu_tensors
+@needs_interpreter
 @quiet_numpy
 def test_grower_builds_the_same_tree_on_both_backends(monkeypatch):
     import phide.triton_kernels.tree_topk as kernel
