@@ -13,6 +13,8 @@ Configurations (`CONFIGS`), all on the same loaded models (tree shape: `TOY_SPEC
                    the target's input preparation and prefill (on the other cores), then the head
   hide-draft       hide-split, and the EventGPT draft (with its distilled adapter) drafts every round
   hide-draft-raw   hide-draft without the adapter: acceptance before distillation
+  hide-overlap     hide, and the head grows the next tree during each verify (post-verify overlap,
+                   in a worker process; compared with hide)
 Greedy outputs must be identical in every configuration; a difference is a bug and stops the run.
 """
 
@@ -33,6 +35,7 @@ CONFIGS: dict[str, dict] = {
     "hide-split": dict(mode="hide", draft_threads=1),
     "hide-draft": dict(mode="hide", draft_threads=1, continuation="draft"),
     "hide-draft-raw": dict(mode="hide", draft_threads=1, continuation="draft", adapter=False),
+    "hide-overlap": dict(mode="hide", planner=True, overlap=True, compare="hide"),
 }
 
 
@@ -51,7 +54,8 @@ def engine_variants(engine, names, planner=None) -> dict:
         cfg = CONFIGS[name]
         e = copy.copy(engine)
         e.spec = dataclasses.replace(engine.spec, continuation=cfg.get("continuation", "head"),
-                                     draft_threads=cfg.get("draft_threads", engine.spec.draft_threads))
+                                     draft_threads=cfg.get("draft_threads", engine.spec.draft_threads),
+                                     overlap=cfg.get("overlap", False))
         if not cfg.get("adapter", True):
             e.draft_adapter = None
         e.planner = planner if cfg.get("planner") else None
@@ -94,9 +98,13 @@ def _request(sample, max_new_tokens: int, mode: str):
                    max_new_tokens=max_new_tokens, mode=mode)
 
 
-def run_scenes(pair, samples, names, *, max_new_tokens: int, draft_alone: bool = True, log=None) -> list[dict]:
+def run_scenes(pair, samples, names, *, max_new_tokens: int, draft_alone: bool = True, log=None,
+               repeats: int = 1) -> list[dict]:
     """Per sample: {"sample", "results": {config: Result}, "text", "score", "draft_text", "draft_score"}.
-    Raises PhideError when a configuration's tokens differ from target-only's."""
+    With repeats > 1 every configuration runs the scene that many times (interleaved, so slow
+    spells of the machine hit all alike) and keeps its median-wall run: per-scene comparisons
+    then measure the schedules, not the noise. Raises PhideError when a configuration's tokens
+    differ from target-only's."""
     from phide.engine import Engine
     from phide.pipeline import eos_ids
     from phide.toy.world import score_answer
@@ -111,11 +119,15 @@ def run_scenes(pair, samples, names, *, max_new_tokens: int, draft_alone: bool =
         e.generate(_request(samples[0], 4, mode))
     rows = []
     for i, s in enumerate(samples):
-        results = {name: e.generate(_request(s, max_new_tokens, mode)) for name, (e, mode) in variants.items()}
-        base = results[names[0]].token_ids
-        for name, r in results.items():
-            if r.token_ids != base:
+        runs: dict[str, list] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, (e, mode) in variants.items():
+                runs[name].append(e.generate(_request(s, max_new_tokens, mode)))
+        base = runs[names[0]][0].token_ids
+        for name, rs in runs.items():
+            if any(r.token_ids != base for r in rs):
                 raise PhideError(f"{name} diverged from {names[0]} on scene {i} ({s.question!r}): this is a bug")
+        results = {name: sorted(rs, key=lambda r: r.stats["wall_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
         text = tok.decode(base, skip_special_tokens=True)
         row = {"sample": s, "results": results, "text": text, "score": score_answer(s.scene, s.question, text)}
         if draft_engine is not None:
@@ -155,7 +167,11 @@ def summarize(rows: list[dict], names) -> dict:
         plans = [r["results"][name].stats.get("plan") for r in rows]
         if any(plans):
             entry["plans"] = {p: plans.count(p) for p in sorted(set(plans))}
-        for ref in ("target-only", "sequential"):
+        if any(r["results"][name].stats.get("overlap_rounds") for r in rows):
+            entry["overlap_rounds"] = sum(r["results"][name].stats["overlap_rounds"] for r in rows)
+            entry["overlap_hits"] = sum(r["results"][name].stats["overlap_hits"] for r in rows)
+            entry["verifies"] = sum(r["results"][name].stats["verifies"] for r in rows)
+        for ref in ("target-only", "sequential", CONFIGS.get(name, {}).get("compare")):
             if ref in names and ref != name:
                 ratios = [r["results"][ref].stats["wall_s"] / r["results"][name].stats["wall_s"] for r in rows]
                 lo, med, hi = _quantiles(ratios)
@@ -193,11 +209,12 @@ def run_bench(args) -> int:
         print(f"phide: bench scene {i + 1}/{len(samples)}: " + ", ".join(
             f"{n} {s[n].stats['wall_s'] * 1e3:.0f} ms" for n in names), file=sys.stderr, flush=True)
 
-    rows = run_scenes(pair, samples, names, max_new_tokens=args.max_new_tokens, log=log)
+    rows = run_scenes(pair, samples, names, max_new_tokens=args.max_new_tokens, log=log, repeats=args.repeats)
     csv_path = args.csv or default_csv()
     summary, acc = summarize(rows, names), accuracy(rows)
     ctx = run_context()
-    csv_rows = [{**ctx, "bench": "toy_e2e", "config": n, "scenes": len(rows), "max_new_tokens": args.max_new_tokens,
+    csv_rows = [{**ctx, "bench": "toy_e2e", "config": n, "scenes": len(rows), "repeats": args.repeats,
+                 "max_new_tokens": args.max_new_tokens,
                  **{k: v for k, v in summary[n].items() if not isinstance(v, (list, dict))},
                  "plans": " ".join(f"{p}:{c}" for p, c in summary[n].get("plans", {}).items())} for n in names]
     append_csv(csv_path, csv_rows)
@@ -235,6 +252,12 @@ def format_summary(summary: dict, acc: dict, n: int) -> str:
                      f"{e['p25_wall_s'] * 1e3:>6.0f}-{e['p75_wall_s'] * 1e3:<6.0f} "
                      f"{e['mean_accepted_per_verify']:>5.2f} {e['mean_draft_tokens_in_window']:>6.1f} "
                      f"{vs_t:>9} {vs_s:>7} {worst:>25}")
+    for name, e in summary.items():
+        ref = CONFIGS.get(name, {}).get("compare")
+        if ref and f"speedup_vs_{ref}" in e:
+            lines.append(f"{name} vs {ref}: {e[f'speedup_vs_{ref}']:.3f}x median per scene (worst "
+                         f"{e[f'speedup_vs_{ref}_worst']:.2f}x); grew ahead in {e.get('overlap_rounds', 0)} "
+                         f"of {e.get('verifies', 0)} rounds, {e.get('overlap_hits', 0)} hits")
     lines.append(f"target answers correct (motion and colour): {acc['target_correct']:.0%}; "
                  f"draft alone: motion {acc.get('draft_motion', 0):.0%}, colour {acc.get('draft_colour', 0):.0%}")
     return "\n".join(lines)

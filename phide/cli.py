@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="the demo over many toy scenes: medians, spread, speedups, CSV")
     bench.add_argument("--scenes", type=_positive_int, default=24, help="held-out toy scenes (one question each)")
     bench.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    bench.add_argument("--repeats", type=_positive_int, default=1,
+                       help="runs per scene and configuration (interleaved); the median-wall run counts")
     bench.add_argument("--csv", help="CSV to append results to (default: profiling/results/bench_e2e.csv in a "
                        "source checkout, else $PHIDE_HOME/bench_e2e.csv)")
     bench.add_argument("--json", action="store_true")

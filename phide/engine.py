@@ -19,14 +19,15 @@ import torch
 from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
-from phide.runtime.cpu_lanes import CpuLane, cpu_split, reserved_threads
+from phide.runtime.cpu_lanes import CpuLane, ThreadShare, cpu_split
 from phide.runtime.window_lanes import WindowLanes
-from phide.spec.overlap import PostVerifyOverlap
+from phide.spec.overlap import PostVerifyOverlap, full_path_probability
 from phide.models.llama import LlamaModel
 from phide.runtime.timeline import Timeline
 from phide.models.eagle import EagleHead
 from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
 from phide.spec.eagle_runner import EagleRunner
+from phide.spec.remote_head import RemoteHeadRunner, start_head_lane
 from phide.spec.runners import DraftRunner, TargetRunner
 from phide.spec.tree import Tree, TreePrice, chain
 
@@ -64,9 +65,17 @@ class SpecConfig:
     # Draft tree steps with static shapes (phide.spec.static_step), captured as a CUDA graph when
     # the draft is on a GPU (once per request, for now); on a CPU they run eagerly (the twin).
     draft_graph: bool = False
-    # Post-verify overlap (draft continuation only, phide.spec.overlap): grow the next tree from
-    # the optimistic outcome while the target verifies.
+    # Post-verify overlap (phide.spec.overlap): the drafter (the head, or the draft model with
+    # continuation="draft") grows the next tree from the optimistic outcome while the target verifies.
     overlap: bool = False
+    # Where the head's overlapped growth runs on a CPU: "process" (a worker process with its own
+    # GIL and `draft_threads` or 1 core: phide.spec.remote_head) or "thread" (shares the GIL with
+    # the verify, so on a CPU it mostly takes turns with it). GPUs use streams either way.
+    head_lane: str = "process"
+    # Grow ahead only when the drafter's own probability that the target accepts the whole best
+    # path (its leaf's cumulative score) is at least this: a speculation costs the verify its
+    # lane's cores, and it only pays when it hits.
+    overlap_min_prob: float = 0.5
 
     def __post_init__(self):
         for name in ("topk", "depth", "budget", "window_depth", "window_budget"):
@@ -80,6 +89,8 @@ class SpecConfig:
             raise PhideError("draft_threads must be >= 0")
         if self.draft_sms < 0:
             raise PhideError("draft_sms must be >= 0")
+        if self.head_lane not in ("process", "thread"):
+            raise PhideError(f"head_lane must be 'process' or 'thread', not {self.head_lane!r}")
 
 
 @dataclass
@@ -155,6 +166,13 @@ class Engine:
         # priced (TreePrice), so an unsure drafter's tree shrinks, down to a plain decode step.
         self.costs = None
         self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
+        self._process_lanes: dict = {}  # "head" -> ProcessLane, made at the first request needing it
+
+    def close(self) -> None:
+        """Stop this engine's worker processes (a process lane also stops at interpreter exit)."""
+        for lane in self._process_lanes.values():
+            lane.close()
+        self._process_lanes.clear()
 
     def validate(self, req: Request) -> None:
         if req.mode not in MODES:
@@ -181,7 +199,12 @@ class Engine:
         stats = {"mode": req.mode, "faults": 0, "draft_tokens_in_window": 0}
         target, prepared, first_tree, draft = self._prefill(req, drafting, tl, stats)
         drafting = draft is not None
-        head = self._head_runner(req, target, prepared) if req.mode != "target-only" else None
+        head = None
+        if req.mode != "target-only":
+            try:
+                head = self._head_runner(req, target, prepared)
+            except DraftFault as exc:  # the head's worker process could not start: no head
+                self._fault(stats, exc)
         if head is not None:
             drafting = False  # the draft's job ends with the first tree; the head continues
         spec = self.spec
@@ -190,82 +213,114 @@ class Engine:
         on_cpu = self.target.device.type == "cpu"
         target_threads, draft_threads = cpu_split(torch.get_num_threads(), self.spec.draft_threads if on_cpu else 0)
         overlap_lane = CpuLane("draft", draft_threads)
+        if getattr(head, "remote", False):  # the head's worker holds its cores while it grows ahead
+            target_threads = cpu_split(torch.get_num_threads(), head.lane.threads)[0]
         stats.update(overlap_rounds=0, overlap_hits=0)
         out: list[int] = []
         root = prepared.ids[-1]
         verifies = accepted_drafts = 0
         head_price, draft_price = self._round_prices()
-        while len(out) < req.max_new_tokens:
-            tree = first_tree
-            first_tree = None
-            if tree is None:
-                tree = chain(root, [])
-                if head is not None:
+        grown_by = draft  # whose tree `first_tree` is (post-verify overlap speculates from its own)
+        # While the drafter grows ahead its lane holds its cores through the verify, the commit
+        # and the hand-over; this thread keeps the rest until then (using every core while the
+        # lane still runs makes the OpenMP pool wait on it).
+        with ThreadShare(target_threads) as share:
+            while len(out) < req.max_new_tokens:
+                tree = first_tree
+                first_tree = None
+                if tree is None:
+                    tree, grown_by = chain(root, []), None
+                    if head is not None:
+                        try:
+                            with tl.phase("head_grow", "draft"):
+                                tree = head.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
+                                                 max_expansions=spec.topk * spec.depth, price=head_price)
+                            self._check_tree(tree, root, self.target.cfg.vocab_size)
+                            grown_by = head
+                        except Exception as exc:  # a failing head is dropped like a failing draft
+                            self._fault(stats, exc)
+                            head, tree = None, chain(root, [])
+                    elif drafting:
+                        try:
+                            with tl.phase("draft_grow", "draft"):
+                                tree = draft.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
+                                                  max_expansions=spec.topk * spec.depth, price=draft_price)
+                            self._check_tree(tree, root)
+                            grown_by = draft
+                        except Exception as exc:  # any draft failure: drop the draft, keep going
+                            drafting, tree = self._fault(stats, exc), chain(root, [])
+                ahead = None  # post-verify overlap: the drafter grows the next tree during the verify
+                drafter = head if head is not None else draft if drafting and isinstance(draft, DraftRunner) else None
+                if (spec.overlap and drafter is not None and drafter is grown_by and len(tree) > 1
+                        and full_path_probability(tree) >= spec.overlap_min_prob):
+                    share.lower()
                     try:
-                        with tl.phase("head_grow", "draft"):
-                            tree = head.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
-                                             max_expansions=spec.topk * spec.depth, price=head_price)
-                        self._check_tree(tree, root, self.target.cfg.vocab_size)
-                    except Exception as exc:  # a failing head is dropped like a failing draft
+                        ahead = PostVerifyOverlap.start(drafter, tree, overlap_lane, grow_kwargs, tl)
+                    except Exception as exc:  # e.g. the head's worker process is gone: drop the drafter
                         self._fault(stats, exc)
-                        head, tree = None, chain(root, [])
-                elif drafting:
-                    try:
-                        with tl.phase("draft_grow", "draft"):
-                            tree = draft.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
-                                              max_expansions=spec.topk * spec.depth, price=draft_price)
-                        self._check_tree(tree, root)
-                    except Exception as exc:  # any draft failure: drop the draft, keep going
-                        drafting, tree = self._fault(stats, exc), chain(root, [])
-            ahead = None  # post-verify overlap: the draft grows the next tree during the verify
-            if drafting and spec.overlap and isinstance(draft, DraftRunner) and len(tree) > 1:
-                ahead = PostVerifyOverlap.start(draft, tree, overlap_lane, grow_kwargs, tl)
-                stats["overlap_rounds"] += ahead is not None
-            with tl.phase("verify", "target"), reserved_threads(target_threads if ahead else 0):
-                logits = target.verify(tree)
-                nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, int(req.seed), len(out))
-            with tl.phase("commit", "target"):
-                target.commit(nodes, n_acc)
-            if verifies == 0:  # how good the first tree was (the planner learns from it)
-                stats["first_verify_accepted"] = n_acc
-                stats["first_tree_depth"] = tree.max_depth() if len(tree) > 1 else 0
-            verifies += 1
-            accepted_drafts += n_acc
-            new = tokens[: n_acc + 1]
-            bonus = new[-1]
-            done = False
-            for i, t in enumerate(new):
-                if t in self.eos or len(out) + i + 1 >= req.max_new_tokens:
-                    new, done = new[: i + 1], True
-                    break
-            out.extend(new)
-            if done:
-                if ahead is not None:
-                    ahead.abandon()
-                break
-            root = bonus
-            if head is not None:
-                head.commit(tree, nodes.tolist()[: n_acc + 1], bonus)
-            if drafting:
-                if bonus >= self.shared_vocab:  # the draft cannot follow: quietly go target-only
-                    drafting = False
-                    stats["draft_stopped"] = "bonus token outside the shared vocabulary"
+                        if drafter is head:
+                            head = None
+                        else:
+                            drafting = False
+                    stats["overlap_rounds"] += ahead is not None
+                with tl.phase("verify", "target"):
+                    logits = target.verify(tree)
+                    nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, int(req.seed), len(out))
+                with tl.phase("commit", "target"):
+                    target.commit(nodes, n_acc)
+                if verifies == 0:  # how good the first tree was (the planner learns from it)
+                    stats["first_verify_accepted"] = n_acc
+                    stats["first_tree_depth"] = tree.max_depth() if len(tree) > 1 else 0
+                verifies += 1
+                accepted_drafts += n_acc
+                new = tokens[: n_acc + 1]
+                bonus = new[-1]
+                done = False
+                for i, t in enumerate(new):
+                    if t in self.eos or len(out) + i + 1 >= req.max_new_tokens:
+                        new, done = new[: i + 1], True
+                        break
+                out.extend(new)
+                if done:
                     if ahead is not None:
                         ahead.abandon()
-                elif ahead is not None:
+                    break
+                root = bonus
+                path = nodes.tolist()[: n_acc + 1]
+                if head is not None:
                     try:
-                        ready = ahead.finish([tree.tokens[n] for n in nodes.tolist()[1: n_acc + 1]], bonus)
-                        if ready is not None:
-                            self._check_tree(ready, root)
-                            first_tree = ready
-                            stats["overlap_hits"] += 1
-                    except Exception as exc:  # a draft fault while growing ahead
-                        drafting = self._fault(stats, exc)
-                else:
-                    draft.commit(tree, nodes.tolist()[: n_acc + 1], bonus)
+                        if ahead is not None:
+                            first_tree = self._finish_ahead(ahead, tree, path, bonus, root,
+                                                            self.target.cfg.vocab_size, stats)
+                            grown_by = head
+                        else:
+                            head.commit(tree, path, bonus)
+                    except Exception as exc:  # a failing head is dropped like a failing draft
+                        head, first_tree = None, None
+                        self._fault(stats, exc)
+                elif drafting:
+                    if bonus >= self.shared_vocab:  # the draft cannot follow: quietly go target-only
+                        drafting = False
+                        stats["draft_stopped"] = "bonus token outside the shared vocabulary"
+                        if ahead is not None:
+                            ahead.abandon()
+                    elif ahead is not None:
+                        try:
+                            first_tree = self._finish_ahead(ahead, tree, path, bonus, root, None, stats)
+                            grown_by = draft
+                        except Exception as exc:  # a draft fault while growing ahead
+                            drafting, first_tree = self._fault(stats, exc), None
+                    else:
+                        draft.commit(tree, path, bonus)
+                share.restore()  # the lane is idle again (any speculation was finished or abandoned)
 
         if req.mode == "hide":
             WindowLanes.finish_request(self.target.device, self.spec.draft_sms)
+        if getattr(head, "remote", False):
+            try:
+                head.lane.sync()  # the last posted requests: a fault in them is still this request's
+            except Exception as exc:
+                self._fault(stats, exc)
         wall = time.perf_counter() - t_start
         stats.update(
             target_forwards=target.forwards,
@@ -281,6 +336,17 @@ class Engine:
             **self._memory_stats(),
         )
         return Result(out, stats, tl)
+
+    def _finish_ahead(self, ahead: PostVerifyOverlap, tree: Tree, path: list[int], bonus: int, root: int,
+                      vocab: int | None, stats: dict) -> Tree | None:
+        """The verify is done: the next tree if the drafter's guess was right (checked like any
+        drafted tree), else None. The drafter is settled on the real outcome either way."""
+        ready = ahead.finish(tree, path, bonus)
+        if ready is None:
+            return None
+        self._check_tree(ready, root, vocab)
+        stats["overlap_hits"] += 1
+        return ready
 
     def _round_prices(self) -> tuple[TreePrice | None, TreePrice | None]:
         """(head, draft) round-tree prices in plain decode steps, from the planner's costs."""
@@ -350,11 +416,21 @@ class Engine:
             embeds = (prepared.embeds[0].to(self.target.device) if prepared.embeds is not None else
                       self.target.embed_tokens(torch.tensor(prepared.ids, device=self.target.device)))
         spec = self.spec
-        runner = EagleRunner(self.head, self.target, target, len(prepared.ids) + req.max_new_tokens
-                             + spec.depth * spec.topk + max(spec.budget, spec.window_budget) + 2)
+        max_len = len(prepared.ids) + req.max_new_tokens + spec.depth * spec.topk + max(spec.budget, spec.window_budget) + 2
+        if spec.overlap and spec.head_lane == "process" and self.head.device.type == "cpu":
+            runner = RemoteHeadRunner(self._head_lane(), target, max_len)
+        else:
+            runner = EagleRunner(self.head, self.target, target, max_len)
         hidden = target.prefill_hidden
         runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
         return runner
+
+    def _head_lane(self):
+        """The head's worker process, started at the first request that needs it (~1 s)."""
+        lane = self._process_lanes.get("head")
+        if lane is None or not lane.alive():
+            lane = self._process_lanes["head"] = start_head_lane(self.head, self.target, self.spec.draft_threads or 1)
+        return lane
 
     def _prefill(self, req, drafting, tl, stats):
         """Input preparation and prefills for the mode.

@@ -140,3 +140,60 @@ def test_rollout_matches_chain_drafting(trained, tail):
                          cache=cache, slots=torch.tensor([[slot]]), attn_mask=m, kv_len=slot + 1)[0, -1]
             torch.testing.assert_close(pred[row], h, rtol=1e-4, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("head_lane", ["process", "thread"])
+def test_head_post_verify_overlap_is_lossless(trained, tiny_pair, head_lane):
+    """The head grows the next tree during each verify (in a worker process, or a thread): the
+    tokens are the target's, greedy and sampled, and guesses that hit are used."""
+    near = load_llama(tiny_pair["near"])
+    engine = Engine(trained["target"], near, eos_token_ids=[2], head=trained["head"],
+                    spec=SpecConfig(topk=3, depth=5, budget=16, window_budget=24, overlap=True,
+                                    overlap_min_prob=0.0, head_lane=head_lane))
+    plain = Engine(trained["target"], eos_token_ids=[2])
+    rounds = hits = 0
+    try:
+        for i, prompt in enumerate(PROMPTS[:6]):
+            ids = trained["tok"](prompt)["input_ids"]
+            temperature = 0.0 if i % 2 == 0 else 0.8
+            ref = plain.generate(Request(prompt_ids=ids, max_new_tokens=30, temperature=temperature, seed=i,
+                                         mode="target-only"))
+            for mode in ("sequential", "hide"):
+                res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, temperature=temperature, seed=i,
+                                              mode=mode))
+                assert res.token_ids == ref.token_ids, (prompt, mode)
+                assert res.stats["faults"] == 0, res.stats.get("fault_messages")
+                rounds += res.stats["overlap_rounds"]
+                hits += res.stats["overlap_hits"]
+                if head_lane == "process":
+                    assert "grow_ahead" in res.stats["phases"] or res.stats["overlap_rounds"] == 0
+    finally:
+        engine.close()
+    assert rounds > 0 and hits > 0, (rounds, hits)
+
+
+def test_head_worker_death_is_a_fault_and_the_next_request_restarts_it(trained):
+    ids = trained["tok"](PROMPTS[1])["input_ids"]
+    ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=30, mode="target-only"))
+
+    class KillsTheWorker(Engine):
+        kills = 1
+
+        def _finish_ahead(self, ahead, *args):
+            if self.kills:
+                self.kills -= 1
+                self._process_lanes["head"]._process.kill()  # the worker dies during the verify
+            return super()._finish_ahead(ahead, *args)
+
+    engine = KillsTheWorker(trained["target"], None, head=trained["head"],
+                            spec=SpecConfig(topk=3, depth=5, budget=16, overlap=True, overlap_min_prob=0.0))
+    try:
+        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))
+        assert res.token_ids == ref.token_ids
+        assert res.stats["faults"] == 1 and "LaneError" in res.stats["fault_messages"][0]
+        assert not engine._process_lanes["head"].alive()
+        again = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))
+        assert again.token_ids == ref.token_ids and again.stats["faults"] == 0
+        assert again.stats["head_forwards"] > 0 and engine._process_lanes["head"].alive()
+    finally:
+        engine.close()

@@ -221,14 +221,14 @@ def test_post_verify_overlap_is_lossless_and_hits(tiny_pair, temperature):
         Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3, mode="target-only"))
     for mode in ("sequential", "hide"):
         eng = Engine(target, draft, eos_token_ids=[],
-                     spec=SpecConfig(continuation="draft", overlap=True, depth=4, budget=12))
+                     spec=SpecConfig(continuation="draft", overlap=True, overlap_min_prob=0.0, depth=4, budget=12))
         out = eng.generate(Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3, mode=mode))
         assert out.token_ids == ref.token_ids, mode
         assert out.stats["faults"] == 0 and out.stats["overlap_rounds"] > 0
         if temperature == 0:
             assert out.stats["overlap_hits"] > 0
     wrong = Engine(target, load_llama(tiny_pair["wrong"]), eos_token_ids=[],
-                   spec=SpecConfig(continuation="draft", overlap=True))
+                   spec=SpecConfig(continuation="draft", overlap=True, overlap_min_prob=0.0))
     out = wrong.generate(Request(prompt_ids=ids, max_new_tokens=24, mode="hide"))
     assert out.token_ids == Engine(target, eos_token_ids=[]).generate(
         Request(prompt_ids=ids, max_new_tokens=24, mode="target-only")).token_ids

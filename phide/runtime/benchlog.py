@@ -53,15 +53,26 @@ def run_context() -> dict:
 
 
 def append_csv(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append rows; the header is written when the file is new (columns = first row's keys)."""
+    """Append rows. Columns: the file's header, then any new keys (in first-seen order); when
+    rows bring new columns the file is rewritten with the wider header (old rows get blanks)."""
     if not rows:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists() or path.stat().st_size == 0
-    fields = list(rows[0].keys())
-    with path.open("a", newline="") as f:
+    old_rows: list[dict] = []
+    fields: list[str] = []
+    if path.exists() and path.stat().st_size:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields = list(reader.fieldnames or [])
+            old_rows = list(reader)
+    known = len(fields)
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    rewrite = not known or len(fields) > known
+    with path.open("w" if rewrite else "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
+        if rewrite:
             w.writeheader()
+            w.writerows(old_rows)
         w.writerows(rows)

@@ -64,6 +64,32 @@ def reserved_threads(n: int):
         torch.set_num_threads(before)
 
 
+class ThreadShare:
+    """The calling thread's intra-op threads, lowered to `n` (0: unchanged) while a lane works
+    beside it (`lower`) and back at `restore` (idempotent; `with` restores on exit). Unlike
+    `reserved_threads` the two ends can sit in different places of a loop."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._before: int | None = None
+
+    def lower(self) -> None:
+        if self.n > 0 and self._before is None:
+            self._before = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def restore(self) -> None:
+        if self._before is not None:
+            torch.set_num_threads(self._before)
+            self._before = None
+
+    def __enter__(self) -> "ThreadShare":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
+
 class CpuLane:
     """One daemon worker thread per submitted item (a request's draft lane lives for one window;
     thread start is ~0.1 ms), running with `threads` intra-op threads."""

@@ -47,6 +47,11 @@ class Timeline:
             with self._lock:
                 self.spans.append(Span(name, lane, start, end))
 
+    def record(self, name: str, lane: str, start: float, end: float) -> None:
+        """A span measured elsewhere (e.g. in a process lane's worker): perf_counter start/end."""
+        with self._lock:
+            self.spans.append(Span(name, lane, start - self.origin, end - self.origin))
+
     def totals(self) -> dict[str, float]:
         """Seconds per phase name, summed over spans (lanes may overlap, so totals can exceed wall)."""
         out: dict[str, float] = {}

@@ -16,7 +16,7 @@ import torch
 from phide.models.eagle import EagleHead
 from phide.models.llama import LlamaModel
 from phide.spec.runners import causal_inputs
-from phide.spec.tree import Tree, TreeGrower, TreePrice
+from phide.spec.tree import Tree, TreeGrower, TreePrice, adopt_subtree
 
 
 class EagleRunner:
@@ -28,6 +28,11 @@ class EagleRunner:
         self._embeds: list[torch.Tensor] = []  # pending pairs, [k, H] chunks
         self._feats: list[torch.Tensor] = []
         self.root_token: int | None = None
+        # Post-verify overlap (phide.spec.overlap): the head's output at each expanded node of
+        # the last grown tree (its own guess of the target's feature there), and `speculate`'s
+        # (state before, speculated tokens, tree, its node outputs) until `settle`.
+        self._node_hidden: dict[int, torch.Tensor] = {}
+        self._speculation = None
 
     def add_prompt(self, input_embeds: torch.Tensor, prefill_hidden: torch.Tensor | None, last_token: int) -> None:
         """Pairs of the prompt: input_embeds [P, H] (the target's input embeddings), prefill_hidden
@@ -43,6 +48,7 @@ class EagleRunner:
         """Cache the pending pairs, then grow a tree (as DraftRunner.grow; `price`: `TreePrice`)."""
         device = self.head.device
         if not self._embeds:  # no features yet (a one-token prompt): nothing to draft from
+            self._node_hidden = {}
             return Tree([self.root_token], [-1])
         e, f = torch.cat(self._embeds).unsqueeze(0), torch.cat(self._feats).unsqueeze(0)
         self._embeds, self._feats = [], []
@@ -69,7 +75,49 @@ class EagleRunner:
 
         grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log,
                     price=price)
-        return grower.build(budget, price=price)
+        tree = grower.build(budget, price=price)
+        self._node_hidden = {node: root_hidden if ci == -1 else hidden_of[ci]
+                             for node, ci in enumerate(grower.built) if ci == -1 or ci in hidden_of}
+        return tree
+
+    @torch.inference_mode()
+    def speculate(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
+                  **grow_kwargs) -> Tree:
+        """Grow a tree rooted at the leaf of `path` (nodes of the last grown tree, root first;
+        `tokens`: theirs after the root) as if the target accepted the whole path: the root's
+        children are the head's guesses of the target's bonus token, and `settle` adopts the
+        subtree under the real one. The path's pairs take the head's own outputs as features
+        (what `phide.distill.head_rollout` trains it for)."""
+        before = (self.length, list(self._embeds), list(self._feats), self.root_token)
+        self.queue(tokens, torch.stack([self._node_hidden[n] for n in path[:-1]]))
+        tree = self.grow(stop=stop, **grow_kwargs)
+        self._speculation = (before, list(tokens), tree, self._node_hidden)
+        return tree
+
+    def settle(self, tree: Tree, accept_nodes: list[int], bonus: int, budget: int) -> Tree | None:
+        """After `speculate`: forget its cached rows, commit the target's real outcome (its rows
+        are recomputed from the target's features at the next growth), and return the next tree
+        when the speculation guessed right (`adopt`)."""
+        self.restore()
+        self.commit(tree, accept_nodes, bonus)
+        return self.adopt([tree.tokens[n] for n in accept_nodes[1:]], bonus, budget)
+
+    def restore(self) -> None:
+        """Back to the state before the last `speculate`."""
+        self.length, embeds, feats, self.root_token = self._speculation[0]
+        self._embeds, self._feats = list(embeds), list(feats)
+
+    def adopt(self, real_tokens: list[int], bonus: int, budget: int) -> Tree | None:
+        """The speculative tree's subtree under `bonus` if the target accepted the whole
+        speculated path (phide.spec.tree.adopt_subtree), else None."""
+        _, tokens, spec_tree, node_hidden = self._speculation
+        self._speculation = None
+        found = adopt_subtree(spec_tree, tokens, real_tokens, bonus, budget)
+        if found is None:
+            return None
+        tree, old = found
+        self._node_hidden = {new: node_hidden[o] for new, o in enumerate(old) if o in node_hidden}
+        return tree
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm.logits(hidden)  # the tree grower normalises (ops.tree_topk)
@@ -77,9 +125,12 @@ class EagleRunner:
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
         """Queue the accepted path's pairs: features from the target's verify forward of this tree."""
         feats = self.target.last_hidden[torch.tensor(accept_nodes, device=self.target.last_hidden.device)]
-        nxt = [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)]
+        self.queue([tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], feats)
+
+    def queue(self, tokens: list[int], feats: torch.Tensor) -> None:
+        """Pairs (embedding of tokens[i], feats[i]) [k, H]; the last token becomes the root."""
         with torch.inference_mode():
-            emb = self.lm.embed_tokens(torch.tensor(nxt, device=self.lm.device))
+            emb = self.lm.embed_tokens(torch.tensor(tokens, device=self.lm.device))
         self._embeds.append(emb.to(self.head.device))
         self._feats.append(feats.to(self.head.device))
-        self.root_token = int(bonus)
+        self.root_token = int(tokens[-1])

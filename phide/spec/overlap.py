@@ -1,24 +1,27 @@
-"""Post-verify overlap: the draft grows the NEXT tree while the target verifies this one.
+"""Post-verify overlap: the drafter grows the NEXT tree while the target verifies this one.
 
-The draft assumes the optimistic outcome: the target accepts the tree's best path (each node's
-highest-scored child, from the root down) and then emits the draft's own top-1 token after the
-path's leaf. It grows the next tree from there on its lane, while the target runs the verify. When
-the target's real outcome (accepted tokens + bonus) is exactly that guess, the next tree is ready
-and the round skips its draft growth; otherwise the speculative work is discarded (the lane is
-told to stop at its next step) and the draft's state is rewound: the accepted tokens and the
-bonus are fed again at the next growth (their KV rows are recomputed, since the speculative run
-reused the scratch rows the normal commit copies from).
+The drafter assumes the target accepts the whole best path of this tree (each node's
+highest-scored child, from the root down) and grows, on its lane and during the verify, a tree
+rooted at the path's leaf, one level deeper than a round tree: the root's children are its guesses
+of the target's bonus token. When the target really accepted the whole path and its bonus is one
+of those children, that child's subtree is the next round's tree and the round skips its growth
+(a hit); otherwise the speculative work is discarded (on a short path the lane is told to stop at
+its next step). Either way the drafter then `settle`s: it rewinds to before the speculation and
+commits the real outcome.
 
-Only the draft model continues this way: the EAGLE head needs the target's features of the
-accepted tokens, which exist only after the verify.
+Drafters: the draft model (DraftRunner: the path is cached like committed tokens) and the EAGLE
+head (EagleRunner: its own outputs stand in for the target's features of the path, as
+`phide.distill.head_rollout` trains it to). A thread lane shares the GIL with the verify, so on a
+CPU the head runs in a worker process instead (phide.spec.remote_head); its runner then carries
+its own lane (`remote = True`).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
-from phide.runtime.cpu_lanes import CpuLane, Signal
-from phide.spec.runners import DraftRunner
+from phide.runtime.cpu_lanes import CpuLane
 from phide.spec.tree import Tree
 
 
@@ -33,56 +36,52 @@ def best_path(tree: Tree) -> list[int]:
     return path
 
 
-class PostVerifyOverlap:
-    """One round's speculative next-tree growth. `start` returns None when there is no guess
-    (the path's leaf was never expanded by the draft, so its next token is unknown)."""
+def full_path_probability(tree: Tree) -> float:
+    """The drafter's own probability that the target accepts the whole best path: the path
+    leaf's cumulative score (a log-prob), exponentiated. A speculation needs that to hit."""
+    return math.exp(tree.scores[best_path(tree)[-1]])
 
-    def __init__(self, draft: DraftRunner, lane: CpuLane, grow_kwargs: dict):
-        self.draft, self.lane, self.grow_kwargs = draft, lane, grow_kwargs
-        self.guess: list[int] = []
-        self.length = 0
-        self.cancel = threading.Event()
-        self.signal: Signal | None = None
+
+class PostVerifyOverlap:
+    """One round's speculative next-tree growth."""
+
+    def __init__(self, runner, tokens: list[int], budget: int, signal, cancel, timeline=None):
+        self.runner, self.tokens, self.budget = runner, tokens, budget
+        self.signal, self.cancel, self.timeline = signal, cancel, timeline
 
     @classmethod
-    def start(cls, draft: DraftRunner, tree: Tree, lane: CpuLane, grow_kwargs: dict,
-              timeline=None) -> "PostVerifyOverlap | None":
+    def start(cls, runner, tree: Tree, lane: CpuLane, grow_kwargs: dict, timeline=None) -> "PostVerifyOverlap":
+        """runner: a DraftRunner, EagleRunner or RemoteHeadRunner whose last grown (or adopted)
+        tree is `tree` (len > 1); lane: where a local runner's growth runs (a remote runner has
+        its own); grow_kwargs: the round trees' budget/topk/max_depth/max_expansions."""
         path = best_path(tree)
-        nxt = draft.next_guess.get(path[-1])
-        if nxt is None:
-            return None
-        self = cls(draft, lane, grow_kwargs)
-        self.guess = [tree.tokens[n] for n in path[1:]] + [int(nxt)]
-        self.length = draft.length
-        self.pending_before = list(draft.pending)
+        tokens = [tree.tokens[n] for n in path[1:]]
+        kw = dict(grow_kwargs, budget=2 * grow_kwargs["budget"], max_depth=grow_kwargs["max_depth"] + 1,
+                  max_expansions=grow_kwargs["max_expansions"] + grow_kwargs["topk"])
+        if getattr(runner, "remote", False):
+            return cls(runner, tokens, grow_kwargs["budget"], runner.speculate_async(path, tokens, kw),
+                       runner.cancel, timeline)
+        cancel = threading.Event()
 
         def speculate():
-            draft.pending = list(self.guess)  # as if committed: the guess's tokens get cached
             if timeline is None:
-                return draft.grow(stop=self.cancel, **self.grow_kwargs)
-            with timeline.phase("draft_grow_ahead", "draft"):
-                return draft.grow(stop=self.cancel, **self.grow_kwargs)
+                return runner.speculate(path, tokens, cancel, **kw)
+            with timeline.phase("grow_ahead", "draft"):
+                return runner.speculate(path, tokens, cancel, **kw)
 
-        self.signal = lane.submit(speculate)
-        return self
+        return cls(runner, tokens, grow_kwargs["budget"], lane.submit(speculate), cancel)
 
-    def finish(self, accepted: list[int], bonus: int) -> Tree | None:
-        """accepted: the tokens of the accepted drafted nodes (root excluded); bonus: the target's
-        token after them. Returns the ready next tree on a hit, else None (draft rewound).
-        Re-raises the lane's exception (a draft fault) after rewinding."""
-        real = [int(t) for t in accepted] + [int(bonus)]
-        hit = real == self.guess
-        if not hit:
-            self.cancel.set()
-        try:
-            tree = self.signal.wait()
-        except BaseException:
-            self._rewind(real)
-            raise
-        if hit:
-            return tree
-        self._rewind(real)
-        return None
+    def finish(self, tree: Tree, accept_nodes: list[int], bonus: int) -> Tree | None:
+        """accept_nodes: the accepted path (root first); bonus: the target's token after it.
+        Returns the next round's tree on a hit, else None; the runner is settled either way.
+        Re-raises the lane's exception (a draft fault)."""
+        if [tree.tokens[n] for n in accept_nodes[1:]] != self.tokens:
+            self.cancel.set()  # a miss already: stop the growth at its next step
+        self.signal.wait()
+        span = getattr(self.signal, "span", None)
+        if self.timeline is not None and span is not None:  # the worker's time, on our timeline
+            self.timeline.record("grow_ahead", "draft", *span)
+        return self.runner.settle(tree, accept_nodes, bonus, self.budget)
 
     def abandon(self) -> None:
         """The request ended during the verify: stop and join the lane."""
@@ -91,7 +90,3 @@ class PostVerifyOverlap:
             self.signal.wait()
         except BaseException:  # noqa: S110 - the request is over; a late draft fault changes nothing
             pass
-
-    def _rewind(self, real: list[int]) -> None:
-        self.draft.length = self.length
-        self.draft.pending = self.pending_before + real

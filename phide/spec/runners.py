@@ -15,8 +15,8 @@ import torch
 from phide.models.llama import LlamaModel
 from phide import ops
 from phide.spec.static_step import StaticStep
-from phide.spec.tree import (MAX_TREE_NODES, Tree, TreeGrower, TreePrice, tree_attention_layout, verify_layout,
-                              verify_rows)
+from phide.spec.tree import (MAX_TREE_NODES, Tree, TreeGrower, TreePrice, adopt_subtree, tree_attention_layout,
+                              verify_layout, verify_rows)
 
 
 def causal_inputs(start: int, n: int, device):
@@ -103,7 +103,7 @@ class DraftRunner:
         self.pending: list[int] = []
         self.vocab_limit = vocab_limit
         self.forwards = 0
-        self.next_guess: dict[int, int] = {}  # tree node -> draft's top-1 token after it (last grow)
+        self._speculation = None  # `speculate`'s (state before, speculated tokens, tree) until `settle`
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
@@ -155,12 +155,29 @@ class DraftRunner:
 
         grower.grow(expand, max_expansions=min(max_expansions, self.capacity - base), stop=stop, log=log,
                     price=price)
-        tree = grower.build(budget, root_slot, price)
-        # The draft's own guess of the token after each tree node (where it expanded the node):
-        # what post-verify overlap assumes the target will emit after an accepted path.
-        top = grower.top_children()
-        self.next_guess = {node: top[ci] for node, ci in enumerate(grower.built) if ci in top}
+        return grower.build(budget, root_slot, price)
+
+    def speculate(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
+                  **grow_kwargs) -> Tree:
+        """Grow a tree rooted at the leaf of `path` (nodes of the last grown tree, root first;
+        `tokens`: theirs after the root) as if the target accepted the whole path: the path is
+        cached like committed tokens, and `settle` adopts the subtree under the real bonus."""
+        before = (self.length, list(self.pending))
+        self.pending = self.pending + [int(t) for t in tokens]
+        tree = self.grow(stop=stop, **grow_kwargs)
+        self._speculation = (before, list(tokens), tree)
         return tree
+
+    def settle(self, tree: Tree, accept_nodes: list[int], bonus: int, budget: int) -> Tree | None:
+        """After `speculate`: rewind and make the real outcome pending (its KV rows are
+        recomputed at the next growth: the speculative run reused the scratch rows a normal
+        commit copies from). Returns the next tree when the speculation guessed right."""
+        (self.length, pending), tokens, spec_tree = self._speculation
+        self._speculation = None
+        real = [tree.tokens[n] for n in accept_nodes[1:]]
+        self.pending = pending + real + [int(bonus)]
+        found = adopt_subtree(spec_tree, tokens, real, bonus, budget)
+        return None if found is None else found[0]
 
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
         """Keep the draft KV of the accepted path's leading expanded nodes; the rest of the path
@@ -168,7 +185,9 @@ class DraftRunner:
         path = accept_nodes[1:]
         src = []
         for node in path:
-            if tree.draft_slot[node] < 0:
+            # Rows are only where a grow left them when nothing is pending (after a `settle`
+            # the pending tokens are cached first, over the old scratch rows).
+            if self.pending or tree.draft_slot[node] < 0:
                 break
             src.append(tree.draft_slot[node])
         if src:
@@ -178,4 +197,4 @@ class DraftRunner:
             k[:, :, :, dst] = k[:, :, :, src_t].clone()
             v[:, :, :, dst] = v[:, :, :, src_t].clone()
             self.length += len(src)
-        self.pending = [tree.tokens[n] for n in path[len(src):]] + [int(bonus)]
+        self.pending = self.pending + [tree.tokens[n] for n in path[len(src):]] + [int(bonus)]

@@ -66,6 +66,41 @@ def chain(root: int, drafts: list[int], scores: list[float] | None = None) -> Tr
     )
 
 
+def subtree(tree: Tree, top: int, budget: int) -> tuple[Tree, list[int]]:
+    """The subtree under node `top` (which becomes the root), cut to its best `budget` nodes
+    (ranked as TreeGrower.build ranks: score desc, depth asc, index asc; ancestor-closed).
+    Returns (tree, old index of each new node). Draft KV slots are dropped (-1)."""
+    depth = tree.depths()
+    inside = {top}
+    for node in range(top + 1, len(tree)):  # parents come before children
+        if tree.parents[node] in inside:
+            inside.add(node)
+    order = sorted(inside - {top}, key=lambda n: (-tree.scores[n], depth[n], n))
+    kept = {top}
+    for node in order:
+        if len(kept) >= budget:
+            break
+        if tree.parents[node] in kept:
+            kept.add(node)
+    old = [top] + sorted(kept - {top}, key=lambda n: (depth[n], n))
+    new_of = {o: i for i, o in enumerate(old)}
+    parents = [-1] + [new_of[tree.parents[o]] for o in old[1:]]
+    return Tree([tree.tokens[o] for o in old], parents, [tree.scores[o] for o in old]), old
+
+
+def adopt_subtree(spec_tree: Tree, spec_tokens: list[int], real_tokens: list[int], bonus: int,
+                  budget: int) -> tuple[Tree, list[int]] | None:
+    """Post-verify overlap's hit test. spec_tree was grown, during a verify, from the leaf of the
+    path `spec_tokens` as if the target accepted all of it; the target really accepted
+    `real_tokens` and then emitted `bonus`. On the whole path and a bonus among the root's
+    children, that child's subtree (`subtree`) is the next round's tree; else None."""
+    if list(real_tokens) != list(spec_tokens):
+        return None
+    child = next((n for n in range(1, len(spec_tree))
+                  if spec_tree.parents[n] == 0 and spec_tree.tokens[n] == bonus), None)
+    return None if child is None else subtree(spec_tree, child, budget)
+
+
 def ancestor_mask(parents: list[int]) -> torch.Tensor:
     """[N, N] bool: mask[i, j] = j is i or an ancestor of i (padding nodes see only themselves)."""
     n = len(parents)
@@ -275,14 +310,6 @@ class TreeGrower:
             self.step(expand)
             if log is not None:
                 log.append((time.perf_counter(), len(self.cands)))
-
-    def top_children(self) -> dict[int, int]:
-        """Candidate index (-1: root) -> the draft's top-1 next token after it, for every
-        expanded candidate (children are added best first)."""
-        out: dict[int, int] = {}
-        for c in self.cands:
-            out.setdefault(c.parent, c.token)
-        return out
 
     def ancestors(self, ci: int) -> list[int]:
         out = []

@@ -1,0 +1,108 @@
+"""Post-verify overlap's pieces: the best path, the subtree a hit adopts, and the drafters'
+speculate / settle (after settling, a drafter is exactly where a plain commit would have left it)."""
+
+import math
+
+import pytest
+import torch
+
+from phide.models.eagle import EagleHead
+from phide.models.loading import load_llama
+from phide.spec.eagle_runner import EagleRunner
+from phide.spec.overlap import best_path, full_path_probability
+from phide.spec.runners import DraftRunner
+from phide.spec.tree import Tree, adopt_subtree, subtree
+
+#         0(r)
+#       /      \
+#     1(a)     2(b)
+#    /   \       \
+#  3(c)  4(d)    5(e)
+#   |
+#  6(f)
+TREE = Tree(tokens=[10, 11, 12, 13, 14, 15, 16], parents=[-1, 0, 0, 1, 1, 2, 3],
+            scores=[0.0, -0.1, -2.0, -0.3, -1.5, -2.5, -0.6])
+
+
+def test_best_path_and_its_probability():
+    assert best_path(TREE) == [0, 1, 3, 6]
+    assert full_path_probability(TREE) == pytest.approx(math.exp(-0.6))
+    assert best_path(Tree([5], [-1])) == [0]
+
+
+def test_subtree_reroots_and_keeps_the_best_nodes():
+    sub, old = subtree(TREE, 1, budget=10)
+    assert old == [1, 3, 4, 6]
+    assert sub.tokens == [11, 13, 14, 16] and sub.parents == [-1, 0, 0, 1]
+    sub, old = subtree(TREE, 1, budget=3)  # the 2 best descendants by score, ancestor-closed
+    assert old == [1, 3, 6] and sub.parents == [-1, 0, 1]
+    sub, old = subtree(TREE, 5, budget=4)
+    assert old == [5] and sub.tokens == [15]
+
+
+def test_adopt_needs_the_whole_path_and_a_bonus_among_the_roots_children():
+    spec_tokens = [7, 8]  # the speculated (accepted) path after the old root; TREE is rooted at its leaf
+    hit = adopt_subtree(TREE, spec_tokens, [7, 8], bonus=11, budget=8)
+    assert hit is not None and hit[0].tokens[0] == 11 and hit[1] == [1, 3, 4, 6]
+    assert adopt_subtree(TREE, spec_tokens, [7, 8], bonus=12, budget=8)[1] == [2, 5]
+    assert adopt_subtree(TREE, spec_tokens, [7, 8], bonus=13, budget=8) is None  # grandchild, not a child
+    assert adopt_subtree(TREE, spec_tokens, [7], bonus=8, budget=8) is None  # stopped short
+    assert adopt_subtree(TREE, spec_tokens, [7, 9], bonus=11, budget=8) is None
+
+
+GROW = dict(budget=10, topk=3, max_depth=4, max_expansions=12)
+
+
+@pytest.mark.parametrize("accepted", [0, 2, "all"])
+def test_draft_settles_where_a_commit_leaves_it(tiny_pair, accepted):
+    """Speculate from a grown tree, then settle on an outcome: the next growth equals the one
+    after a plain commit of that outcome (the speculation left no trace)."""
+    model = load_llama(tiny_pair["near"])
+    ids = torch.tensor([[1, 17, 42, 99]])
+
+    def fresh():
+        r = DraftRunner(model, 200, model.cfg.vocab_size)
+        r.prefill(ids, last_token=5)
+        return r, r.grow(**GROW)
+
+    a, tree = fresh()
+    b, tree_b = fresh()
+    assert tree.tokens == tree_b.tokens
+    path = best_path(tree)
+    n = len(path) - 1 if accepted == "all" else accepted
+    nodes, bonus = path[: n + 1], 3
+    spec = a.speculate(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
+    assert len(spec) > 1
+    ready = a.settle(tree, nodes, bonus, GROW["budget"])
+    b.commit(tree, nodes, bonus)
+    assert a.grow(**GROW).tokens == b.grow(**GROW).tokens
+    if accepted != "all":
+        assert ready is None  # the target stopped short of the leaf: nothing to adopt
+
+
+def test_head_settles_where_a_commit_leaves_it_and_adopts_on_a_hit(tiny_pair):
+    target = load_llama(tiny_pair["target"])
+    torch.manual_seed(0)
+    head = EagleHead(target.cfg).eval()
+    H = target.cfg.hidden_size
+
+    class FakeTarget:  # what the head reads from the target's verify: the features of the nodes
+        last_hidden = torch.randn(40, H)
+
+    def fresh():
+        r = EagleRunner(head, target, FakeTarget, 300)
+        emb = target.embed_tokens(torch.tensor([1, 17, 42, 99, 5])).detach()
+        r.add_prompt(emb, torch.randn(4, H, generator=torch.Generator().manual_seed(1)), 5)
+        return r, r.grow(**GROW)
+
+    a, tree = fresh()
+    b, _ = fresh()
+    path = best_path(tree)
+    spec = a.speculate(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
+    # The target accepted the whole path and emitted the head's own first guess after it: a hit.
+    bonus = spec.tokens[[n for n in range(1, len(spec)) if spec.parents[n] == 0][0]]
+    ready = a.settle(tree, path, bonus, GROW["budget"])
+    assert ready is not None and ready.tokens[0] == bonus and 1 < len(ready) <= GROW["budget"]
+    b.commit(tree, path, bonus)
+    assert a.length == b.length and a.root_token == b.root_token == bonus
+    assert a.grow(**GROW).tokens == b.grow(**GROW).tokens
