@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--adapter-steps", type=_positive_int, default=300, help="draft adapter training steps")
     distill.add_argument("--adapter-rank", type=_positive_int, default=64)
     distill.add_argument("--lr", type=_nonneg_float, default=3e-3)
+    distill.add_argument("--init-head", help="EAGLE head directory to go on training (default: a new head)")
     distill.add_argument("--seed", type=int, default=0)
     distill.add_argument("--clip-dir", help="CLIP directory for an EventGPT draft (see generate)")
     distill.add_argument("--json", action="store_true")

@@ -22,9 +22,22 @@ def _report(args, report: dict, text: str) -> int:
     return 0
 
 
+def _init_head(args, target):
+    """--init-head DIR: go on training that head (e.g. on more data, at a lower --lr)."""
+    if not getattr(args, "init_head", None):
+        return None
+    from phide.models.eagle import load_eagle_head
+
+    return load_eagle_head(args.init_head, target_cfg=target.cfg)
+
+
 def run_distill(args) -> int:
     if args.draft and not args.data:
         raise PhideError("--draft (training the draft adapter) needs --data: paired samples the draft can read")
+    if getattr(args, "init_head", None):
+        from phide.models.eagle import load_eagle_head
+
+        load_eagle_head(args.init_head)  # a bad --init-head fails now, not after the target has answered
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -57,7 +70,7 @@ def _distill_prompts(args) -> int:
             progress(f"distill: target answered {i + 1}/{len(prompts)} prompts")
     held = max(1, len(seqs) // 10)
     head = train_eagle_head(target, seqs[:-held], steps=args.steps, lr=args.lr, seed=args.seed,
-                            rollout=args.rollout)
+                            rollout=args.rollout, head=_init_head(args, target))
     head.save(args.out)
     report = {"out": str(args.out), "train_sequences": len(seqs) - held, "held_out": held,
               "train_top1": head_top1_accuracy(target, head, seqs[:-held]),
@@ -87,7 +100,7 @@ def _distill_paired(args) -> int:
     held = max(1, len(examples) // 10)
     train, test = examples[:-held], examples[-held:]
     head = train_eagle_head(engine.target, [e.head_seq for e in train], steps=args.steps, lr=args.lr,
-                            seed=args.seed, rollout=args.rollout)
+                            seed=args.seed, rollout=args.rollout, head=_init_head(args, engine.target))
     head.save(args.out)
     report = {"out": str(args.out), "train_samples": len(train), "held_out": held,
               "head_top1_train": head_top1_accuracy(engine.target, head, [e.head_seq for e in train]),

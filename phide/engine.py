@@ -19,17 +19,17 @@ import torch
 from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.models.adapters import Prepared
-from phide.runtime.cpu_lanes import CpuLane, ThreadShare, cpu_split
-from phide.runtime.window_lanes import WindowLanes
-from phide.spec.overlap import PostVerifyOverlap, full_path_probability
-from phide.models.llama import LlamaModel
-from phide.runtime.timeline import Timeline
 from phide.models.eagle import EagleHead
+from phide.models.llama import LlamaModel
+from phide.runtime.cpu_lanes import CpuLane
+from phide.runtime.timeline import Timeline
+from phide.runtime.window_lanes import WindowLanes
 from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
+from phide.spec.drafters import Drafters
 from phide.spec.eagle_runner import EagleRunner
 from phide.spec.remote_head import RemoteHeadRunner, start_head_lane
 from phide.spec.runners import DraftRunner, TargetRunner
-from phide.spec.tree import Tree, TreePrice, chain
+from phide.spec.tree import Tree
 
 
 MODES = ("hide", "sequential", "target-only")
@@ -198,71 +198,20 @@ class Engine:
         drafting = req.mode != "target-only" and self.draft_side is not None
         stats = {"mode": req.mode, "faults": 0, "draft_tokens_in_window": 0}
         target, prepared, first_tree, draft = self._prefill(req, drafting, tl, stats)
-        drafting = draft is not None
         head = None
         if req.mode != "target-only":
             try:
                 head = self._head_runner(req, target, prepared)
             except DraftFault as exc:  # the head's worker process could not start: no head
                 self._fault(stats, exc)
-        if head is not None:
-            drafting = False  # the draft's job ends with the first tree; the head continues
-        spec = self.spec
-        grow_kwargs = dict(budget=self.spec.budget, topk=self.spec.topk, max_depth=self.spec.depth,
-                           max_expansions=self.spec.topk * self.spec.depth)
-        on_cpu = self.target.device.type == "cpu"
-        target_threads, draft_threads = cpu_split(torch.get_num_threads(), self.spec.draft_threads if on_cpu else 0)
-        overlap_lane = CpuLane("draft", draft_threads)
-        if getattr(head, "remote", False):  # the head's worker holds its cores while it grows ahead
-            target_threads = cpu_split(torch.get_num_threads(), head.lane.threads)[0]
-        stats.update(overlap_rounds=0, overlap_hits=0)
+        drafters = Drafters(self, stats, tl, draft=draft, head=head, first_tree=first_tree)
         out: list[int] = []
         root = prepared.ids[-1]
         verifies = accepted_drafts = 0
-        head_price, draft_price = self._round_prices()
-        grown_by = draft  # whose tree `first_tree` is (post-verify overlap speculates from its own)
-        # While the drafter grows ahead its lane holds its cores through the verify, the commit
-        # and the hand-over; this thread keeps the rest until then (using every core while the
-        # lane still runs makes the OpenMP pool wait on it).
-        with ThreadShare(target_threads) as share:
+        try:
             while len(out) < req.max_new_tokens:
-                tree = first_tree
-                first_tree = None
-                if tree is None:
-                    tree, grown_by = chain(root, []), None
-                    if head is not None:
-                        try:
-                            with tl.phase("head_grow", "draft"):
-                                tree = head.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
-                                                 max_expansions=spec.topk * spec.depth, price=head_price)
-                            self._check_tree(tree, root, self.target.cfg.vocab_size)
-                            grown_by = head
-                        except Exception as exc:  # a failing head is dropped like a failing draft
-                            self._fault(stats, exc)
-                            head, tree = None, chain(root, [])
-                    elif drafting:
-                        try:
-                            with tl.phase("draft_grow", "draft"):
-                                tree = draft.grow(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
-                                                  max_expansions=spec.topk * spec.depth, price=draft_price)
-                            self._check_tree(tree, root)
-                            grown_by = draft
-                        except Exception as exc:  # any draft failure: drop the draft, keep going
-                            drafting, tree = self._fault(stats, exc), chain(root, [])
-                ahead = None  # post-verify overlap: the drafter grows the next tree during the verify
-                drafter = head if head is not None else draft if drafting and isinstance(draft, DraftRunner) else None
-                if (spec.overlap and drafter is not None and drafter is grown_by and len(tree) > 1
-                        and full_path_probability(tree) >= spec.overlap_min_prob):
-                    share.lower()
-                    try:
-                        ahead = PostVerifyOverlap.start(drafter, tree, overlap_lane, grow_kwargs, tl)
-                    except Exception as exc:  # e.g. the head's worker process is gone: drop the drafter
-                        self._fault(stats, exc)
-                        if drafter is head:
-                            head = None
-                        else:
-                            drafting = False
-                    stats["overlap_rounds"] += ahead is not None
+                tree = drafters.next_tree(root)
+                ahead = drafters.grow_ahead(tree)  # post-verify overlap: the next tree, beside the verify
                 with tl.phase("verify", "target"):
                     logits = target.verify(tree)
                     nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, int(req.seed), len(out))
@@ -274,7 +223,6 @@ class Engine:
                 verifies += 1
                 accepted_drafts += n_acc
                 new = tokens[: n_acc + 1]
-                bonus = new[-1]
                 done = False
                 for i, t in enumerate(new):
                     if t in self.eos or len(out) + i + 1 >= req.max_new_tokens:
@@ -282,50 +230,19 @@ class Engine:
                         break
                 out.extend(new)
                 if done:
-                    if ahead is not None:
-                        ahead.abandon()
+                    drafters.abandon(ahead)
                     break
-                root = bonus
-                path = nodes.tolist()[: n_acc + 1]
-                if head is not None:
-                    try:
-                        if ahead is not None:
-                            first_tree = self._finish_ahead(ahead, tree, path, bonus, root,
-                                                            self.target.cfg.vocab_size, stats)
-                            grown_by = head
-                        else:
-                            head.commit(tree, path, bonus)
-                    except Exception as exc:  # a failing head is dropped like a failing draft
-                        head, first_tree = None, None
-                        self._fault(stats, exc)
-                elif drafting:
-                    if bonus >= self.shared_vocab:  # the draft cannot follow: quietly go target-only
-                        drafting = False
-                        stats["draft_stopped"] = "bonus token outside the shared vocabulary"
-                        if ahead is not None:
-                            ahead.abandon()
-                    elif ahead is not None:
-                        try:
-                            first_tree = self._finish_ahead(ahead, tree, path, bonus, root, None, stats)
-                            grown_by = draft
-                        except Exception as exc:  # a draft fault while growing ahead
-                            drafting, first_tree = self._fault(stats, exc), None
-                    else:
-                        draft.commit(tree, path, bonus)
-                share.restore()  # the lane is idle again (any speculation was finished or abandoned)
-
+                root = tokens[n_acc]  # the bonus token
+                drafters.advance(tree, nodes.tolist()[: n_acc + 1], root, ahead)
+        finally:
+            drafters.finish()
         if req.mode == "hide":
             WindowLanes.finish_request(self.target.device, self.spec.draft_sms)
-        if getattr(head, "remote", False):
-            try:
-                head.lane.sync()  # the last posted requests: a fault in them is still this request's
-            except Exception as exc:
-                self._fault(stats, exc)
         wall = time.perf_counter() - t_start
         stats.update(
             target_forwards=target.forwards,
             draft_forwards=draft.forwards if draft is not None else 0,
-            head_forwards=head.forwards if head is not None else 0,
+            head_forwards=drafters.head.forwards if drafters.head is not None else 0,
             verifies=verifies,
             accepted_per_verify=round((accepted_drafts + verifies) / max(verifies, 1), 4),
             accepted_drafts_per_verify=round(accepted_drafts / max(verifies, 1), 4),
@@ -336,25 +253,6 @@ class Engine:
             **self._memory_stats(),
         )
         return Result(out, stats, tl)
-
-    def _finish_ahead(self, ahead: PostVerifyOverlap, tree: Tree, path: list[int], bonus: int, root: int,
-                      vocab: int | None, stats: dict) -> Tree | None:
-        """The verify is done: the next tree if the drafter's guess was right (checked like any
-        drafted tree), else None. The drafter is settled on the real outcome either way."""
-        ready = ahead.finish(tree, path, bonus)
-        if ready is None:
-            return None
-        self._check_tree(ready, root, vocab)
-        stats["overlap_hits"] += 1
-        return ready
-
-    def _round_prices(self) -> tuple[TreePrice | None, TreePrice | None]:
-        """(head, draft) round-tree prices in plain decode steps, from the planner's costs."""
-        c = self.costs
-        if c is None or not self.spec.price_trees or c.target_step_s <= 0:
-            return None, None
-        node = c.verify_extra_per_node_s / c.target_step_s
-        return TreePrice(node, c.head_step_s / c.target_step_s), TreePrice(node, c.draft_step_s / c.target_step_s)
 
     def _memory_stats(self) -> dict:
         if self.target.device.type == "cuda":

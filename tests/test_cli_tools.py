@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from phide.cli import main
 from phide.runtime.trace import validate_chrome_trace
 
@@ -40,6 +42,14 @@ def test_distill_then_generate_with_the_head(capsys, tiny_pair, tmp_path):
     for mode in ("sequential", "hide"):
         out = _ok(capsys, *base, "--mode", mode, "--head", str(tmp_path / "head"))
         assert out["token_ids"] == ref and out["stats"]["faults"] == 0
+    # --init-head goes on training that head: with lr 0 it comes back unchanged
+    _ok(capsys, "distill", "--target", str(tiny_pair["target"]), "--prompts", str(prompts), "--out",
+        str(tmp_path / "again"), "--steps", "5", "--lr", "0", "--max-new-tokens", "8", "--init-head",
+        str(tmp_path / "head"), "--json")
+    from safetensors.torch import load_file
+
+    before, after = (load_file(str(tmp_path / d / "eagle_head.safetensors")) for d in ("head", "again"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_tool_errors_are_one_line(capsys, tiny_pair, tmp_path):
@@ -48,6 +58,8 @@ def test_tool_errors_are_one_line(capsys, tiny_pair, tmp_path):
           "--out", str(tmp_path / "h")], "cannot read prompts"),
         (["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]), "--prompt", "x",
           "--head", str(tmp_path)], "no EAGLE head"),
+        (["distill", "--target", str(tiny_pair["target"]), "--prompts", str(tmp_path / "p.txt"), "--out",
+          str(tmp_path / "h"), "--init-head", str(tmp_path)], "no EAGLE head"),
     ]:
         code = main(argv)
         err = capsys.readouterr().err

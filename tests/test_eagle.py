@@ -172,21 +172,21 @@ def test_head_post_verify_overlap_is_lossless(trained, tiny_pair, head_lane):
     assert rounds > 0 and hits > 0, (rounds, hits)
 
 
-def test_head_worker_death_is_a_fault_and_the_next_request_restarts_it(trained):
+def test_head_worker_death_is_a_fault_and_the_next_request_restarts_it(trained, monkeypatch):
+    from phide.spec.overlap import PostVerifyOverlap
+
     ids = trained["tok"](PROMPTS[1])["input_ids"]
     ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=30, mode="target-only"))
+    engine = Engine(trained["target"], None, head=trained["head"],
+                    spec=SpecConfig(topk=3, depth=5, budget=16, overlap=True, overlap_min_prob=0.0))
+    finish, kills = PostVerifyOverlap.finish, [1]
 
-    class KillsTheWorker(Engine):
-        kills = 1
+    def dies_during_the_verify(self, *args):
+        if kills.pop() if kills else 0:
+            engine._process_lanes["head"]._process.kill()
+        return finish(self, *args)
 
-        def _finish_ahead(self, ahead, *args):
-            if self.kills:
-                self.kills -= 1
-                self._process_lanes["head"]._process.kill()  # the worker dies during the verify
-            return super()._finish_ahead(ahead, *args)
-
-    engine = KillsTheWorker(trained["target"], None, head=trained["head"],
-                            spec=SpecConfig(topk=3, depth=5, budget=16, overlap=True, overlap_min_prob=0.0))
+    monkeypatch.setattr(PostVerifyOverlap, "finish", dies_during_the_verify)
     try:
         res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))
         assert res.token_ids == ref.token_ids

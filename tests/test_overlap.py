@@ -28,6 +28,8 @@ def test_best_path_and_its_probability():
     assert best_path(TREE) == [0, 1, 3, 6]
     assert full_path_probability(TREE) == pytest.approx(math.exp(-0.6))
     assert best_path(Tree([5], [-1])) == [0]
+    sub, _ = subtree(TREE, 1, budget=10)  # scores stay cumulative from the old root
+    assert full_path_probability(sub) == pytest.approx(math.exp(-0.6 + 0.1))
 
 
 def test_subtree_reroots_and_keeps_the_best_nodes():
@@ -106,3 +108,58 @@ def test_head_settles_where_a_commit_leaves_it_and_adopts_on_a_hit(tiny_pair):
     b.commit(tree, path, bonus)
     assert a.length == b.length and a.root_token == b.root_token == bonus
     assert a.grow(**GROW).tokens == b.grow(**GROW).tokens
+
+
+class _Stream:
+    def __init__(self, name):
+        self.name, self.waited, self.device = name, [], torch.device("cuda", 0)
+
+    def wait_stream(self, other):
+        self.waited.append(other.name)
+
+
+def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
+    """On a GPU the speculation's kernels go to a side stream: it first waits for the current
+    stream (the drafter's state was written there), the growth runs under it on the lane's
+    thread, and once the host work ends the current stream waits for it. (torch.cuda is faked:
+    this machine has no GPU.)"""
+    import threading
+
+    from phide.runtime.cpu_lanes import CpuLane
+    from phide.runtime.window_lanes import side_stream
+    from phide.spec.overlap import PostVerifyOverlap
+
+    current, side = _Stream("current"), _Stream("side")
+    entered, log = [], []
+
+    class Ctx:
+        def __init__(self, stream):
+            self.stream = stream
+
+        def __enter__(self):
+            entered.append((threading.current_thread() is threading.main_thread(), self.stream.name))
+
+        def __exit__(self, *exc):
+            return False
+
+    class Runner:
+        def speculate(self, path, tokens, stop, **kw):
+            log.append(("speculate", list(current.waited), list(side.waited)))
+            return TREE
+
+        def settle(self, tree, nodes, bonus, budget):
+            log.append(("settle", list(current.waited)))
+            return None
+
+    monkeypatch.setattr(torch.cuda, "stream", Ctx)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    ahead = PostVerifyOverlap.start(Runner(), TREE, CpuLane("draft"), dict(GROW), stream=side)
+    assert ahead.finish(TREE, [0, 1], 11) is None
+    assert entered == [(False, "side")]  # entered on the lane's thread
+    assert log == [("speculate", [], ["current"]), ("settle", ["side"])]
+
+    made = []
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or _Stream("plain"))
+    cache: dict = {}
+    dev = torch.device("cuda", 0)
+    assert side_stream(dev, 0, cache) is side_stream(dev, 0, cache) and len(made) == 1

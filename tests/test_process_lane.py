@@ -122,3 +122,11 @@ def test_shared_flag_between_threads_and_handles(tmp_path):
     a.clear()
     assert not b.is_set()
     os.unlink(a.path)
+
+
+def test_a_worker_that_cannot_start_is_a_lane_error(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python-here"))
+    with pytest.raises(LaneError, match="cannot start"):
+        ProcessLane("lane_services:Probe", "t4", name="nostart")

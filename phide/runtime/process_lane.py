@@ -150,10 +150,9 @@ def _shutdown(conn: Connection, process: subprocess.Popen) -> None:
 
 
 class ProcessLane:
-    """A spawned worker process with `threads` intra-op threads (0: PyTorch's default) hosting
-    `factory(cancel, *args)`. Start-up (interpreter + torch import) takes about a second, so
-    owners keep one lane for many requests. `close()` (or garbage collection, or interpreter
-    exit) stops the worker."""
+    """A worker process with `threads` intra-op threads (0: PyTorch's default) hosting a
+    service. Start-up (interpreter + torch import) takes about a second, so owners keep one lane
+    for many requests. `close()` (or garbage collection, or interpreter exit) stops the worker."""
 
     def __init__(self, service: str, *init_data, threads: int = 1, name: str = "draft",
                  start_timeout: float = 120.0):
@@ -167,9 +166,17 @@ class ProcessLane:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
         if self.threads > 0:
             env["OMP_NUM_THREADS"] = str(self.threads)
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(theirs.fileno()), self.cancel.path, str(self.threads)], pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
-        theirs.close()
+        try:
+            # stdout goes to our stderr: a stray print in the worker must not corrupt our output.
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _WORKER, str(theirs.fileno()), self.cancel.path, str(self.threads)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=2, env=env)
+        except OSError as exc:
+            mine.close()
+            os.unlink(self.cancel.path)
+            raise LaneError(f"cannot start the {name} lane's worker process ({exc})") from exc
+        finally:
+            theirs.close()
         self._conn = Connection(mine.detach())
         self._pending: collections.deque[RemoteSignal] = collections.deque()
         self._finalizer = weakref.finalize(self, _shutdown, self._conn, self._process)

@@ -79,3 +79,15 @@ class WindowLanes:
         next request's lanes (record_stream on every cache tensor would do the same, piecemeal)."""
         if device.type == "cuda" and draft_sms > 0:
             torch.cuda.current_stream(device).synchronize()
+
+
+def side_stream(device: torch.device, draft_sms: int, splits: dict):
+    """Where a drafter's work beside the target's goes on a GPU (post-verify overlap): the draft
+    stream of the engine's green-context split with `draft_sms` SMs, or with 0 a plain second
+    stream (its kernels may take any SM). Made once per engine (`splits` caches it)."""
+    if draft_sms > 0:
+        return WindowLanes.for_engine(device, 0, draft_sms, splits).cuda_lanes[1].stream
+    key = ("side stream", device.index)
+    if key not in splits:
+        splits[key] = torch.cuda.Stream(device)
+    return splits[key]

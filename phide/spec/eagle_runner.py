@@ -20,6 +20,8 @@ from phide.spec.tree import Tree, TreeGrower, TreePrice, adopt_subtree
 
 
 class EagleRunner:
+    can_speculate = True  # post-verify overlap: speculate / settle (phide.spec.overlap)
+
     def __init__(self, head: EagleHead, target_lm: LlamaModel, target_runner, max_len: int):
         self.head, self.lm, self.target = head, target_lm, target_runner
         self.cache = head.new_cache(max_len)
@@ -89,6 +91,12 @@ class EagleRunner:
         subtree under the real one. The path's pairs take the head's own outputs as features
         (what `phide.distill.head_rollout` trains it for)."""
         before = (self.length, list(self._embeds), list(self._feats), self.root_token)
+        if self.head.device.type == "cuda":
+            # The pending pairs were made on the target's stream and are consumed here, maybe on
+            # a side stream: their memory must not be reused before this stream is done with it.
+            stream = torch.cuda.current_stream(self.head.device)
+            for t in self._embeds + self._feats:
+                t.record_stream(stream)
         self.queue(tokens, torch.stack([self._node_hidden[n] for n in path[:-1]]))
         tree = self.grow(stop=stop, **grow_kwargs)
         self._speculation = (before, list(tokens), tree, self._node_hidden)

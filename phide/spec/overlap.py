@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import nullcontext
+
+import torch
 
 from phide.runtime.cpu_lanes import CpuLane
 from phide.spec.tree import Tree
@@ -38,22 +41,26 @@ def best_path(tree: Tree) -> list[int]:
 
 def full_path_probability(tree: Tree) -> float:
     """The drafter's own probability that the target accepts the whole best path: the path
-    leaf's cumulative score (a log-prob), exponentiated. A speculation needs that to hit."""
-    return math.exp(tree.scores[best_path(tree)[-1]])
+    leaf's cumulative score (a log-prob) over the root's (0, or the adopted child's score in a
+    subtree a speculation handed over), exponentiated. A speculation needs that to hit."""
+    return math.exp(tree.scores[best_path(tree)[-1]] - tree.scores[0])
 
 
 class PostVerifyOverlap:
     """One round's speculative next-tree growth."""
 
-    def __init__(self, runner, tokens: list[int], budget: int, signal, cancel, timeline=None):
+    def __init__(self, runner, tokens: list[int], budget: int, signal, cancel, timeline=None, stream=None):
         self.runner, self.tokens, self.budget = runner, tokens, budget
-        self.signal, self.cancel, self.timeline = signal, cancel, timeline
+        self.signal, self.cancel, self.timeline, self.stream = signal, cancel, timeline, stream
 
     @classmethod
-    def start(cls, runner, tree: Tree, lane: CpuLane, grow_kwargs: dict, timeline=None) -> "PostVerifyOverlap":
+    def start(cls, runner, tree: Tree, lane: CpuLane, grow_kwargs: dict, timeline=None,
+              stream=None) -> "PostVerifyOverlap":
         """runner: a DraftRunner, EagleRunner or RemoteHeadRunner whose last grown (or adopted)
         tree is `tree` (len > 1); lane: where a local runner's growth runs (a remote runner has
-        its own); grow_kwargs: the round trees' budget/topk/max_depth/max_expansions."""
+        its own); grow_kwargs: the round trees' budget/topk/max_depth/max_expansions; stream: on
+        a GPU, the stream the growth's kernels go to (`window_lanes.side_stream`), so they run
+        beside the verify's instead of queueing behind them."""
         path = best_path(tree)
         tokens = [tree.tokens[n] for n in path[1:]]
         kw = dict(grow_kwargs, budget=2 * grow_kwargs["budget"], max_depth=grow_kwargs["max_depth"] + 1,
@@ -62,14 +69,22 @@ class PostVerifyOverlap:
             return cls(runner, tokens, grow_kwargs["budget"], runner.speculate_async(path, tokens, kw),
                        runner.cancel, timeline)
         cancel = threading.Event()
+        if stream is not None:  # the drafter's state was written on the current stream
+            stream.wait_stream(torch.cuda.current_stream(stream.device))
 
         def speculate():
-            if timeline is None:
-                return runner.speculate(path, tokens, cancel, **kw)
-            with timeline.phase("grow_ahead", "draft"):
-                return runner.speculate(path, tokens, cancel, **kw)
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                if timeline is None:
+                    return runner.speculate(path, tokens, cancel, **kw)
+                with timeline.phase("grow_ahead", "draft"):
+                    return runner.speculate(path, tokens, cancel, **kw)
 
-        return cls(runner, tokens, grow_kwargs["budget"], lane.submit(speculate), cancel)
+        return cls(runner, tokens, grow_kwargs["budget"], lane.submit(speculate), cancel, stream=stream)
+
+    def _join(self) -> None:
+        """The growth's host work has ended: the current stream waits for its kernels too."""
+        if self.stream is not None:
+            torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
 
     def finish(self, tree: Tree, accept_nodes: list[int], bonus: int) -> Tree | None:
         """accept_nodes: the accepted path (root first); bonus: the target's token after it.
@@ -78,6 +93,7 @@ class PostVerifyOverlap:
         if [tree.tokens[n] for n in accept_nodes[1:]] != self.tokens:
             self.cancel.set()  # a miss already: stop the growth at its next step
         self.signal.wait()
+        self._join()
         span = getattr(self.signal, "span", None)
         if self.timeline is not None and span is not None:  # the worker's time, on our timeline
             self.timeline.record("grow_ahead", "draft", *span)
@@ -90,3 +106,4 @@ class PostVerifyOverlap:
             self.signal.wait()
         except BaseException:  # noqa: S110 - the request is over; a late draft fault changes nothing
             pass
+        self._join()

@@ -116,6 +116,7 @@ class RemoteHeadRunner:
     """EagleRunner's interface for one request, the head running in `lane`'s worker."""
 
     remote = True
+    can_speculate = True  # through speculate_async / settle
 
     def __init__(self, lane: ProcessLane, target_runner, max_len: int):
         self.lane, self.target = lane, target_runner

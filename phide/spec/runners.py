@@ -90,6 +90,8 @@ class DraftRunner:
     replaces the draft's own LM head.
     """
 
+    can_speculate = True  # post-verify overlap: speculate / settle (phide.spec.overlap)
+
     def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int, adapter=None, *,
                  static_rows: int = 0, graph: bool = False):
         """static_rows > 0: tree steps of up to that many candidates run with static shapes

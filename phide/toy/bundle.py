@@ -21,7 +21,10 @@ runs, in order (each step is a `phide.toy.train` / `phide distill` command, logg
   4. grow both language models to the preset's 32 layers, function-preserving (`phide.toy.grow`:
      the new layers do full work but start as identities), then `--finetune-steps` at full depth;
   5. export paired distillation data (`phide.paired` layout) and `phide distill --data` (EAGLE
-     head + draft adapter), copied into the model directories.
+     head + draft adapter), copied into the model directories;
+  6. the head's second stage: `phide distill --init-head` on twice the scenes at a lower rate
+     (`--head2-scenes`, `--head2-steps`): rare answer templates ("Nothing is moving, ...",
+     "There are two moving objects: ...") need more examples than the first 150 scenes hold.
 --install copies OUT_DIR over phide/toy/bundled/. The committed pair was trained stage by stage
 while the recipe was being found (the per-patch row/column losses joined at the target's third
 stage); the stages above are that run. CPU training is deterministic up to
@@ -98,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill-scenes", type=int, default=150)
     ap.add_argument("--head-steps", type=int, default=2000)
     ap.add_argument("--adapter-steps", type=int, default=400)
+    ap.add_argument("--head2-scenes", type=int, default=300, help="the head's second stage: scenes (0: skip)")
+    ap.add_argument("--head2-steps", type=int, default=2500)
     ap.add_argument("--skip-training", action="store_true", help="OUT_DIR already holds the trained pair")
     ap.add_argument("--install", action="store_true", help=f"copy the result over {BUNDLED}")
     args = ap.parse_args(argv)
@@ -122,7 +127,17 @@ def main(argv: list[str] | None = None) -> int:
                      "--steps", str(args.head_steps), "--adapter-steps", str(args.adapter_steps)])
     if rc:
         return rc
-    for f in (out / "distilled").glob("eagle_head.*"):
+    head_dir = out / "distilled"
+    if args.head2_scenes:
+        n = export_distill_data(out / "distill-data-2", args.head2_scenes)
+        print(f"phide: wrote {n} paired samples to {out / 'distill-data-2'}", file=sys.stderr)
+        rc = phide_main(["distill", "--target", str(out / "target"), "--data", str(out / "distill-data-2"),
+                         "--out", str(out / "distilled-2"), "--init-head", str(head_dir),
+                         "--steps", str(args.head2_steps), "--lr", "1e-3"])
+        if rc:
+            return rc
+        head_dir = out / "distilled-2"
+    for f in head_dir.glob("eagle_head.*"):
         shutil.copy2(f, out / "target" / f.name)
     for f in (out / "distilled").glob("draft_adapter.*"):
         shutil.copy2(f, out / "draft" / f.name)
