@@ -66,21 +66,28 @@ def calibrate(pair, samples, draft_threads: list[int]):
     head_step = _median([ph(st, "head_grow") / max(1, st["head_forwards"]) for st in seq if st["head_forwards"]])
     total = torch.get_num_threads()
     splits = []
+    solo_prefill = _median([ph(st, "target_prefill") for st in solo])
     for d in draft_threads:
         e = copy.copy(eng)
         e.spec = dataclasses.replace(eng.spec, draft_threads=d, window="prefill")
-        hide = [e.generate(_request(s, "hide")).stats for s in samples]
-        steps = [st["draft_steps_in_window"] for st in hide if st.get("draft_steps_in_window")]
-        grow_in_window = [ph(st, "target_prepare") + ph(st, "target_prefill") - ph(st, "draft_prepare")
-                          - ph(st, "draft_prefill") for st in hide]
+        hide, stretch = [], []
+        for s in samples:
+            # Each hide request right after a target-only one on the same scene: the stretch is a
+            # ratio of neighbours, so a slow spell of a shared machine hits both alike.
+            alone = ph(eng.generate(_request(s, "target-only")).stats, "target_prefill")
+            hide.append(e.generate(_request(s, "hide")).stats)
+            stretch.append(ph(hide[-1], "target_prefill") / alone)
+        # A draft forward alongside the target: the window's growth over the forwards it ran (all
+        # complete: the one in flight when the window closes finishes inside the phase).
+        beside = [ph(st, "draft_grow") / (st["draft_forwards"] - 1) for st in hide if st["draft_forwards"] > 1]
         share = d / total if d else 1.0
         splits.append(SplitCosts(
             draft_share=share,
-            target_prefill_s=_median([ph(st, "target_prefill") for st in hide]),
+            target_prefill_s=_median(stretch) * solo_prefill,
             draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in hide]),
-            draft_step_s=_median([g / n for g, n in zip(grow_in_window, steps) if n]) if steps else draft_step))
+            draft_step_s=_median(beside) if beside else draft_step))
     return Costs(target_prepare_s=_median([ph(st, "target_prepare") for st in solo]), prepare_idle=False,
-                 target_prefill_s=_median([ph(st, "target_prefill") for st in solo]), target_step_s=step,
+                 target_prefill_s=solo_prefill, target_step_s=step,
                  verify_extra_per_node_s=per_node,
                  draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in seq]),
                  draft_step_s=draft_step, head_step_s=head_step, splits=splits)

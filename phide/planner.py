@@ -119,9 +119,11 @@ def hide_window(costs: Costs, sp: SplitCosts) -> tuple[float, float]:
 
 
 def window_draft_steps(costs: Costs, sp: SplitCosts, window_steps: int) -> float:
-    """Draft tree steps expected to finish inside the window (fractional; capped at window_steps)."""
+    """Draft tree steps expected to finish inside the window (fractional; capped at window_steps):
+    the spare time in draft forwards, less the first (it caches the root, no tree step) and half
+    a step (on average the one in flight when the window closes does not count)."""
     _, spare = hide_window(costs, sp)
-    return max(0.0, min(float(window_steps), spare / sp.draft_step_s)) if spare > 0 else 0.0
+    return max(0.0, min(float(window_steps), spare / sp.draft_step_s - 1.5)) if spare > 0 else 0.0
 
 
 def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, budget: int = 24,

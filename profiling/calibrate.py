@@ -1,6 +1,6 @@
 """Calibrate the planner's cost model on this machine, then check its predictions.
 
-    python profiling/calibrate.py [--scenes 4] [--check-scenes 6] [--draft-threads 1] [--json]
+    python profiling/calibrate.py [--scenes 8] [--check-scenes 8] [--draft-threads 1] [--json]
 
 1. Calibration (scenes of seed EVAL_SEED + 1): solo costs from target-only and sequential requests
    of the toy pair (target prepare / prefill / decode step, draft prepare+prefill / tree step,
@@ -63,8 +63,8 @@ def check(pair, costs, samples, draft_threads: list[int], window_depth: int) -> 
 def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenes", type=int, default=4)
-    ap.add_argument("--check-scenes", type=int, default=6)
+    ap.add_argument("--scenes", type=int, default=8)
+    ap.add_argument("--check-scenes", type=int, default=8)
     ap.add_argument("--draft-threads", type=int, nargs="+", default=[1, 0],
                     help="lane splits to calibrate: draft intra-op threads (0 = no split)")
     ap.add_argument("--out", help="calibration file (default: phide.planner.calibration_path())")

@@ -33,10 +33,11 @@ def test_sequential_and_hide_by_hand():
     # sequential: 90 + draft 20 + 8 steps * 10 + first verify (10 + 8*0.1) ; gain 4 tokens, 25 left:
     # ceil(25/4) = 7 rounds * 18.4
     assert p["sequential"][0] == pytest.approx((90 + 20 + 80 + 10.8 + 7 * 18.4) * MS)
-    # hide@0.5: window 10 + 120 = 130; draft ready at 30; spare 100 -> 8 steps (cap); same rounds
+    # hide@0.5: window 10 + 120 = 130; draft ready at 30; spare 100 ms = 8.33 forwards of 12 ms,
+    # less the root's and half a step in flight -> 6 steps; gain 3 tokens, 26 left: 7 rounds
     t, k, share = p["hide@0.5"]
-    assert k == 8 and share == 0.5
-    assert t == pytest.approx((130 + 10.8 + 7 * 18.4) * MS)
+    assert k == 6 and share == 0.5
+    assert t == pytest.approx((130 + 10.6 + 7 * 18.4) * MS)
 
 
 def test_hide_waits_for_a_draft_slower_than_the_window():
