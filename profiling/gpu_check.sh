@@ -2,7 +2,8 @@
 # GPU check for a user with an NVIDIA GPU (written for an H100; any sm_80+ works):
 #   1. builds the CUDA extension (PHIDE_BUILD_CUDA=1) into the current environment,
 #   2. runs the kernel tests ON THE DEVICE: the CUDA acceptance walk, green-context lanes and
-#      the engine's hide window on them (pytest -m gpu) and the tree-attention / top-k Triton kernels compiled for real,
+#      the engine's hide window on them, post-verify overlap on a side stream (pytest -m gpu) and the
+#      tree-attention / top-k Triton kernels compiled for real,
 #   3. the per-op microbenchmarks (torch twin vs Triton vs CUDA; CSV in profiling/results/): the
 #      verification kernels, tree-verify attention (Vicuna-7B MHA and a GQA layout) and the draft
 #      tree step top-k,
@@ -25,7 +26,7 @@ echo "== 1. build the CUDA extension"
 PHIDE_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation -e . -q
 
 echo "== 2. kernel tests on the device"
-"$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py tests/test_window_lanes.py tests/test_static_step.py
+"$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py tests/test_window_lanes.py tests/test_static_step.py tests/test_overlap.py
 TRITON_INTERPRET=0 "$PY" -m pytest -q tests/test_tree_attention.py tests/test_tree_topk.py
 # test_triton_kernels.py builds its kernel inputs on the CPU, so it runs interpreted here too (its
 # Gumbel / KV-commit kernels are compiled for real by the microbenchmarks below).

@@ -163,3 +163,26 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
     cache: dict = {}
     dev = torch.device("cuda", 0)
     assert side_stream(dev, 0, cache) is side_stream(dev, 0, cache) and len(made) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("draft_sms", [0, 16])
+def test_overlap_on_a_side_stream_is_lossless(tiny_pair, draft_sms):
+    """On a GPU: the draft grows ahead on a second stream (or the green context's draft stream)
+    during each verify; tokens identical to target-only, and guesses hit."""
+    from phide.engine import Engine, Request, SpecConfig
+
+    if draft_sms:
+        pytest.importorskip("cuda.bindings.driver")
+    target = load_llama(tiny_pair["target"], device="cuda")
+    near = load_llama(tiny_pair["near"], device="cuda")
+    engine = Engine(target, near, eos_token_ids=[], spec=SpecConfig(
+        continuation="draft", overlap=True, overlap_min_prob=0.0, depth=4, budget=12, draft_sms=draft_sms))
+    ids = [1, 17, 42, 99, 5]
+    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=24, mode="target-only"))
+    for mode in ("sequential", "hide"):
+        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=24, mode=mode))
+        assert res.token_ids == ref.token_ids and res.stats["faults"] == 0
+        assert res.stats["overlap_rounds"] > 0 and res.stats["overlap_hits"] > 0
+    torch.cuda.synchronize()
