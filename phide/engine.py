@@ -91,6 +91,8 @@ class SpecConfig:
             raise PhideError("draft_sms must be >= 0")
         if self.head_lane not in ("process", "thread"):
             raise PhideError(f"head_lane must be 'process' or 'thread', not {self.head_lane!r}")
+        if not self.overlap_min_prob >= 0:  # (also rejects NaN)
+            raise PhideError("overlap_min_prob must be >= 0 (above 1: never grow ahead)")
 
 
 @dataclass

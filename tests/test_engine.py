@@ -144,6 +144,10 @@ def test_bad_requests(models):
     ]:
         with pytest.raises(PhideError, match=msg):
             engine.generate(req)
+    for bad, msg in [(dict(head_lane="gpu"), "head_lane"), (dict(overlap_min_prob=float("nan")), "overlap_min_prob"),
+                     (dict(draft_threads=-1), "draft_threads"), (dict(topk=0), "topk")]:
+        with pytest.raises(PhideError, match=msg):
+            SpecConfig(**bad)
 
 
 def _exact_two_token_law(hf, ids, temperature):
