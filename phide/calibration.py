@@ -45,6 +45,23 @@ def _verify_costs(engine, sample) -> tuple[float, float]:
 
 
 def calibrate(pair, samples, draft_threads: list[int]):
+    """The planner's Costs, measured on `samples` for each draft-thread split."""
+    return calibrate_and_check(pair, samples, [], draft_threads)[0]
+
+
+def _stretch_pair(eng, e, sample) -> tuple[float, dict]:
+    """A target-only request, then a hide request on lanes `e` of the same scene: (the hide
+    prefill over the target-only one, the hide request's stats). Neighbours, so a slow spell of
+    a shared machine hits both alike."""
+    alone = eng.generate(_request(sample, "target-only")).stats["phases"]["target_prefill"]
+    st = e.generate(_request(sample, "hide")).stats
+    return st["phases"]["target_prefill"] / alone, st
+
+
+def calibrate_and_check(pair, samples, check_samples, draft_threads: list[int]):
+    """(Costs, per split the (stretch, draft steps in the window) of each check sample). The check
+    requests alternate with the calibration's own split requests, so a machine whose speed drifts
+    (a shared host) drifts under both alike and the check measures the model, not the drift."""
     import dataclasses
 
     import torch
@@ -65,18 +82,21 @@ def calibrate(pair, samples, draft_threads: list[int]):
     draft_step = _median([ph(st, "draft_grow") / max(1, st["draft_forwards"] - 1) for st in seq])
     head_step = _median([ph(st, "head_grow") / max(1, st["head_forwards"]) for st in seq if st["head_forwards"]])
     total = torch.get_num_threads()
-    splits = []
+    splits, checks = [], []
     solo_prefill = _median([ph(st, "target_prefill") for st in solo])
     for d in draft_threads:
         e = copy.copy(eng)
         e.spec = dataclasses.replace(eng.spec, draft_threads=d, window="prefill")
-        hide, stretch = [], []
-        for s in samples:
-            # Each hide request right after a target-only one on the same scene: the stretch is a
-            # ratio of neighbours, so a slow spell of a shared machine hits both alike.
-            alone = ph(eng.generate(_request(s, "target-only")).stats, "target_prefill")
-            hide.append(e.generate(_request(s, "hide")).stats)
-            stretch.append(ph(hide[-1], "target_prefill") / alone)
+        hide, stretch, checked = [], [], []
+        for i in range(max(len(samples), len(check_samples))):
+            if i < len(samples):
+                ratio, st = _stretch_pair(eng, e, samples[i])
+                stretch.append(ratio)
+                hide.append(st)
+            if i < len(check_samples):
+                ratio, st = _stretch_pair(eng, e, check_samples[i])
+                checked.append((ratio, st.get("draft_steps_in_window", 0)))
+        checks.append(checked)
         # A draft forward alongside the target: the window's growth over the forwards it ran (all
         # complete: the one in flight when the window closes finishes inside the phase).
         beside = [ph(st, "draft_grow") / (st["draft_forwards"] - 1) for st in hide if st["draft_forwards"] > 1]
@@ -90,6 +110,6 @@ def calibrate(pair, samples, draft_threads: list[int]):
                  target_prefill_s=solo_prefill, target_step_s=step,
                  verify_extra_per_node_s=per_node,
                  draft_prefill_s=_median([ph(st, "draft_prepare") + ph(st, "draft_prefill") for st in seq]),
-                 draft_step_s=draft_step, head_step_s=head_step, splits=splits)
+                 draft_step_s=draft_step, head_step_s=head_step, splits=splits), checks
 
 

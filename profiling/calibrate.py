@@ -8,17 +8,17 @@
    and for every lane split (draft threads of the machine's cores; 0 = no split, both lanes use
    every core) the target's prefill, the draft's prepare+prefill and tree step with both lanes
    busy. Saved where the planner looks (`phide.planner.calibration_path()`).
-2. Check (held-out scenes of seed EVAL_SEED): hide requests per split; the measured stretch of the
-   target's prefill (hide / target-only, same scene) and the draft steps finished inside the
-   window, against the planner's predictions; error in percent; rows appended to
-   profiling/results/calibrate.csv.
+2. Check (held-out scenes of seed EVAL_SEED): hide requests per split, each after a target-only
+   request of the same scene and alternating with the calibration's own split requests (a shared
+   machine's speed drifts; interleaved, both see the same drift); the measured stretch of the
+   target's prefill (hide / target-only) and the draft steps finished inside the window, against
+   the planner's predictions; error in percent; rows appended to profiling/results/calibrate.csv.
 PHIDE_TOY_PAIR=DIR calibrates another pair in the toy layout.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -27,31 +27,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import append_csv, run_context  # noqa: E402
 
-from phide.calibration import _median, _request, calibrate  # noqa: E402
+from phide.calibration import _median, calibrate_and_check  # noqa: E402
 
 
-def check(pair, costs, samples, draft_threads: list[int], window_depth: int) -> list[dict]:
-    import dataclasses
-
+def check(costs, checks, draft_threads: list[int], window_depth: int) -> list[dict]:
+    """Per split: the planner's predicted stretch and window draft steps against the check
+    requests' (measured interleaved with the calibration, `calibrate_and_check`)."""
     import torch
 
     from phide.planner import window_draft_steps
 
-    eng = pair.engine
     rows = []
     total = torch.get_num_threads()
-    for d, split in zip(draft_threads, costs.splits):
-        e = copy.copy(eng)
-        e.spec = dataclasses.replace(eng.spec, draft_threads=d, window="prefill")
-        stretch, steps = [], []
-        for s in samples:
-            alone = eng.generate(_request(s, "target-only")).stats["phases"]["target_prefill"]
-            st = e.generate(_request(s, "hide")).stats
-            stretch.append(st["phases"]["target_prefill"] / alone)
-            steps.append(st.get("draft_steps_in_window", 0))
+    for d, split, measured in zip(draft_threads, costs.splits, checks):
         pred_stretch = split.target_prefill_s / costs.target_prefill_s
         pred_steps = round(window_draft_steps(costs, split, window_depth), 2)
-        got_stretch, got_steps = _median(stretch), sum(steps) / len(steps)
+        got_stretch = _median([r for r, _ in measured])
+        got_steps = sum(n for _, n in measured) / len(measured)
         rows.append({"draft_threads": d, "total_threads": total, "draft_share": split.draft_share,
                      "stretch_measured": round(got_stretch, 3), "stretch_predicted": round(pred_stretch, 3),
                      "stretch_error_pct": round(100 * abs(pred_stretch - got_stretch) / got_stretch, 1),
@@ -80,10 +72,10 @@ def main() -> int:
     pair = load_bundled()
     cal = make_dataset(args.scenes, seed=EVAL_SEED + 1, questions_per_scene=1)
     held = make_dataset(args.check_scenes, seed=EVAL_SEED, questions_per_scene=1)
-    costs = calibrate(pair, cal, args.draft_threads)
+    costs, checks = calibrate_and_check(pair, cal, held, args.draft_threads)
     out = Path(args.out) if args.out else calibration_path()
     save_costs(costs, out)
-    rows = check(pair, costs, held, args.draft_threads, pair.engine.spec.window_depth)
+    rows = check(costs, checks, args.draft_threads, pair.engine.spec.window_depth)
     ctx = run_context()
     append_csv(args.csv, [{**ctx, **r} for r in rows])
     if args.json:

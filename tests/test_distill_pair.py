@@ -145,6 +145,27 @@ def test_distilled_pair_is_lossless_in_every_configuration(toy, monkeypatch):
         assert r["results"]["hide"].stats["plan"] in ("target-only", "head-only", "sequential", "hide")
 
 
+def test_calibration_interleaves_its_check(toy, monkeypatch):
+    """calibrate_and_check: the planner's costs per split, and per split one (stretch, window
+    steps) measurement of every check scene, taken between the calibration's own requests."""
+    from phide.bench import eval_samples, load_bundled
+    from phide.calibration import calibrate_and_check
+    from phide.planner import window_draft_steps
+
+    monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
+    pair = _quiet(load_bundled)
+    cal, held = eval_samples(2), eval_samples(3)[1:]
+    costs, checks = calibrate_and_check(pair, cal, held, [1, 0])
+    import torch
+
+    assert [sp.draft_share for sp in costs.splits] == [1 / torch.get_num_threads(), 1.0]
+    assert len(checks) == 2 and all(len(c) == 2 for c in checks)
+    for split, measured in zip(costs.splits, checks):
+        assert split.target_prefill_s > 0 and split.draft_step_s > 0
+        assert all(ratio > 0 and steps >= 0 for ratio, steps in measured)
+        assert 0 <= window_draft_steps(costs, split, 8) <= 8
+
+
 def test_demo_json_and_timeline(toy, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
     obj = _ok(capsys, "demo", "--scenes", "2", "--max-new-tokens", "8", "--out", str(tmp_path / "d"), "--json")
