@@ -53,15 +53,9 @@ class Signal:
 @contextmanager
 def reserved_threads(n: int):
     """Run the block with n intra-op threads on the calling thread (0: unchanged); restores after."""
-    if n <= 0:
+    with ThreadShare(n) as share:
+        share.lower()
         yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class ThreadShare:

@@ -19,6 +19,14 @@ from phide.spec.runners import causal_inputs
 from phide.spec.tree import Tree, TreeGrower, TreePrice, adopt_subtree
 
 
+def accepted_pairs(target_runner, tree: Tree, accept_nodes: list[int], bonus: int) -> tuple[list[int], torch.Tensor]:
+    """The head's next pairs after a verify: the accepted tokens (root excluded) and the bonus,
+    and the target's features [k, H] at the accepted nodes (root included) from that verify."""
+    hidden = target_runner.last_hidden
+    feats = hidden[torch.tensor(accept_nodes, device=hidden.device)]
+    return [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], feats
+
+
 class EagleRunner:
     can_speculate = True  # post-verify overlap: speculate / settle (phide.spec.overlap)
 
@@ -103,24 +111,19 @@ class EagleRunner:
         return tree
 
     def settle(self, tree: Tree, accept_nodes: list[int], bonus: int, budget: int) -> Tree | None:
-        """After `speculate`: forget its cached rows, commit the target's real outcome (its rows
-        are recomputed from the target's features at the next growth), and return the next tree
-        when the speculation guessed right (`adopt`)."""
-        self.restore()
-        self.commit(tree, accept_nodes, bonus)
-        return self.adopt([tree.tokens[n] for n in accept_nodes[1:]], bonus, budget)
+        """After `speculate`: the target's real outcome (see `settle_pairs`)."""
+        return self.settle_pairs(*accepted_pairs(self.target, tree, accept_nodes, bonus), budget)
 
-    def restore(self) -> None:
-        """Back to the state before the last `speculate`."""
-        self.length, embeds, feats, self.root_token = self._speculation[0]
-        self._embeds, self._feats = list(embeds), list(feats)
-
-    def adopt(self, real_tokens: list[int], bonus: int, budget: int) -> Tree | None:
-        """The speculative tree's subtree under `bonus` if the target accepted the whole
-        speculated path (phide.spec.tree.adopt_subtree), else None."""
-        _, tokens, spec_tree, node_hidden = self._speculation
+    def settle_pairs(self, tokens: list[int], feats: torch.Tensor, budget: int) -> Tree | None:
+        """After `speculate`, with the outcome's pairs (`accepted_pairs`: the accepted tokens and
+        the bonus, the target's features): forget the speculation's cached rows, queue the real
+        pairs (their rows are recomputed at the next growth) and return the speculative tree's
+        subtree under the bonus when it guessed right (phide.spec.tree.adopt_subtree), else None."""
+        (self.length, embeds, feats_before, self.root_token), spec_tokens, spec_tree, node_hidden = self._speculation
+        self._embeds, self._feats = list(embeds), list(feats_before)
         self._speculation = None
-        found = adopt_subtree(spec_tree, tokens, real_tokens, bonus, budget)
+        self.queue(tokens, feats)
+        found = adopt_subtree(spec_tree, spec_tokens, tokens[:-1], tokens[-1], budget)
         if found is None:
             return None
         tree, old = found
@@ -132,8 +135,7 @@ class EagleRunner:
 
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
         """Queue the accepted path's pairs: features from the target's verify forward of this tree."""
-        feats = self.target.last_hidden[torch.tensor(accept_nodes, device=self.target.last_hidden.device)]
-        self.queue([tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], feats)
+        self.queue(*accepted_pairs(self.target, tree, accept_nodes, bonus))
 
     def queue(self, tokens: list[int], feats: torch.Tensor) -> None:
         """Pairs (embedding of tokens[i], feats[i]) [k, H]; the last token becomes the root."""

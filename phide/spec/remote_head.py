@@ -20,7 +20,7 @@ from torch import nn
 
 from phide.models.eagle import EagleHead
 from phide.runtime.process_lane import ProcessLane
-from phide.spec.eagle_runner import EagleRunner
+from phide.spec.eagle_runner import EagleRunner, accepted_pairs
 from phide.spec.tree import Tree
 
 
@@ -67,16 +67,15 @@ class HeadService:
         return _tree_reply(self.runner.grow(**grow_kwargs), self.runner)
 
     def speculate(self, path: list[int], tokens: list[int], grow_kwargs: dict) -> tuple:
-        return _tree_reply(self.runner.speculate(path, tokens, self.cancel, **grow_kwargs), self.runner)
+        # The speculative tree stays here: `settle` hands over the part of it that hit.
+        self.runner.speculate(path, tokens, self.cancel, **grow_kwargs)
+        return _tree_reply(None, self.runner)
 
     def commit(self, tokens: list[int], feats: np.ndarray) -> None:
         self.runner.queue(tokens, torch.from_numpy(feats))
 
     def settle(self, tokens: list[int], feats: np.ndarray, budget: int) -> tuple:
-        """tokens: the accepted path's tokens after the root + the bonus (EagleRunner.settle)."""
-        self.runner.restore()
-        self.runner.queue(tokens, torch.from_numpy(feats))
-        return _tree_reply(self.runner.adopt(tokens[:-1], tokens[-1], budget), self.runner)
+        return _tree_reply(self.runner.settle_pairs(tokens, torch.from_numpy(feats), budget), self.runner)
 
 
 def head_data(head: EagleHead, target_lm) -> tuple:
@@ -98,14 +97,14 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
-class _TreeSignal:
-    """A pending speculate reply that turns into a Tree (as a thread lane's Signal would)."""
+class _SpeculateSignal:
+    """A pending speculate reply; waiting also takes the worker's forward count."""
 
     def __init__(self, signal, runner: "RemoteHeadRunner"):
         self.signal, self.runner = signal, runner
 
-    def wait(self, timeout: float | None = None) -> Tree:
-        return self.runner._tree(self.signal.wait(timeout))
+    def wait(self, timeout: float | None = None) -> None:
+        self.runner._tree(self.signal.wait(timeout))
 
     @property
     def span(self):
@@ -131,10 +130,10 @@ class RemoteHeadRunner:
     def grow(self, **grow_kwargs) -> Tree:
         return self._tree(self.lane.call("grow", grow_kwargs))
 
-    def speculate_async(self, path: list[int], tokens: list[int], grow_kwargs: dict) -> _TreeSignal:
+    def speculate_async(self, path: list[int], tokens: list[int], grow_kwargs: dict) -> _SpeculateSignal:
         """EagleRunner.speculate in the worker; returns at once (the worker polls `cancel`)."""
         self.cancel.clear()
-        return _TreeSignal(self.lane.submit("speculate", path, tokens, grow_kwargs), self)
+        return _SpeculateSignal(self.lane.submit("speculate", path, tokens, grow_kwargs), self)
 
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
         self.lane.post("commit", *self._outcome(tree, accept_nodes, bonus))
@@ -143,8 +142,8 @@ class RemoteHeadRunner:
         return self._tree(self.lane.call("settle", *self._outcome(tree, accept_nodes, bonus), budget))
 
     def _outcome(self, tree: Tree, accept_nodes: list[int], bonus: int) -> tuple[list[int], np.ndarray]:
-        feats = self.target.last_hidden[torch.tensor(accept_nodes, device=self.target.last_hidden.device)]
-        return [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], _numpy(feats)
+        tokens, feats = accepted_pairs(self.target, tree, accept_nodes, bonus)
+        return tokens, _numpy(feats)
 
     def _tree(self, reply: tuple) -> Tree | None:
         fields, self.forwards = reply

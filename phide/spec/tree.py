@@ -66,23 +66,33 @@ def chain(root: int, drafts: list[int], scores: list[float] | None = None) -> Tr
     )
 
 
+def best_closed(items, scores, depths, parents, root: int, limit: int) -> list[int]:
+    """The best `limit` of `items` (indices into scores / depths / parents) whose parent is `root`
+    or kept before them, best first. Ranking (score desc, depth asc, index asc) puts a parent
+    before any child even when a child's log-prob rounds to 0, so every prefix of the result is
+    ancestor-closed. Shared by TreeGrower.build (candidates) and `subtree` (tree nodes)."""
+    ranked: list[int] = []
+    kept = {root}
+    for i in sorted(items, key=lambda i: (-scores[i], depths[i], i)):
+        if len(ranked) >= limit:
+            break
+        if parents[i] in kept:
+            kept.add(i)
+            ranked.append(i)
+    return ranked
+
+
 def subtree(tree: Tree, top: int, budget: int) -> tuple[Tree, list[int]]:
     """The subtree under node `top` (which becomes the root), cut to its best `budget` nodes
-    (ranked as TreeGrower.build ranks: score desc, depth asc, index asc; ancestor-closed).
-    Returns (tree, old index of each new node). Draft KV slots are dropped (-1)."""
+    (`best_closed`, as TreeGrower.build ranks). Returns (tree, old index of each new node).
+    Draft KV slots are dropped (-1)."""
     depth = tree.depths()
     inside = {top}
     for node in range(top + 1, len(tree)):  # parents come before children
         if tree.parents[node] in inside:
             inside.add(node)
-    order = sorted(inside - {top}, key=lambda n: (-tree.scores[n], depth[n], n))
-    kept = {top}
-    for node in order:
-        if len(kept) >= budget:
-            break
-        if tree.parents[node] in kept:
-            kept.add(node)
-    old = [top] + sorted(kept - {top}, key=lambda n: (depth[n], n))
+    kept = best_closed(inside - {top}, tree.scores, depth, tree.parents, top, budget - 1)
+    old = [top] + sorted(kept, key=lambda n: (depth[n], n))
     new_of = {o: i for i, o in enumerate(old)}
     parents = [-1] + [new_of[tree.parents[o]] for o in old[1:]]
     return Tree([tree.tokens[o] for o in old], parents, [tree.scores[o] for o in old]), old
@@ -319,22 +329,12 @@ class TreeGrower:
         return out[::-1]
 
     def build(self, budget: int, root_slot: int = -1, price: TreePrice | None = None) -> Tree:
-        """Keep the best `budget - 1` candidates (ancestor-closed) and return them as a Tree;
-        with a `price`, only the prefix of them that minimises cost per expected token.
-
-        Ranking key (score desc, depth asc, index asc) puts a parent before any child even when
-        a child's log-prob rounds to 0, so the kept set (and every prefix of it) is ancestor-closed.
-        """
-        order = sorted(range(len(self.cands)), key=lambda i: (-self.cands[i].score, self.cands[i].depth, i))
-        ranked: list[int] = []
-        kept: set[int] = set()
-        for ci in order:
-            if len(kept) >= budget - 1:
-                break
-            p = self.cands[ci].parent
-            if p == -1 or p in kept:
-                kept.add(ci)
-                ranked.append(ci)
+        """Keep the best `budget - 1` candidates (`best_closed`: every prefix ancestor-closed) and
+        return them as a Tree; with a `price`, only the prefix of them that minimises cost per
+        expected token."""
+        ranked = best_closed(range(len(self.cands)), [c.score for c in self.cands], [c.depth for c in self.cands],
+                             [c.parent for c in self.cands], -1, budget - 1)
+        kept = set(ranked)
         if price is not None:
             best_n, best, expected = 0, 1.0, 1.0
             for n, ci in enumerate(ranked, 1):
