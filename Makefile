@@ -31,7 +31,9 @@ $(VENV)/.phide-installed: $(VENV)/.torch-installed pyproject.toml setup.py $(EXT
 demo: setup
 	$(BIN)/phide demo
 
+# The layers contract (pyproject.toml, import-linter) first: an import up the layers fails the build.
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean:

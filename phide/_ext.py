@@ -2,7 +2,7 @@
 
 Importing `phide._C` runs its static TORCH_LIBRARY registrars, after which the ops live under
 `torch.ops.phide.*`. A missing or incompatible build must never break phide: the torch twins in
-`phide.spec` serve every op. Set PHIDE_DISABLE_EXT=1 to force the pure-torch path.
+`phide.speculation` serve every op. Set PHIDE_DISABLE_EXT=1 to force the pure-torch path.
 """
 
 from __future__ import annotations

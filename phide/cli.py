@@ -1,4 +1,8 @@
-"""Command line: `phide generate` and `phide demo` (the contract is in ARCHITECTURE.md).
+"""phide: lossless speculative decoding, the draft hidden inside the target's prefill.
+
+Commands: generate | trace | calibrate | demo | bench | plan | distill (the contract is in
+ARCHITECTURE.md). Every command that runs requests loads its pair through
+`phide.session.load_session` and runs them through `Session.generate`.
 
 Bad input prints exactly one line `phide: error: ...` on stderr and exits 2; progress goes to
 stderr; with --json, stdout carries one JSON object and nothing else.
@@ -12,6 +16,7 @@ import os
 import sys
 
 from phide.errors import PhideError
+from phide.modes import MODES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,37 +46,49 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _add_pair_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
+    p.add_argument("--target", required=required, help="target checkpoint directory (HF format)")
+    p.add_argument("--draft", help="draft checkpoint directory (HF format); needed by --mode hide / sequential")
+    p.add_argument("--head", help="EAGLE continuation head directory (from `phide distill`); default: the "
+                   "target directory's own eagle_head.* if present")
+    p.add_argument("--adapter", help="distilled draft adapter directory (from `phide distill`); default: the "
+                   "draft directory's own draft_adapter.* if present")
+    p.add_argument("--no-head", action="store_true", help="run without an EAGLE head (rounds drafted by the draft)")
+    p.add_argument("--no-adapter", action="store_true", help="run the draft without its distilled adapter")
+    p.add_argument("--clip-dir", help="CLIP ViT-L/14-336 directory for an EventGPT checkpoint whose "
+                   "mm_visual_tower path does not exist on this machine")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto = float32 on cpu, bfloat16 on cuda")
+    _add_spec_args(p)
+
+
 def _add_request_args(gen: argparse.ArgumentParser) -> None:
-    gen.add_argument("--target", required=True, help="target checkpoint directory (HF format)")
-    gen.add_argument("--draft", help="draft checkpoint directory (HF format); required unless --mode target-only")
-    gen.add_argument("--head", help="EAGLE continuation head directory (from `phide distill`); default: the "
-                     "target directory's own eagle_head.* if present")
-    gen.add_argument("--adapter", help="distilled draft adapter directory (from `phide distill`); default: the "
-                     "draft directory's own draft_adapter.* if present")
+    _add_pair_args(gen)
     gen.add_argument("--prompt", required=True, help="prompt text")
     gen.add_argument("--video", help="video file or frame folder (needs a Video-LLaVA target)")
     gen.add_argument("--events", help="event file: DSEC events.h5, .npz, or .npy (needs an EventGPT draft)")
-    gen.add_argument("--clip-dir", help="CLIP ViT-L/14-336 directory for an EventGPT checkpoint whose "
-                     "mm_visual_tower path does not exist on this machine")
     gen.add_argument("--allow-pickle", action="store_true",
                      help="allow EventGPT's pickled .npy event files (only for files you trust)")
-    gen.add_argument("--mode", choices=["hide", "sequential", "target-only"], default="hide")
+    gen.add_argument("--mode", choices=list(MODES), default="auto",
+                     help="auto (default): the planner picks from this machine's calibration; hide: the draft "
+                     "prefills and drafts inside the target's prefill; head-only: the EAGLE head drafts; "
+                     "sequential; target-only")
+    gen.add_argument("--calibration", help="planner calibration file (default: this machine's saved calibration "
+                     "of this pair, from `phide calibrate`)")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
     gen.add_argument("--temperature", type=_nonneg_float, default=0.0, help="0 = greedy")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                     help="auto = float32 on cpu, bfloat16 on cuda")
-    _add_spec_args(gen)
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("speculation")
-    g.add_argument("--topk", type=_positive_int, default=4, help="children per expanded draft node")
-    g.add_argument("--depth", type=_positive_int, default=6, help="tree depth per round")
-    g.add_argument("--budget", type=_positive_int, default=24, help="tree nodes per verify (root included)")
-    g.add_argument("--window-budget", type=_positive_int, default=64,
-                   help="nodes of the first tree, grown inside the target prefill (hide mode)")
+    g = p.add_argument_group("tree shape (default: the target directory's tree_shape.json, else phide's defaults)")
+    g.add_argument("--topk", type=_positive_int, help="children per expanded draft node (default 4)")
+    g.add_argument("--depth", type=_positive_int, help="tree depth per round (default 6)")
+    g.add_argument("--budget", type=_positive_int, help="tree nodes per verify, root included (default 24)")
+    g.add_argument("--window-depth", type=_positive_int, help="levels of the draft's first tree (default 32)")
+    g.add_argument("--window-budget", type=_positive_int,
+                   help="nodes of the draft's first tree, grown inside the target prefill in hide (default 64)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,18 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--clip-dir", help="CLIP directory for an EventGPT draft (see generate)")
     distill.add_argument("--json", action="store_true")
 
+    cal = sub.add_parser("calibrate", help="measure this machine's costs for a pair, so `--mode auto` can plan "
+                         "(default: the bundled toy pair on toy scenes)")
+    _add_pair_args(cal, required=False)
+    samples = cal.add_mutually_exclusive_group()
+    samples.add_argument("--data", help="directory of paired samples (samples.jsonl) to calibrate on")
+    samples.add_argument("--prompts", help="text file, one prompt per line (text-only pairs)")
+    cal.add_argument("--samples", type=_positive_int, default=4, help="requests per schedule (default 4)")
+    cal.add_argument("--max-new-tokens", type=_positive_int, default=48)
+    cal.add_argument("--json", action="store_true")
+
     bench = sub.add_parser("bench", help="the demo over many toy scenes: medians, spread, speedups, CSV")
     bench.add_argument("--scenes", type=_positive_int, default=24, help="held-out toy scenes (one question each)")
     bench.add_argument("--max-new-tokens", type=_positive_int, default=48)
     bench.add_argument("--repeats", type=_positive_int, default=1,
                        help="runs per scene and configuration (interleaved); the median-wall run counts")
+    bench.add_argument("--configs", help="comma-separated configurations (default: all but 'hide + overlap'; "
+                       "target-only always runs: it is the reference)")
     bench.add_argument("--csv", help="CSV to append results to (default: profiling/results/bench_e2e.csv in a "
                        "source checkout, else $PHIDE_HOME/bench_e2e.csv)")
+    bench.add_argument("--allow-dirty", action="store_true",
+                       help="write rows measured on a tree with uncommitted changes (marked dirty)")
     bench.add_argument("--json", action="store_true")
 
     plan = sub.add_parser("plan", help="the planner's predicted time per schedule and its choice (default: the "
                           "real 7B pair on an H100, projected)")
-    plan.add_argument("--calibration", help="plan for a machine measured by profiling/calibrate.py instead")
+    plan.add_argument("--calibration", help="plan from a calibration file written by `phide calibrate` (its costs; --tau and the rest as given)")
     plan.add_argument("--new-tokens", type=_positive_int, default=64)
     plan.add_argument("--tau", type=_nonneg_float, default=3.5, help="tokens per verify of the round drafter")
     plan.add_argument("--window-accept-rate", type=_nonneg_float, default=0.5,
@@ -151,41 +182,49 @@ def _resolve_device(device: str, dtype: str):
     return device, getattr(torch, dtype)
 
 
+SHAPE_FIELDS = ("topk", "depth", "budget", "window_depth", "window_budget")
+
+
+def session_from_args(args, *, calibration="auto"):
+    """The session the pair arguments describe (`phide.session.load_session`: the one loader)."""
+    from phide.session import load_session
+
+    device, dtype = _resolve_device(args.device, args.dtype)
+    shape = {k: getattr(args, k) for k in SHAPE_FIELDS if getattr(args, k, None) is not None}
+    return load_session(args.target, args.draft, head_dir=args.head, adapter_dir=args.adapter,
+                        use_head=not args.no_head, use_adapter=not args.no_adapter, device=device, dtype=dtype,
+                        shape=shape, clip_dir=args.clip_dir, calibration=calibration)
+
+
 def _run_request(args):
-    """Load the pair (and head, adapter) per args, run one request; returns (result, target adapter)."""
-    from phide.engine import Request, SpecConfig
-    from phide.pipeline import load_pair
+    """Load the session per args and run one request through it; returns (result, session)."""
+    from phide.engine import Request
 
     if not args.prompt.strip():
         raise PhideError("the prompt is empty")
-    if args.mode != "target-only" and not args.draft:
+    if args.mode in ("hide", "sequential") and not args.draft:
         raise PhideError(f"--draft is required for --mode {args.mode}")
-    device, dtype = _resolve_device(args.device, args.dtype)
-    use_draft = bool(args.draft) and args.mode != "target-only"
     events = args.events
     if events is not None and args.allow_pickle:
         from phide.io.events import load_events
 
         events = load_events(events, allow_pickle=True)
-    spec = SpecConfig(topk=args.topk, depth=args.depth, budget=args.budget, window_budget=args.window_budget)
-    pair = load_pair(args.target, args.draft if use_draft else None, head_dir=args.head, adapter_dir=args.adapter,
-                     use_head=args.mode != "target-only", device=device, dtype=dtype, spec=spec,
-                     clip_dir=args.clip_dir)
-    result = pair.engine.generate(Request(prompt=args.prompt, video=args.video, events=events,
-                                          max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                          seed=args.seed, mode=args.mode))
-    return result, pair.target
+    session = session_from_args(args, calibration=args.calibration or "auto")
+    result = session.generate(Request(prompt=args.prompt, video=args.video, events=events,
+                                      max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                      seed=args.seed), args.mode)
+    return result, session
 
 
 def cmd_generate(args) -> int:
-    result, target = _run_request(args)
-    text = target.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+    result, session = _run_request(args)
+    text = session.decode(result.token_ids)
     if args.json:
         print(json.dumps({"text": text, "token_ids": result.token_ids, "stats": result.stats}))
     else:
         print(text)
         s = result.stats
-        print(f"phide: {s['mode']}: {s['new_tokens']} tokens in {s['wall_s']:.3f}s, "
+        print(f"phide: {s['mode']} ran {s['plan']['schedule']}: {s['new_tokens']} tokens in {s['wall_s']:.3f}s, "
               f"{s['target_forwards']} target forwards, {s['accepted_per_verify']:.2f} tokens/verify",
               file=sys.stderr)
     return 0
@@ -201,7 +240,7 @@ def cmd_trace(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PhideError(f"cannot create {out}: {exc.strerror}") from None
-    result, target = _run_request(args)
+    result, _ = _run_request(args)
     trace_path = write_chrome_trace(result.timeline, out / "trace.json", metadata={"stats": result.stats})
     try:
         png_path = timeline_png(result.timeline, out / "timeline.png", title=f"phide {args.mode}: {args.prompt[:60]}")
@@ -217,6 +256,25 @@ def cmd_trace(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from phide.tools.calibrate import requests_from, run_calibrate
+
+    if args.target is None:  # the bundled toy pair, on toy scenes the demo and bench never measure
+        given = [f for f in ("draft", "head", "adapter", "data", "prompts") if getattr(args, f)]
+        if given:
+            raise PhideError(f"--{given[0]} needs --target (without one, the bundled toy pair is calibrated)")
+        from phide.tools.bench import bundled_session, toy_request, toy_samples
+        from phide.toy.bundle import CALIBRATION_SEED
+
+        session = bundled_session(calibration=None)
+        requests = [toy_request(s, args.max_new_tokens) for s in toy_samples(args.samples, CALIBRATION_SEED)]
+    else:
+        requests = requests_from(data=args.data, prompts=args.prompts, n=args.samples,
+                                 max_new_tokens=args.max_new_tokens)
+        session = session_from_args(args, calibration=None)
+    return run_calibrate(session, requests, as_json=args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only
     try:
@@ -225,20 +283,22 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "trace":
             return cmd_trace(args)
+        if args.command == "calibrate":
+            return cmd_calibrate(args)
         if args.command == "distill":
-            from phide.distill_cmd import run_distill
+            from phide.tools.distill import run_distill
 
             return run_distill(args)
         if args.command == "plan":
-            from phide.plan_cmd import run_plan
+            from phide.tools.plan import run_plan
 
             return run_plan(args)
         if args.command == "bench":
-            from phide.bench import run_bench
+            from phide.tools.bench import run_bench
 
             return run_bench(args)
         if args.command == "demo":
-            from phide.demo import run_demo
+            from phide.tools.demo import run_demo
 
             return run_demo(args)
     except PhideError as exc:

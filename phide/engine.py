@@ -1,8 +1,9 @@
-"""The speculative engine: target-only, sequential, and hide (draft runs inside the target prefill).
+"""The speculative engine: runs one request under a Plan (target-only, head-only, sequential, or
+hide: the draft runs inside the target's prefill), exactly as given; phide.planner decides plans.
 
-Every mode runs the same round: grow a tree (or none), verify it in ONE target forward, accept
+Every schedule runs the same round: grow a tree (or none), verify it in ONE target forward, accept
 the longest valid path plus a bonus token, commit the KV. target-only is that round with an
-empty tree (a plain decode step), so all modes share one code path for the target and differ
+empty tree (a plain decode step), so all schedules share one code path for the target and differ
 only in where draft work happens. The draft can only ever change how many target forwards are
 needed, never the tokens: a draft that fails is dropped and the target goes on alone.
 """
@@ -18,81 +19,77 @@ import torch
 
 from phide import ops
 from phide.errors import DraftFault, PhideError
-from phide.models.adapters import Prepared
+from phide.modes import SCHEDULES
 from phide.models.eagle import EagleHead
+from phide.models.frontends import IdsFrontend, Prepared
 from phide.models.llama import LlamaModel
+from phide.models.vocab import TextBridge
 from phide.runtime.cpu_lanes import CpuLane
 from phide.runtime.timeline import Timeline
 from phide.runtime.window_lanes import WindowLanes
-from phide.spec.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft, TextBridge
-from phide.spec.drafters import Drafters
-from phide.spec.eagle_runner import EagleRunner
-from phide.spec.remote_head import RemoteHeadRunner, start_head_lane
-from phide.spec.runners import DraftRunner, TargetRunner
-from phide.spec.tree import Tree
-
-
-MODES = ("hide", "sequential", "target-only")
+from phide.speculation.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft
+from phide.speculation.drafters import Drafters
+from phide.speculation.eagle_runner import EagleRunner
+from phide.speculation.runners import DraftRunner, TargetRunner
+from phide.speculation.tree import Tree
 
 
 @dataclass
 class SpecConfig:
     """Tree shape. Round trees: `topk` children per expanded node, `depth` levels, `budget` nodes
-    (root included). The first tree in hide mode grows inside the target prefill until the target
-    finishes, bounded by `window_depth` levels and `window_budget` nodes."""
+    (root included). The draft's first tree (hide: grown inside the target's prefill until the
+    target finishes; sequential: after it) is bounded by `window_depth` levels and `window_budget`
+    nodes. Two switches of the design's GPU path, off by default:
+    `draft_graph`: the draft's tree steps with static shapes (phide.speculation.static_step),
+    captured as a CUDA graph on a GPU (once per request, for now) and run eagerly on a CPU;
+    `overlap`: post-verify overlap (phide.speculation.overlap), the drafter grows the next tree
+    while the target verifies (a side stream on a GPU; on a CPU a thread lane, which measured no
+    gain on 2 cores)."""
 
     topk: int = 4
     depth: int = 6
     budget: int = 24
     window_depth: int = 32
     window_budget: int = 64
-    # After the first tree: "head" drafts with the EAGLE continuation head when the engine has
-    # one (a draft step costs ~one target layer), "draft" keeps using the draft model.
-    continuation: str = "head"
-    # hide mode: the draft's window ends with the target's "prefill", or already with its input
-    # "prepare"-ation (the draft then stops at its next step and the prefill gets every core).
-    window: str = "prefill"
-    # CPU lane split while both lanes run (the window, overlapped rounds): intra-op threads the
-    # draft lane reserves; the target lane keeps the rest (phide.runtime.cpu_lanes). 0 = no split.
-    draft_threads: int = 0
-    # GPU lane split in hide mode: SMs the draft lane's green context reserves during the window;
-    # the target's stream gets the remainder (phide.runtime.window_lanes). 0 = no split.
-    draft_sms: int = 0
-    # Price round trees with the planner's costs (TreePrice: stop growing / drop nodes that will
-    # not pay, judged by the drafter's own path probabilities). Off by default: on the toy pair
-    # its head is underconfident on some answers and pricing measured a wash (README).
-    price_trees: bool = False
-    # Draft tree steps with static shapes (phide.spec.static_step), captured as a CUDA graph when
-    # the draft is on a GPU (once per request, for now); on a CPU they run eagerly (the twin).
     draft_graph: bool = False
-    # Post-verify overlap (phide.spec.overlap): the drafter (the head, or the draft model with
-    # continuation="draft") grows the next tree from the optimistic outcome while the target verifies.
     overlap: bool = False
-    # Where the head's overlapped growth runs on a CPU: "process" (a worker process with its own
-    # GIL and `draft_threads` or 1 core: phide.spec.remote_head) or "thread" (shares the GIL with
-    # the verify, so on a CPU it mostly takes turns with it). GPUs use streams either way.
-    head_lane: str = "process"
-    # Grow ahead only when the drafter's own probability that the target accepts the whole best
-    # path (its leaf's cumulative score) is at least this: a speculation costs the verify its
-    # lane's cores, and it only pays when it hits.
-    overlap_min_prob: float = 0.5
 
     def __post_init__(self):
         for name in ("topk", "depth", "budget", "window_depth", "window_budget"):
             if getattr(self, name) < 1:
                 raise PhideError(f"{name} must be >= 1")
-        if self.continuation not in ("head", "draft"):
-            raise PhideError(f"continuation must be 'head' or 'draft', not {self.continuation!r}")
-        if self.window not in ("prefill", "prepare"):
-            raise PhideError(f"window must be 'prefill' or 'prepare', not {self.window!r}")
-        if self.draft_threads < 0:
-            raise PhideError("draft_threads must be >= 0")
-        if self.draft_sms < 0:
-            raise PhideError("draft_sms must be >= 0")
-        if self.head_lane not in ("process", "thread"):
-            raise PhideError(f"head_lane must be 'process' or 'thread', not {self.head_lane!r}")
-        if not self.overlap_min_prob >= 0:  # (also rejects NaN)
-            raise PhideError("overlap_min_prob must be >= 0 (above 1: never grow ahead)")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one request runs, exactly: the schedule and the lane split while both lanes work.
+
+    schedule: "target-only" (no drafting), "head-only" (the EAGLE head drafts every round, the
+    draft model never runs), "sequential" (the target prefills, then the draft prefills and grows
+    the first tree, then rounds), "hide" (the draft prepares, prefills and grows the first tree
+    inside the target's input preparation and prefill). After the first tree, rounds are drafted
+    by the head when there is one, else by the draft model.
+    draft_threads: CPU, intra-op threads the draft lane reserves (the target keeps the rest);
+    draft_sms: GPU, SMs of the draft lane's green context; 0 = no split (the lanes share).
+    predicted_s / reason: the planner's prediction and why it chose this (None / "" when forced
+    without a calibration)."""
+
+    schedule: str
+    draft_threads: int = 0
+    draft_sms: int = 0
+    predicted_s: float | None = None
+    reason: str = ""
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise PhideError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if self.draft_threads < 0 or self.draft_sms < 0:
+            raise PhideError("a lane split must be >= 0 threads / SMs")
+
+    def as_stats(self) -> dict:
+        return {"schedule": self.schedule, "draft_threads": self.draft_threads, "draft_sms": self.draft_sms,
+                "predicted_s": None if self.predicted_s is None else round(self.predicted_s, 6),
+                "reason": self.reason}
 
 
 @dataclass
@@ -109,7 +106,6 @@ class Request:
     max_new_tokens: int = 64
     temperature: float = 0.0
     seed: int = 0
-    mode: str = "hide"
 
 
 @dataclass
@@ -119,39 +115,22 @@ class Result:
     timeline: Timeline | None = None
 
 
-class IdsAdapter:
-    """Adapter for a bare model: the request carries token ids (tests, benchmarks)."""
-
-    def __init__(self, lm: LlamaModel, draft_side: bool = False):
-        self.lm, self.draft_side = lm, draft_side
-
-    def prepare(self, req: Request) -> Prepared:
-        ids = req.draft_prompt_ids if self.draft_side and req.draft_prompt_ids is not None else req.prompt_ids
-        if not ids:
-            raise PhideError("the prompt is empty")
-        bad = [t for t in ids if not 0 <= t < self.lm.cfg.vocab_size]
-        if bad:
-            raise PhideError(f"prompt token id {bad[0]} is outside the {'draft' if self.draft_side else 'target'} "
-                             "vocabulary")
-        return Prepared(list(ids))
-
-
-def _as_adapter(side, draft_side: bool):
+def _as_frontend(side, draft_side: bool):
     if side is None or hasattr(side, "prepare"):
         return side
-    return IdsAdapter(side, draft_side)  # a bare model
+    return IdsFrontend(side, draft_side)  # a bare model
 
 
 class Engine:
-    """target / draft: an Adapter (phide.models.adapters) or a bare LlamaModel (the request then
+    """target / draft: a Frontend (phide.models.frontends) or a bare LlamaModel (the request then
     carries token ids)."""
 
     def __init__(self, target, draft=None, *, eos_token_ids: list[int] | None = None,
                  shared_vocab: int | None = None, spec: SpecConfig | None = None,
                  vocab_bridge: TextBridge | None = None, head: EagleHead | None = None,
-                 draft_adapter=None, planner=None):
-        self.target_side = _as_adapter(target, False)
-        self.draft_side = _as_adapter(draft, True)
+                 draft_adapter=None):
+        self.target_side = _as_frontend(target, False)
+        self.draft_side = _as_frontend(draft, True)
         self.target = self.target_side.lm
         self.draft = self.draft_side.lm if self.draft_side is not None else None
         self.eos = set(eos_token_ids if eos_token_ids is not None else self.target.cfg.eos_token_id)
@@ -163,53 +142,42 @@ class Engine:
         self.spec = spec or SpecConfig()
         self.head = head  # EAGLE continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
-        self.planner = planner  # phide.planner.Planner: decides what `hide` really runs (optional)
-        # phide.planner.Costs, set by the planner; with SpecConfig.price_trees round trees are
-        # priced (TreePrice), so an unsure drafter's tree shrinks, down to a plain decode step.
-        self.costs = None
         self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
-        self._process_lanes: dict = {}  # "head" -> ProcessLane, made at the first request needing it
 
-    def close(self) -> None:
-        """Stop this engine's worker processes (a process lane also stops at interpreter exit)."""
-        for lane in self._process_lanes.values():
-            lane.close()
-        self._process_lanes.clear()
-
-    def validate(self, req: Request) -> None:
-        if req.mode not in MODES:
-            raise PhideError(f"unknown mode {req.mode!r} (choose from {', '.join(MODES)})")
+    def validate(self, req: Request, plan: Plan) -> None:
         if req.prompt is not None and not req.prompt.strip():
             raise PhideError("the prompt is empty")
         if req.max_new_tokens < 1:
             raise PhideError("--max-new-tokens must be a positive integer")
         if req.temperature < 0 or req.temperature != req.temperature:
             raise PhideError("--temperature must be >= 0")
+        if plan.schedule in ("sequential", "hide") and self.draft_side is None:
+            raise PhideError(f"the {plan.schedule} schedule needs a draft model")
+        if plan.schedule == "head-only" and self.head is None:
+            raise PhideError("the head-only schedule needs an EAGLE head (phide distill)")
 
     # ------------------------------------------------------------------ one request
-    def generate(self, req: Request) -> Result:
-        self.validate(req)
-        if self.planner is not None and req.mode == "hide":
-            from phide.planner import run_planned
-
-            return run_planned(self, req)
+    def generate(self, req: Request, plan: Plan | str) -> Result:
+        """Run `req` under `plan` (a Plan, or a schedule name: that schedule with no lane split),
+        exactly: the engine never changes the schedule it is given. A draft that fails is
+        dropped (`stats["faults"]`) and the target goes on alone."""
+        plan = Plan(plan) if isinstance(plan, str) else plan
+        self.validate(req, plan)
         tl = Timeline()
         t_start = time.perf_counter()
         if self.target.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.target.device)
-        drafting = req.mode != "target-only" and self.draft_side is not None
-        stats = {"mode": req.mode, "faults": 0, "draft_tokens_in_window": 0}
-        target, prepared, first_tree, draft = self._prefill(req, drafting, tl, stats)
+        stats = {"mode": plan.schedule, "plan": plan.as_stats(), "faults": 0, "draft_tokens_in_window": 0}
+        target, prepared, first_tree, draft = self._prefill(req, plan, tl, stats)
         head = None
-        if req.mode != "target-only":
-            try:
-                head = self._head_runner(req, target, prepared)
-            except DraftFault as exc:  # the head's worker process could not start: no head
-                self._fault(stats, exc)
-        drafters = Drafters(self, stats, tl, draft=draft, head=head, first_tree=first_tree)
+        if plan.schedule != "target-only" and self.head is not None:
+            head = self._head_runner(req, target, prepared)
+        drafters = Drafters(self, stats, tl, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms,
+                            draft=draft, head=head, first_tree=first_tree)
         out: list[int] = []
         root = prepared.ids[-1]
-        verifies = accepted_drafts = 0
+        verifies = drafts_emitted = 0
+        ahead = None
         try:
             while len(out) < req.max_new_tokens:
                 tree = drafters.next_tree(root)
@@ -223,7 +191,6 @@ class Engine:
                     stats["first_verify_accepted"] = n_acc
                     stats["first_tree_depth"] = tree.max_depth() if len(tree) > 1 else 0
                 verifies += 1
-                accepted_drafts += n_acc
                 new = tokens[: n_acc + 1]
                 done = False
                 for i, t in enumerate(new):
@@ -231,23 +198,26 @@ class Engine:
                         new, done = new[: i + 1], True
                         break
                 out.extend(new)
+                drafts_emitted += min(len(new), n_acc)  # accepted drafts past the cut were never emitted
                 if done:
-                    drafters.abandon(ahead)
                     break
                 root = tokens[n_acc]  # the bonus token
                 drafters.advance(tree, nodes.tolist()[: n_acc + 1], root, ahead)
+                ahead = None
         finally:
-            drafters.finish()
-        if req.mode == "hide":
-            WindowLanes.finish_request(self.target.device, self.spec.draft_sms)
+            drafters.abandon(ahead)
+        if plan.schedule == "hide":
+            WindowLanes.finish_request(self.target.device, plan.draft_sms)
         wall = time.perf_counter() - t_start
         stats.update(
             target_forwards=target.forwards,
             draft_forwards=draft.forwards if draft is not None else 0,
-            head_forwards=drafters.head.forwards if drafters.head is not None else 0,
+            head_forwards=head.forwards if head is not None else 0,
             verifies=verifies,
-            accepted_per_verify=round((accepted_drafts + verifies) / max(verifies, 1), 4),
-            accepted_drafts_per_verify=round(accepted_drafts / max(verifies, 1), 4),
+            # tau: tokens emitted per verify forward (accepted drafts + the bonus, after the cut
+            # at EOS / max_new_tokens)
+            accepted_per_verify=round(len(out) / max(verifies, 1), 4),
+            accepted_drafts_per_verify=round(drafts_emitted / max(verifies, 1), 4),
             new_tokens=len(out),
             wall_s=round(wall, 6),
             tokens_per_s=round(len(out) / wall, 3) if wall > 0 else 0.0,
@@ -267,6 +237,17 @@ class Engine:
                 "peak_memory_kind": "cpu_peak_rss"}
 
     # ------------------------------------------------------------------ pieces
+    def _check_positions(self, lm: LlamaModel, prepared: Prepared, req: Request, side: str) -> None:
+        """A prompt (plus the answer) must fit the model's positions: past them RoPE extrapolates
+        and the model was never trained there."""
+        limit, n = lm.cfg.max_position_embeddings, len(prepared.ids)
+        if n > limit:
+            raise PhideError(f"the {side} prompt is {n} tokens, longer than the {side}'s "
+                             f"max_position_embeddings ({limit})")
+        if side == "target" and n + req.max_new_tokens > limit:
+            raise PhideError(f"the prompt ({n} tokens) plus --max-new-tokens ({req.max_new_tokens}) exceed the "
+                             f"target's max_position_embeddings ({limit}); ask for at most {limit - n} new tokens")
+
     def _prepare_target(self, req, tl, stats) -> tuple[TargetRunner, Prepared]:
         """Target lane: input preparation, then the prefill of the prompt minus its last token."""
         with tl.phase("target_prepare", "target"):
@@ -274,6 +255,7 @@ class Engine:
         return self._prefill_target(req, prepared, tl, stats), prepared
 
     def _prefill_target(self, req, prepared: Prepared, tl, stats) -> TargetRunner:
+        self._check_positions(self.target, prepared, req, "target")
         runner = TargetRunner(self.target, len(prepared.ids) + req.max_new_tokens
                               + max(self.spec.budget, self.spec.window_budget) + 1)
         with tl.phase("target_prefill", "target"):
@@ -290,6 +272,7 @@ class Engine:
         spec = self.spec
         with tl.phase("draft_prepare", "draft"):
             prepared = self.draft_side.prepare(req)
+        self._check_positions(self.draft, prepared, req, "draft")
         scratch = max(spec.window_depth, spec.depth) * spec.topk
         cross = self.bridge is not None
         # Across tokenizers the draft may need several ids per target token: room for that.
@@ -308,51 +291,44 @@ class Engine:
         stats.update({f"draft_{k}": v for k, v in prepared.info.items()})
         return CrossVocabDraft(runner, self.bridge, prepared.ids) if cross else runner
 
-    def _head_runner(self, req, target: TargetRunner, prepared: Prepared) -> EagleRunner | None:
+    def _grow_first_tree(self, draft, stop=None, log=None) -> Tree:
+        """The draft's first tree: the window's shape (grown inside the target's prefill in hide,
+        after it in sequential)."""
+        spec = self.spec
+        return draft.grow(budget=spec.window_budget, topk=spec.topk, max_depth=spec.window_depth,
+                          max_expansions=spec.window_depth * spec.topk, stop=stop, log=log)
+
+    def _head_runner(self, req, target: TargetRunner, prepared: Prepared) -> EagleRunner:
         """The continuation head's runner, primed with the prompt's (embedding, feature) pairs."""
-        if self.head is None or self.spec.continuation != "head":
-            return None
         with torch.inference_mode():
             embeds = (prepared.embeds[0].to(self.target.device) if prepared.embeds is not None else
                       self.target.embed_tokens(torch.tensor(prepared.ids, device=self.target.device)))
         spec = self.spec
         max_len = len(prepared.ids) + req.max_new_tokens + spec.depth * spec.topk + max(spec.budget, spec.window_budget) + 2
-        if spec.overlap and spec.head_lane == "process" and self.head.device.type == "cpu":
-            runner = RemoteHeadRunner(self._head_lane(), target, max_len)
-        else:
-            runner = EagleRunner(self.head, self.target, target, max_len)
+        runner = EagleRunner(self.head, self.target, target, max_len)
         hidden = target.prefill_hidden
         runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
         return runner
 
-    def _head_lane(self):
-        """The head's worker process, started at the first request that needs it (~1 s)."""
-        lane = self._process_lanes.get("head")
-        if lane is None or not lane.alive():
-            lane = self._process_lanes["head"] = start_head_lane(self.head, self.target, self.spec.draft_threads or 1)
-        return lane
-
-    def _prefill(self, req, drafting, tl, stats):
-        """Input preparation and prefills for the mode.
+    def _prefill(self, req, plan: Plan, tl, stats):
+        """Input preparation and prefills for the schedule.
 
         Returns (target runner, target Prepared, first tree or None, draft runner or None when
-        drafting is off or the draft failed).
+        the schedule runs no draft or the draft failed).
         """
-        if not drafting:
+        if plan.schedule in ("target-only", "head-only"):
             target, prepared = self._prepare_target(req, tl, stats)
             return target, prepared, None, None
-        if req.mode == "sequential":
+        if plan.schedule == "sequential":
             target, prepared = self._prepare_target(req, tl, stats)
             try:
                 draft = self._prepare_draft(req, tl, stats)
-                if self.head is None or self.spec.continuation != "head":
+                if self.head is None:  # the draft drafts every round: no separate first tree
                     return target, prepared, None, draft
                 # With a continuation head the draft only grows the first tree: the same work
-                # as in hide mode, but after the target's prefill instead of inside it.
-                spec = self.spec
+                # as in hide, but after the target's prefill instead of inside it.
                 with tl.phase("draft_grow", "draft"):
-                    tree = draft.grow(budget=spec.window_budget, topk=spec.topk, max_depth=spec.window_depth,
-                                      max_expansions=spec.window_depth * spec.topk)
+                    tree = self._grow_first_tree(draft)
                 self._check_tree(tree, prepared.ids[-1])
                 return target, prepared, tree, draft
             except PhideError:
@@ -362,13 +338,11 @@ class Engine:
                 return target, prepared, None, None
 
         # hide: the draft lane prepares, prefills and grows the first tree while the target
-        # lane prepares its input (and, with window="prefill", prefills).
+        # lane prepares its input and prefills.
         stop = threading.Event()
         lane: dict = {}
         progress: list = []
-        spec = self.spec
-
-        lanes = WindowLanes.for_engine(self.target.device, spec.draft_threads, spec.draft_sms, self._green_lanes)
+        lanes = WindowLanes.for_engine(self.target.device, plan.draft_threads, plan.draft_sms, self._green_lanes)
         stats["window_lanes"] = lanes.describe()
 
         def draft_lane():
@@ -376,34 +350,19 @@ class Engine:
                 with lanes.draft():
                     lane["runner"] = runner = self._prepare_draft(req, tl, stats)
                     with tl.phase("draft_grow", "draft"):
-                        lane["tree"] = runner.grow(budget=spec.window_budget, topk=spec.topk,
-                                                   max_depth=spec.window_depth,
-                                                   max_expansions=spec.window_depth * spec.topk, stop=stop,
-                                                   log=progress)
+                        lane["tree"] = self._grow_first_tree(runner, stop=stop, log=progress)
             except BaseException as exc:  # reported on the main thread
                 lane["error"] = exc
-
-        window_end = None
-
-        def end_window():
-            nonlocal window_end
-            window_end = time.perf_counter()
-            stop.set()
 
         done = CpuLane("draft", lanes.draft_threads).submit(draft_lane)
         try:
             with lanes.target():
                 with tl.phase("target_prepare", "target"):
                     prepared = self.target_side.prepare(req)
-            if spec.window == "prepare":
-                end_window()  # the prefill gets every core (SM); the draft stops at its next step
                 target = self._prefill_target(req, prepared, tl, stats)
-            else:
-                with lanes.target():
-                    target = self._prefill_target(req, prepared, tl, stats)
         finally:
-            if window_end is None:
-                end_window()
+            window_end = time.perf_counter()
+            stop.set()
             done.wait()  # draft_lane keeps its own errors in lane["error"]
             lanes.join()
         if isinstance(lane.get("error"), PhideError):

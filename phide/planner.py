@@ -1,20 +1,24 @@
-"""The planner: predicts a request's wall time under each schedule from measured (or projected)
-lane costs and an acceptance estimate, and picks the fastest, falling back to target-only when
-nothing beats it by a margin.
+"""The planner: before a request it decides the Plan the engine runs (`decide`), after it learns
+from what ran (`observe`). It predicts a request's wall time under each schedule from this
+machine's measured costs (a calibration, `phide calibrate`) and the acceptance seen so far, and
+picks the fastest, falling back to target-only when nothing beats it by a margin. With no
+calibration it knows nothing of the draft's cost, so `auto` runs target-only (never slower).
 
-Schedules
+Schedules (phide.engine.Plan)
   target-only       prepare + prefill + N decode steps
+  head-only         prepare + prefill, then rounds drafted by the EAGLE head
   sequential        target prepare + prefill, then draft prepare + prefill + the first tree
                     (`window_steps` draft steps), then rounds
-  hide(split)       the draft lane runs with `split` reserved resources (SMs on a GPU, intra-op
-                    threads on a CPU) during the target's input preparation and prefill; the
-                    target's prefill stretches (`Costs.prefill_under`); the draft's prepare +
-                    prefill + as many tree steps as fit happen inside the window
-After the first tree every schedule continues with the cheap drafter (EAGLE head) when there is one:
-rounds of (head tree growth + one verify) emitting `tau` tokens each.
+  hide(split)       the draft lane runs with a reserved split (SMs on a GPU, intra-op threads on a
+                    CPU) during the target's input preparation and prefill; the target's prefill
+                    stretches (`SplitCosts.target_prefill_s`); the draft's prepare + prefill + as
+                    many tree steps as fit happen inside the window
+After the first tree every schedule continues with the cheap drafter (the EAGLE head) when there is
+one, else with the draft model: rounds of (tree growth + one verify) emitting `tau` tokens each.
 
-The cost model is deliberately plain (a few measured numbers and linear interpolation); its
-predictions are compared with measurements in profiling/calibrate.py.
+The cost model is deliberately plain (a few measured numbers); `phide bench` prints its
+predictions beside the measured times, and profiling/calibrate.py checks them on scenes the
+calibration never saw.
 """
 
 from __future__ import annotations
@@ -26,17 +30,28 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from phide.engine import Plan
 from phide.errors import PhideError
+
+CALIBRATION_VERSION = 2
 
 
 @dataclass
 class SplitCosts:
-    """Costs while the draft lane holds `draft_share` of the machine (fraction of SMs or cores)."""
+    """Costs while the draft lane holds a split: `draft_threads` intra-op threads of a CPU or
+    `draft_sms` SMs of a GPU (0 and 0: the lanes share everything)."""
 
-    draft_share: float
     target_prefill_s: float      # the target's prefill with the draft lane busy alongside
-    draft_prefill_s: float       # the draft's prepare + prefill on its share, alongside the target
-    draft_step_s: float          # one draft tree step on its share, alongside the target
+    draft_prefill_s: float       # the draft's prepare + prefill on its split, alongside the target
+    draft_step_s: float          # one draft tree step on its split, alongside the target
+    draft_threads: int = 0
+    draft_sms: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.draft_sms:
+            return f"hide@{self.draft_sms}sm"
+        return f"hide@{self.draft_threads}t" if self.draft_threads else "hide@shared"
 
 
 @dataclass
@@ -63,27 +78,24 @@ class Costs:
 
 @dataclass
 class Acceptance:
-    """Tokens emitted per verify (accepted drafts + the bonus) for round trees from the
-    continuation drafter, and the fraction of first-tree draft steps that get accepted."""
+    """Tokens emitted per verify (accepted drafts + the bonus) for round trees from a drafter,
+    and the fraction of the first tree's levels the first verify accepts; each with the number
+    of observations behind it (0: a prior, which the first observation replaces)."""
 
     tau: float = 1.0
     window_accept_rate: float = 0.0
     samples: int = 0
+    window_samples: int = 0
 
     def update(self, tau: float, weight: float = 0.2) -> None:
         """Online estimate: exponential average of observed tokens per verify."""
         self.tau = tau if self.samples == 0 else (1 - weight) * self.tau + weight * tau
         self.samples += 1
 
-
-@dataclass
-class Plan:
-    schedule: str                 # "target-only" | "sequential" | "hide"
-    draft_share: float            # 0 unless hide
-    predicted_s: float
-    first_tree_steps: int         # draft steps the first tree gets (0: no draft)
-    predictions: dict             # schedule label -> predicted seconds, every candidate
-    reason: str
+    def update_window(self, rate: float, weight: float = 0.2) -> None:
+        self.window_accept_rate = rate if self.window_samples == 0 else (
+            (1 - weight) * self.window_accept_rate + weight * rate)
+        self.window_samples += 1
 
 
 def _rounds_time(costs: Costs, tokens: float, tau: float, depth: int, budget: int, step_s: float) -> float:
@@ -107,7 +119,7 @@ def hide_window(costs: Costs, sp: SplitCosts) -> tuple[float, float]:
     """(window seconds, seconds of it left for tree steps after the draft's prepare + prefill;
     negative: the target waits). The window is the target's preparation plus its (stretched)
     prefill. Where preparation leaves the device idle (a GPU while the CPU decodes video) the
-    draft runs solo there, and only the rest of its prefill runs on its share alongside the target."""
+    draft runs solo there, and only the rest of its prefill runs on its split alongside the target."""
     prep = costs.target_prepare_s
     window = prep + sp.target_prefill_s
     if costs.prepare_idle:
@@ -127,12 +139,13 @@ def window_draft_steps(costs: Costs, sp: SplitCosts, window_steps: int) -> float
 
 
 def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, budget: int = 24,
-            window_steps: int = 8, use_draft: bool = True) -> dict[str, tuple[float, int, float]]:
-    """Every candidate schedule -> (predicted seconds, first-tree steps, draft share)."""
+            window_steps: int = 8, use_draft: bool = True) -> dict[str, float]:
+    """Every candidate schedule's predicted seconds, by label: "target-only", "head-only" (with
+    a head), "sequential" and one "hide@<split>" per calibrated split (with a draft)."""
     base = costs.target_prepare_s + costs.target_prefill_s
-    out = {"target-only": (base + new_tokens * costs.target_step_s, 0, 0.0)}
+    out = {"target-only": base + new_tokens * costs.target_step_s}
     if costs.head_step_s > 0:
-        out["head-only"] = (base + _rounds_time(costs, new_tokens, acc.tau, depth, budget, costs.head_step_s), 0, 0.0)
+        out["head-only"] = base + _rounds_time(costs, new_tokens, acc.tau, depth, budget, costs.head_step_s)
     if not use_draft:
         return out
     step = costs.head_step_s if costs.head_step_s > 0 else costs.draft_step_s  # the round drafter
@@ -140,135 +153,164 @@ def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, b
     k = window_steps
     first = costs.target_step_s + k * costs.verify_extra_per_node_s  # one verify of the first tree
     gain = _first_tree_tokens(k, acc)
-    seq = (base + costs.draft_prefill_s + k * costs.draft_step_s + first
-           + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
-    out["sequential"] = (seq, k, 0.0)
+    out["sequential"] = (base + costs.draft_prefill_s + k * costs.draft_step_s + first
+                         + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
     for sp in costs.splits:
         window, spare = hide_window(costs, sp)
         k = int(window_draft_steps(costs, sp, window_steps))
         wait = max(0.0, -spare)  # the target waits for the draft's prefill to end
         gain = _first_tree_tokens(k, acc)
-        t = (window + wait + costs.target_step_s + k * costs.verify_extra_per_node_s
-             + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
-        out[f"hide@{sp.draft_share:.3g}"] = (t, k, sp.draft_share)
+        out[sp.label] = (window + wait + costs.target_step_s + k * costs.verify_extra_per_node_s
+                         + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
     return out
 
 
-def choose(costs: Costs, acc: Acceptance, *, new_tokens: int, margin: float = 0.03, **kw) -> Plan:
-    """The fastest schedule; target-only unless another beats it by more than `margin` (relative)."""
-    preds = predict(costs, acc, new_tokens=new_tokens, **kw)
-    alone = preds["target-only"][0]
-    label, (t, k, share) = min(preds.items(), key=lambda kv: kv[1][0])
-    summary = {name: round(v[0], 6) for name, v in preds.items()}
+def pick(preds: dict[str, float], margin: float = 0.03) -> tuple[str, str]:
+    """(label, reason): the fastest of `predict`'s candidates, or target-only unless another
+    beats it by more than `margin` (relative): a near tie is not worth a draft's risk."""
+    alone = preds["target-only"]
+    label, t = min(preds.items(), key=lambda kv: kv[1])
     if label == "target-only" or t > alone * (1 - margin):
-        return Plan("target-only", 0.0, alone, 0, summary,
-                    f"no schedule beats target-only by {margin:.0%} "
-                    f"(best {label} {t * 1e3:.1f} ms vs {alone * 1e3:.1f} ms)")
-    schedule = "hide" if label.startswith("hide@") else label
-    return Plan(schedule, share, t, k, summary,
-                f"{label} predicted {t * 1e3:.1f} ms vs target-only {alone * 1e3:.1f} ms")
+        return "target-only", (f"no schedule beats target-only by {margin:.0%} "
+                               f"(best {label} {t * 1e3:.1f} ms vs {alone * 1e3:.1f} ms)")
+    return label, f"{label} predicted {t * 1e3:.1f} ms vs target-only {alone * 1e3:.1f} ms"
 
 
 # ----------------------------------------------------------------------------- calibration files
-def calibration_path() -> Path:
-    return Path(os.environ.get("PHIDE_HOME", Path.home() / ".cache" / "phide")) / "calibration.json"
+@dataclass
+class Calibration:
+    """What `phide calibrate` measured for one pair on one machine: the costs, each drafter's
+    acceptance, and the mean answer length. `key` says which pair, machine and tree shape."""
+
+    costs: Costs
+    head: Acceptance
+    draft: Acceptance
+    mean_new_tokens: float
+    key: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": CALIBRATION_VERSION, **asdict(self)}, indent=2)
+
+    @staticmethod
+    def from_json(text: str) -> "Calibration":
+        d = json.loads(text)
+        if not isinstance(d, dict) or d.get("version") != CALIBRATION_VERSION:
+            raise ValueError(f"expected a version {CALIBRATION_VERSION} calibration object")
+        return Calibration(Costs.from_dict(d["costs"]), Acceptance(**d["head"]), Acceptance(**d["draft"]),
+                           float(d["mean_new_tokens"]), dict(d.get("key", {})))
 
 
-def save_costs(costs: Costs, path: str | os.PathLike) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(asdict(costs), indent=2))
+def calibration_dir() -> Path:
+    return Path(os.environ.get("PHIDE_HOME", Path.home() / ".cache" / "phide")) / "calibration"
 
 
-def load_costs(path: str | os.PathLike) -> Costs:
+def save_calibration(cal: Calibration, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(cal.to_json())
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def load_calibration(path: str | os.PathLike) -> Calibration:
     try:
-        return Costs.from_dict(json.loads(Path(path).read_text()))
+        return Calibration.from_json(Path(path).read_text())
     except FileNotFoundError:
-        raise PhideError(f"{path}: no calibration; run `python profiling/calibrate.py`") from None
-    except (ValueError, TypeError) as exc:
+        raise PhideError(f"{path}: no calibration; run `phide calibrate`") from None
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
         raise PhideError(f"{path}: not a phide calibration file ({exc})") from None
 
 
+# ----------------------------------------------------------------------------- the planner
 class Planner:
-    """The engine's planner for `--mode hide`: before a request, picks target-only, head-only
-    (no draft) or hide with a lane split from the calibrated costs and the acceptance seen so
-    far; after it, updates the acceptance from the request's stats. Starts optimistic (`prior_tau`)
-    so the drafters get measured, and stops using them once they prove useless."""
+    """Decides each request's Plan (`decide`) and learns from what ran (`observe`).
 
-    def __init__(self, costs: Costs, *, prior_tau: float | None = None, prior_window_rate: float = 0.5,
-                 margin: float = 0.03, window_steps: int = 8):
-        self.costs = costs
-        # Optimistic until measured (prior_tau None: 3/4 of a full round tree's tokens, set at the
-        # first plan), so each drafter gets tried once; one observation replaces the prior.
-        self.prior_tau = prior_tau
-        self.head_acc = Acceptance(tau=prior_tau or 0.0, window_accept_rate=prior_window_rate)
-        self.draft_acc = Acceptance(tau=prior_tau or 0.0, window_accept_rate=prior_window_rate)
-        self.tokens = Acceptance(tau=0.0)  # running mean of tokens per request (EMA)
-        self.margin, self.window_steps = margin, window_steps
-        self.last: Plan | None = None
-        self.window_samples = 0
+    calibration: this machine's measurements for this pair, or None (then `auto` is
+    target-only and a forced hide takes `default_split`). has_draft / has_head: what the session
+    loaded. depth / budget / window_steps: the tree shape (SpecConfig)."""
 
-    def plan(self, *, new_tokens: int, has_draft: bool, has_head: bool, depth: int, budget: int) -> Plan:
-        """new_tokens: the request's limit; the plan uses the mean length seen so far when shorter."""
-        for acc in (self.head_acc, self.draft_acc):
-            if acc.samples == 0 and self.prior_tau is None:
-                acc.tau = 0.75 * (depth + 1)
-        if self.tokens.samples:
-            new_tokens = max(1, min(new_tokens, round(self.tokens.tau)))
-        costs = self.costs if has_head else _replace_head(self.costs, 0.0)
-        acc = Acceptance(tau=self.head_acc.tau if has_head else self.draft_acc.tau,
+    def __init__(self, calibration: Calibration | None, *, has_draft: bool, has_head: bool, depth: int = 6,
+                 budget: int = 24, window_steps: int = 8, default_split: dict | None = None,
+                 margin: float = 0.03):
+        self.calibration = calibration
+        self.has_draft, self.has_head = has_draft, has_head
+        self.depth, self.budget, self.window_steps, self.margin = depth, budget, window_steps, margin
+        self.default_split = default_split or {}
+        cal = calibration
+        self.head_acc = dataclasses.replace(cal.head) if cal else Acceptance()
+        self.draft_acc = dataclasses.replace(cal.draft) if cal else Acceptance()
+        self.tokens = Acceptance(tau=cal.mean_new_tokens, samples=1) if cal else Acceptance(tau=0.0)
+
+    def with_calibration(self, calibration: Calibration) -> "Planner":
+        """The same planner, starting over from `calibration`."""
+        return Planner(calibration, has_draft=self.has_draft, has_head=self.has_head, depth=self.depth,
+                       budget=self.budget, window_steps=self.window_steps, default_split=self.default_split,
+                       margin=self.margin)
+
+    @property
+    def costs(self) -> Costs | None:
+        return self.calibration.costs if self.calibration else None
+
+    def _expected_tokens(self, max_new_tokens: int) -> int:
+        """The answer length to plan for: the mean seen so far, at most the request's limit."""
+        return max(1, min(max_new_tokens, round(self.tokens.tau))) if self.tokens.samples else max_new_tokens
+
+    def predictions(self, new_tokens: int) -> dict[str, float]:
+        """Every candidate's predicted seconds for an answer of `new_tokens` (empty without a
+        calibration)."""
+        if self.costs is None:
+            return {}
+        costs = self.costs if self.has_head else dataclasses.replace(self.costs, head_step_s=0.0)
+        acc = Acceptance(tau=self.head_acc.tau if self.has_head else self.draft_acc.tau,
                          window_accept_rate=self.draft_acc.window_accept_rate)
-        self.last = choose(costs, acc, new_tokens=new_tokens, margin=self.margin, depth=depth, budget=budget,
-                           window_steps=self.window_steps, use_draft=has_draft)
-        return self.last
+        return predict(costs, acc, new_tokens=new_tokens, depth=self.depth, budget=self.budget,
+                       window_steps=self.window_steps, use_draft=self.has_draft)
 
-    def observe(self, stats: dict) -> None:
-        """Learn from a finished request's stats (tokens per verify of the round drafter; the
-        share of window draft steps that the first verify accepted)."""
+    def predict(self, plan: Plan, new_tokens: int) -> float | None:
+        """The predicted seconds of `plan` for an answer of `new_tokens` (None: no calibration,
+        or a split the calibration did not measure)."""
+        label = plan.schedule
+        if plan.schedule == "hide":
+            label = SplitCosts(0, 0, 0, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms).label
+        return self.predictions(new_tokens).get(label)
+
+    def decide(self, max_new_tokens: int, mode: str = "auto") -> Plan:
+        """The Plan for a request of at most `max_new_tokens` under `mode`: "auto" (the fastest
+        predicted schedule, target-only unless another beats it by `margin`), or a forced
+        schedule ("hide" takes the best calibrated split)."""
+        preds = self.predictions(self._expected_tokens(max_new_tokens))
+        if mode == "auto":
+            if not preds:
+                return Plan("target-only", reason="no calibration of this pair on this machine: target-only "
+                                                  "(run `phide calibrate`)")
+            return self._plan(*pick(preds, self.margin), preds)
+        if mode == "hide":
+            hides = {k: v for k, v in preds.items() if k.startswith("hide@")}
+            if hides:
+                label = min(hides, key=hides.get)
+                return self._plan(label, f"forced; the best calibrated split, {label}", preds)
+            return Plan("hide", **self.default_split, reason="forced; no calibrated split, the default one")
+        return self._plan(mode, "forced", preds)
+
+    def _plan(self, label: str, reason: str, preds: dict) -> Plan:
+        split = {}
+        if label.startswith("hide@"):
+            sp = next(s for s in self.costs.splits if s.label == label)
+            split = dict(draft_threads=sp.draft_threads, draft_sms=sp.draft_sms)
+        return Plan("hide" if label.startswith("hide@") else label, predicted_s=preds.get(label), reason=reason,
+                    **split)
+
+    def observe(self, plan: Plan, stats: dict) -> None:
+        """Learn from a finished request's stats: its length, the tokens per verify of the round
+        drafter, the share of the first tree's levels the first verify accepted."""
         if stats.get("new_tokens"):
             self.tokens.update(float(stats["new_tokens"]))
-        if stats.get("verifies", 0) < 2 or not (stats.get("draft_forwards") or stats.get("head_forwards")):
-            return  # nothing drafted: nothing to learn
-        tau = stats["accepted_per_verify"]
-        (self.head_acc if stats.get("head_forwards") else self.draft_acc).update(tau)
+        if stats.get("verifies", 0) < 2 or plan.schedule == "target-only":
+            return
+        if stats.get("head_forwards"):
+            self.head_acc.update(stats["accepted_per_verify"])
+        elif stats.get("draft_forwards"):
+            self.draft_acc.update(stats["accepted_per_verify"])
         steps = stats.get("first_tree_depth")
-        if steps:
-            rate = min(1.0, stats.get("first_verify_accepted", 0) / steps)
-            acc = self.draft_acc  # the first measurement replaces the prior, later ones average in
-            acc.window_accept_rate = rate if not self.window_samples else 0.8 * acc.window_accept_rate + 0.2 * rate
-            self.window_samples += 1
-
-
-def _replace_head(costs: Costs, head_step_s: float) -> Costs:
-    import dataclasses
-
-    return dataclasses.replace(costs, head_step_s=head_step_s)
-
-
-def run_planned(engine, req):
-    """`hide` under the planner (`engine.planner`): run what it picks (target-only, head-only,
-    sequential, or hide with its lane split) on a shallow copy of the engine, then let the
-    planner learn from the request's stats. Returns the engine's Result."""
-    import copy
-
-    import torch
-
-    spec = engine.spec
-    use_head = engine.head is not None and spec.continuation == "head"
-    plan = engine.planner.plan(new_tokens=req.max_new_tokens, has_draft=engine.draft_side is not None,
-                               has_head=use_head, depth=spec.depth, budget=spec.budget)
-    run = copy.copy(engine)
-    run.planner = None
-    run.costs = engine.planner.costs  # for SpecConfig.price_trees
-    mode = {"target-only": "target-only", "head-only": "sequential", "sequential": "sequential"}.get(
-        plan.schedule, "hide")
-    if plan.schedule == "head-only":
-        run.draft_side, run.draft = None, None
-    if plan.schedule == "hide" and engine.target.device.type == "cpu":
-        share = plan.draft_share
-        threads = 0 if share >= 1.0 else max(1, round(share * torch.get_num_threads()))
-        run.spec = dataclasses.replace(spec, draft_threads=threads)
-    result = run.generate(dataclasses.replace(req, mode=mode))
-    result.stats.update(mode=req.mode, plan=plan.schedule, plan_reason=plan.reason,
-                        plan_predicted_s=round(plan.predicted_s, 6))
-    engine.planner.observe(result.stats)
-    return result
+        if steps and plan.schedule in ("sequential", "hide"):
+            self.draft_acc.update_window(min(1.0, stats.get("first_verify_accepted", 0) / steps))

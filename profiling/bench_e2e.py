@@ -1,4 +1,4 @@
-"""End-to-end benchmark of the bundled toy pair: every configuration of `phide.bench.CONFIGS` on the
+"""End-to-end benchmark of the bundled toy pair: every configuration of `phide.tools.bench.CONFIGS` on the
 same held-out scenes in one run, medians and quartiles, speedups vs target-only and vs sequential,
 rows appended to profiling/results/bench_e2e.csv with the machine and git sha.
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "profiling"))
 from harness import append_csv, run_context, time_us  # noqa: E402
 
 from phide._ext import load_extension  # noqa: E402
-from phide.spec.verify import tree_accept_greedy_torch, tree_accept_stochastic_torch  # noqa: E402
+from phide.ops.reference.accept import tree_accept_greedy_torch, tree_accept_stochastic_torch  # noqa: E402
 
 CSV_PATH = ROOT / "profiling" / "results" / "tree_accept.csv"
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
-from harness import (add_kernel_bench_args, append_csv, kernel_bench_start, sync, time_us,  # noqa: E402
+from harness import (add_kernel_bench_args, append_rows, kernel_bench_start, sync, time_us,  # noqa: E402
                      use_interpreter_without_gpu)
 
 use_interpreter_without_gpu()
@@ -34,7 +34,7 @@ TOLERANCE = {"float32": 5e-5, "float16": 5e-3, "bfloat16": 5e-2}  # max abs erro
 
 def make_inputs(device, dtype, B: int, Hq: int, Hkv: int, N: int, D: int, prefix: int, seed: int = 0):
     """Random q/k/v, each request's prefix followed by a random tree of N nodes (one layer)."""
-    from phide.spec.tree_attention import ancestor_bits
+    from phide.ops.reference.tree_attention import ancestor_bits
 
     g = torch.Generator().manual_seed(seed)
     S = prefix + N
@@ -52,7 +52,7 @@ def make_inputs(device, dtype, B: int, Hq: int, Hkv: int, N: int, D: int, prefix
 
 
 def bench_case(device, dtype, B, Hq, Hkv, N, D, prefix, min_time):
-    from phide.spec.tree_attention import tree_attention_torch
+    from phide.ops.reference.tree_attention import tree_attention_torch
     from phide.triton_kernels.tree_attention import tree_attention_triton
 
     args = make_inputs(device, dtype, B, Hq, Hkv, N, D, prefix)
@@ -99,7 +99,7 @@ def main() -> None:
                     if not err <= TOLERANCE[dt]:
                         failed.append(f"{name} {dt}: error {err:.3g} > {TOLERANCE[dt]}")
     if not args.no_csv:
-        append_csv(args.csv, rows)
+        append_rows(args.csv, rows, allow_dirty=args.allow_dirty)
         print(f"appended {len(rows)} rows to {args.csv}")
     if failed:
         sys.exit("the Triton kernel differs from its torch twin: " + "; ".join(failed))

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
-from harness import (add_kernel_bench_args, append_csv, kernel_bench_start, sync, time_us,  # noqa: E402
+from harness import (add_kernel_bench_args, append_rows, kernel_bench_start, sync, time_us,  # noqa: E402
                      use_interpreter_without_gpu)
 
 use_interpreter_without_gpu()
@@ -33,7 +33,7 @@ SCORE_TOLERANCE = 1e-4  # selection is exact; scores differ by the sum-of-exp ro
 
 
 def bench_case(device, dtype, B: int, F: int, V: int, k: int, min_time: float):
-    from phide.spec.tree_topk import tree_topk_torch
+    from phide.ops.reference.tree_topk import tree_topk_torch
     from phide.triton_kernels.tree_topk import tree_topk_triton
 
     g = torch.Generator().manual_seed(0)
@@ -83,7 +83,7 @@ def main() -> None:
                         if not same or not err <= SCORE_TOLERANCE:
                             failed.append(f"{name} {dt}: tokens {'same' if same else 'differ'}, error {err:.3g}")
     if not args.no_csv:
-        append_csv(args.csv, rows)
+        append_rows(args.csv, rows, allow_dirty=args.allow_dirty)
         print(f"appended {len(rows)} rows to {args.csv}")
     if failed:
         sys.exit("the Triton kernel differs from its torch twin: " + "; ".join(failed))

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "profiling"))
 
 import torch  # noqa: E402
-from harness import (add_kernel_bench_args, append_csv, kernel_bench_start, sync, time_us,  # noqa: E402
+from harness import (add_kernel_bench_args, append_rows, kernel_bench_start, sync, time_us,  # noqa: E402
                      use_interpreter_without_gpu)
 
 use_interpreter_without_gpu()
@@ -32,7 +32,7 @@ CSV_PATH = ROOT / "profiling" / "results" / "verify_kernels.csv"
 
 
 def bench_gumbel(device, N: int, V: int, dtype, temperature: float, min_time: float):
-    from phide.spec.hash_noise import gumbel_choices_torch
+    from phide.ops.reference.hash_noise import gumbel_choices_torch
     from phide.triton_kernels.gumbel_verify import gumbel_choices_triton
 
     g = torch.Generator().manual_seed(0)
@@ -52,7 +52,7 @@ def bench_gumbel(device, N: int, V: int, dtype, temperature: float, min_time: fl
 
 
 def bench_kv_commit(device, L: int, B: int, H: int, S: int, D: int, path: int, dtype, min_time: float):
-    from phide.spec.commit import commit_accepted_path
+    from phide.ops.reference.kv_commit import commit_accepted_path
     from phide.triton_kernels.kv_commit import kv_commit_triton
 
     g = torch.Generator().manual_seed(0)
@@ -113,7 +113,7 @@ def main() -> None:
             if err:
                 sys.exit(f"{name} {dt}: the Triton kernel differs from its torch twin ({err})")
     if not args.no_csv:
-        append_csv(args.csv, rows)
+        append_rows(args.csv, rows, allow_dirty=args.allow_dirty)
         print(f"appended {len(rows)} rows to {args.csv}")
 
 

@@ -1,5 +1,5 @@
 """Shared benchmark plumbing: run context (device, versions, git sha) and CSV appends (from
-phide.runtime.benchlog, also used by `phide bench`), a wall-clock timer for microbenchmarks, and
+phide.tools.benchlog, also used by `phide bench`), a wall-clock timer for microbenchmarks, and
 the Triton kernel benches' setup (`use_interpreter_without_gpu`, `sync`)."""
 
 from __future__ import annotations
@@ -8,7 +8,15 @@ import os
 import statistics
 import time
 
-from phide.runtime.benchlog import ROOT, append_csv, cpu_name, git_sha, run_context  # noqa: F401
+from phide.tools.benchlog import ROOT, append_csv, cpu_name, git_sha, run_context  # noqa: F401
+
+
+def append_rows(path, rows: list[dict], *, allow_dirty: bool = False) -> None:
+    """Append a script's rows under their own keys as the schema (every row of a script has the
+    same keys, in the same order); `benchlog.append_csv` refuses another file's schema and rows
+    from a dirty tree unless `allow_dirty`."""
+    if rows:
+        append_csv(path, rows, list(rows[0]), allow_dirty=allow_dirty)
 
 
 def time_us(fn, min_time_s: float = 0.3, min_iters: int = 5) -> float:
@@ -49,6 +57,7 @@ def add_kernel_bench_args(ap, csv_path) -> None:
     ap.add_argument("--min-time", type=float, default=0.2)
     ap.add_argument("--csv", type=Path, default=csv_path)
     ap.add_argument("--no-csv", action="store_true")
+    ap.add_argument("--allow-dirty", action="store_true", help="write rows from a tree with uncommitted changes")
 
 
 def kernel_bench_start():

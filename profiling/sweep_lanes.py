@@ -3,7 +3,7 @@
     python profiling/sweep_lanes.py [--scenes 4] [--draft-sms 8 16 24 32] [--draft-threads 1]
 
 GPU (the toy pair on cuda:0): for each reserved SM count, hide requests whose draft window runs
-on a green context of that many SMs (`SpecConfig.draft_sms`) and the target on the remainder.
+on a green context of that many SMs (`Plan.draft_sms`) and the target on the remainder.
 CPU: the same for reserved draft threads. Per split: the target prefill's stretch (hide /
 target-only, same scene), draft tree steps finished inside the window, end-to-end wall time vs
 target-only, and identical tokens (checked). Rows appended to profiling/results/sweep_lanes.csv.
@@ -12,15 +12,13 @@ target-only, and identical tokens (checked). Rows appended to profiling/results/
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import os
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import append_csv, run_context  # noqa: E402
+from harness import append_rows, run_context  # noqa: E402
 
 
 def main() -> int:
@@ -30,29 +28,25 @@ def main() -> int:
     ap.add_argument("--draft-sms", type=int, nargs="+", default=[8, 16, 24, 32])
     ap.add_argument("--draft-threads", type=int, nargs="+", default=[1])
     ap.add_argument("--csv", default=str(Path(__file__).parent / "results" / "sweep_lanes.csv"))
+    ap.add_argument("--allow-dirty", action="store_true", help="write rows from a tree with uncommitted changes")
     args = ap.parse_args()
 
     import torch
 
-    from phide.bench import eval_samples, toy_spec
-    from phide.calibration import _request
-    from phide.pipeline import load_pair
-    from phide.toy.bundle import bundled_dir
+    from phide.engine import Plan
+    from phide.tools.bench import bundled_session, eval_samples, toy_request
 
     gpu = torch.cuda.is_available()
-    d = bundled_dir()
-    pair = load_pair(d / "target", d / "draft", spec=toy_spec(), device="cuda" if gpu else "cpu")
-    eng = pair.engine
+    eng = bundled_session(calibration=None, device="cuda" if gpu else "cpu").engine
     samples = eval_samples(args.scenes)
     splits = [("draft_sms", n) for n in args.draft_sms] if gpu else [("draft_threads", n) for n in args.draft_threads]
-    eng.generate(_request(samples[0], "target-only", 4))  # warm-up
-    alone = [eng.generate(_request(s, "target-only")) for s in samples]
+    eng.generate(toy_request(samples[0], 4), "target-only")  # warm-up
+    alone = [eng.generate(toy_request(s, 48), "target-only") for s in samples]
     rows, ctx = [], run_context()
     for field, n in splits:
-        e = copy.copy(eng)
-        e.spec = dataclasses.replace(eng.spec, window="prefill", **{field: n})
-        e.generate(_request(samples[0], "hide", 4))  # warm-up (makes the green contexts once)
-        runs = [e.generate(_request(s, "hide")) for s in samples]
+        plan = Plan("hide", **{field: n})
+        eng.generate(toy_request(samples[0], 4), plan)  # warm-up (makes the green contexts once)
+        runs = [eng.generate(toy_request(s, 48), plan) for s in samples]
         for s, a, r in zip(samples, alone, runs):
             if r.token_ids != a.token_ids:
                 raise SystemExit(f"sweep_lanes: hide at {field}={n} diverged from target-only on {s.question!r}")
@@ -68,7 +62,7 @@ def main() -> int:
         print(f"{row['split']:>16} ({row['lanes']}): prefill stretch {row['prefill_stretch']:.2f}, "
               f"draft steps in window {row['draft_steps_in_window']:.1f}, "
               f"vs target-only {row['speedup_vs_target_only']:.2f}x", flush=True)
-    append_csv(args.csv, rows)
+    append_rows(args.csv, rows, allow_dirty=args.allow_dirty)
     return 0
 
 

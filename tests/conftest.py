@@ -1,7 +1,13 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Calibrations and other per-machine state go to a private PHIDE_HOME, never the user's cache.
+os.environ["PHIDE_HOME"] = tempfile.mkdtemp(prefix="phide-home-")
+atexit.register(shutil.rmtree, os.environ["PHIDE_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

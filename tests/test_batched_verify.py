@@ -7,8 +7,8 @@ from transformers import LlamaForCausalLM
 from phide import ops
 from phide.models.loading import load_llama
 from phide.models.tiny import tiny_llama_config
-from phide.spec.commit import commit_accepted_path
-from phide.spec.tree import Tree, stack_trees, verify_batch_layout, verify_layout
+from phide.ops.reference.kv_commit import commit_accepted_path
+from phide.speculation.tree import Tree, stack_trees, verify_batch_layout, verify_layout
 
 TREES = [
     Tree([5, 6, 7], [-1, 0, 1]),

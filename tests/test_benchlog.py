@@ -1,25 +1,46 @@
-"""Benchmark CSVs: rows with differing keys keep every column, and a wider row rewrites the header
-without shifting old rows."""
+"""Results CSVs: one schema per file (its header), rows that name their commit, and rows from a
+tree with uncommitted changes only when asked for, marked dirty."""
 
 import csv
 
-from phide.runtime.benchlog import append_csv
+import pytest
+
+from phide.errors import PhideError
+from phide.tools.benchlog import append_csv
+
+COLUMNS = ["git_sha", "dirty", "config", "wall", "vs_a"]
 
 
 def _read(path):
     with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        return list(csv.reader(f))
 
 
-def test_append_keeps_every_column_and_old_rows(tmp_path):
+def test_rows_keep_the_schema_and_missing_values_are_blank(tmp_path):
     path = tmp_path / "r" / "bench.csv"
-    append_csv(path, [{"config": "a", "wall": 1}, {"config": "b", "wall": 2, "vs_a": 0.5}])
-    assert _read(path) == [{"config": "a", "wall": "1", "vs_a": ""}, {"config": "b", "wall": "2", "vs_a": "0.5"}]
-    append_csv(path, [{"config": "c", "wall": 3}])  # same columns: appended
-    append_csv(path, [{"repeats": 3, "config": "d", "wall": 4}])  # a new column: header widened
-    rows = _read(path)
-    assert [r["config"] for r in rows] == ["a", "b", "c", "d"]
-    assert rows[0] == {"config": "a", "wall": "1", "vs_a": "", "repeats": ""}
-    assert rows[3] == {"config": "d", "wall": "4", "vs_a": "", "repeats": "3"}
-    append_csv(path, [])
-    assert len(_read(path)) == 4
+    append_csv(path, [{"git_sha": "abc", "dirty": 0, "config": "a", "wall": 1},
+                      {"git_sha": "abc", "dirty": 0, "config": "b", "wall": 2, "vs_a": 0.5}], COLUMNS)
+    append_csv(path, [{"git_sha": "def", "dirty": 0, "config": "c", "wall": 3}], COLUMNS)
+    append_csv(path, [], COLUMNS)
+    assert _read(path) == [COLUMNS, ["abc", "0", "a", "1", ""], ["abc", "0", "b", "2", "0.5"], ["def", "0", "c", "3", ""]]
+
+
+def test_another_schema_or_an_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "bench.csv"
+    append_csv(path, [{"git_sha": "abc", "dirty": 0, "config": "a"}], COLUMNS)
+    before = path.read_text()
+    with pytest.raises(PhideError, match="another schema"):
+        append_csv(path, [{"git_sha": "abc", "dirty": 0}], COLUMNS[:2])
+    with pytest.raises(PhideError, match="repeats"):
+        append_csv(path, [{"git_sha": "abc", "dirty": 0, "repeats": 3}], COLUMNS)
+    assert path.read_text() == before  # nothing half-written
+
+
+def test_dirty_rows_need_allow_dirty_and_stay_marked(tmp_path):
+    path = tmp_path / "bench.csv"
+    dirty = {"git_sha": "abc", "dirty": 1, "config": "a", "wall": 1}
+    with pytest.raises(PhideError, match="uncommitted changes"):
+        append_csv(path, [dirty], COLUMNS)
+    assert not path.exists()
+    append_csv(path, [dirty], COLUMNS, allow_dirty=True)
+    assert _read(path)[1][:2] == ["abc", "1"]

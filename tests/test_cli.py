@@ -31,9 +31,9 @@ def test_generate_json_all_modes_identical(capsys, tiny_pair, hf_target, prompt)
     ref = hf_target.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=20, eos_token_id=2,
                              pad_token_id=0)[0, len(ids):].tolist()
     seen = {}
-    for mode in ("target-only", "sequential", "hide"):
+    for mode in ("target-only", "sequential", "hide", None):  # None: no --mode, the default (auto)
         code, out, err = _run(capsys, "generate", "--target", str(tiny_pair["target"]), "--draft",
-                              str(tiny_pair["near"]), "--prompt", prompt, "--mode", mode,
+                              str(tiny_pair["near"]), "--prompt", prompt, *(["--mode", mode] if mode else []),
                               "--max-new-tokens", "20", "--json")
         assert code == 0, err
         obj = json.loads(out)  # exactly one JSON object on stdout
@@ -41,12 +41,40 @@ def test_generate_json_all_modes_identical(capsys, tiny_pair, hf_target, prompt)
         stats = obj["stats"]
         for key, typ in [("mode", str), ("target_forwards", int), ("draft_forwards", int),
                          ("accepted_per_verify", float), ("draft_tokens_in_window", int),
-                         ("wall_s", float), ("phases", dict)]:
+                         ("wall_s", float), ("phases", dict), ("plan", dict)]:
             assert isinstance(stats[key], typ), key
-        assert stats["mode"] == mode
+        assert stats["mode"] == (mode or "auto")
+        # what ran: the forced schedule; auto with no calibration of this pair runs target-only
+        assert stats["plan"]["schedule"] == (mode or "target-only")
+        if mode is None:
+            assert "no calibration" in stats["plan"]["reason"] and stats["plan"]["predicted_s"] is None
+        # tau = tokens emitted / verify forwards (every target forward after the prefill verifies)
+        assert stats["verifies"] == stats["target_forwards"] - 1
+        assert stats["accepted_per_verify"] == round(len(obj["token_ids"]) / stats["verifies"], 4)
         assert "loading target" in err  # progress on stderr
         seen[mode] = obj["token_ids"]
-    assert seen["target-only"] == seen["sequential"] == seen["hide"] == ref
+    assert seen["target-only"] == seen["sequential"] == seen["hide"] == seen[None] == ref
+
+
+def test_calibrate_then_auto_plans_from_it(capsys, tiny_pair, tmp_path):
+    """`phide calibrate` measures the pair on this machine and saves it; `generate` then finds it
+    (auto plans with a predicted wall time) while another pair stays uncalibrated."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is moving?\nDescribe the scene.\n")
+    pair = ["--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"])]
+    code, out, err = _run(capsys, "calibrate", *pair, "--prompts", str(prompts), "--samples", "2",
+                          "--max-new-tokens", "8", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["costs"]["target_step_s"] > 0 and report["costs"]["draft_step_s"] > 0
+    assert [sp["draft_threads"] for sp in report["costs"]["splits"]] == [
+        n for n in (1, 2, 4, 8) if n < torch.get_num_threads()]
+    code, out, err = _run(capsys, "generate", *pair, "--prompt", "a dog", "--max-new-tokens", "8", "--json")
+    plan = json.loads(out)["stats"]["plan"]
+    assert code == 0 and plan["schedule"] == report["auto_picks"]["schedule"] and plan["predicted_s"] > 0
+    code, out, err = _run(capsys, "generate", "--target", str(tiny_pair["target"]), "--draft",
+                          str(tiny_pair["wrong"]), "--prompt", "a dog", "--max-new-tokens", "8", "--json")
+    assert "no calibration" in json.loads(out)["stats"]["plan"]["reason"]
 
 
 def test_generate_plain_text_output(capsys, tiny_pair):
@@ -90,10 +118,17 @@ def test_bad_inputs(capsys, tiny_pair, tmp_path):
     assert "positive integer" in _error(capsys, *base, "--prompt", "x", "--max-new-tokens", "many")
     assert "temperature" in _error(capsys, *base, "--prompt", "x", "--temperature", "-1")
     assert "mode" in _error(capsys, *base, "--prompt", "x", "--mode", "fastest")
-    assert "--draft is required" in _error(capsys, "generate", "--target", t, "--prompt", "x")
+    assert "--draft is required" in _error(capsys, "generate", "--target", t, "--prompt", "x", "--mode", "hide")
+    assert "EAGLE head" in _error(capsys, *base, "--prompt", "x", "--mode", "head-only")
     assert "required" in _error(capsys, "generate", "--draft", d, "--prompt", "x")
     assert "text-only" in _error(capsys, *base, "--prompt", "x", "--video", str(tmp_path))
-    assert "CUDA" in _error(capsys, *base, "--prompt", "x", "--device", "cuda") or torch.cuda.is_available()
+
+
+
+def test_cuda_without_a_device_is_one_error(capsys, tiny_pair, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
+    assert "no CUDA device" in _error(capsys, "generate", "--target", str(tiny_pair["target"]), "--prompt", "x",
+                                      "--device", "cuda")
 
 
 def test_missing_weights_and_pickled_only(capsys, tiny_pair, tmp_path):

@@ -39,9 +39,11 @@ def test_distill_then_generate_with_the_head(capsys, tiny_pair, tmp_path):
     base = ["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
             "--prompt", "What is moving?", "--max-new-tokens", "20", "--json"]
     ref = _ok(capsys, *base, "--mode", "target-only")["token_ids"]
-    for mode in ("sequential", "hide"):
+    for mode in ("sequential", "hide", "head-only"):
         out = _ok(capsys, *base, "--mode", mode, "--head", str(tmp_path / "head"))
-        assert out["token_ids"] == ref and out["stats"]["faults"] == 0
+        assert out["token_ids"] == ref and out["stats"]["faults"] == 0 and out["stats"]["head_forwards"] > 0
+    out = _ok(capsys, *base, "--mode", "hide", "--head", str(tmp_path / "head"), "--no-head")
+    assert out["token_ids"] == ref and out["stats"]["head_forwards"] == 0
     # --init-head goes on training that head: with lr 0 it comes back unchanged
     _ok(capsys, "distill", "--target", str(tiny_pair["target"]), "--prompts", str(prompts), "--out",
         str(tmp_path / "again"), "--steps", "5", "--lr", "0", "--max-new-tokens", "8", "--init-head",
@@ -60,6 +62,10 @@ def test_tool_errors_are_one_line(capsys, tiny_pair, tmp_path):
           "--head", str(tmp_path)], "no EAGLE head"),
         (["distill", "--target", str(tiny_pair["target"]), "--prompts", str(tmp_path / "p.txt"), "--out",
           str(tmp_path / "h"), "--init-head", str(tmp_path)], "no EAGLE head"),
+        (["calibrate", "--draft", str(tiny_pair["near"])], "--draft needs --target"),
+        (["calibrate", "--target", str(tiny_pair["target"])], "--data PAIRED_DIR or --prompts"),
+        (["generate", "--target", str(tiny_pair["target"]), "--prompt", "x", "--calibration",
+          str(tmp_path / "none.json")], "no calibration"),
     ]:
         code = main(argv)
         err = capsys.readouterr().err

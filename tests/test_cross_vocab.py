@@ -6,15 +6,18 @@ import torch
 from transformers import LlamaForCausalLM
 
 from phide.cli import main
-from phide.engine import MODES, Engine, Request, SpecConfig
-from phide.models.adapters import TextAdapter
+from phide.engine import Engine, Request, SpecConfig
+from phide.models.frontends import TextFrontend
 from phide.models.loading import load_llama, load_tokenizer
 from phide.models.vocab import bridge_vocabularies
-from phide.spec.cross_vocab import CrossVocabDraft, TextBridge
-from phide.spec.tree import chain
+from phide.models.vocab import TextBridge
+from phide.speculation.cross_vocab import CrossVocabDraft
+from phide.speculation.tree import chain
 
 PROMPTS = ["What is moving?", "Describe the scene.", "the red car turns left", "one two three",
            "Is it bright?", "slow bike behind a dog"]
+
+MODES = ("target-only", "sequential", "hide")  # the schedules of a pair without a head
 
 
 def _hf_greedy(hf, tok, prompt, n):
@@ -35,12 +38,12 @@ def test_cross_vocab_draft_is_lossless(tiny_pair):
     t_tok, d_tok = load_tokenizer(tiny_pair["target"]), load_tokenizer(tiny_pair["other_vocab"])
     target, draft = load_llama(tiny_pair["target"]), load_llama(tiny_pair["other_vocab"])
     hf = LlamaForCausalLM.from_pretrained(tiny_pair["target"]).eval()
-    engine = Engine(TextAdapter(target, t_tok), TextAdapter(draft, d_tok), eos_token_ids=[2],
+    engine = Engine(TextFrontend(target, t_tok), TextFrontend(draft, d_tok), eos_token_ids=[2],
                     vocab_bridge=TextBridge(t_tok, d_tok, target.cfg.vocab_size))
     for prompt in PROMPTS:
         ref = _hf_greedy(hf, t_tok, prompt, 24)
         for mode in MODES:
-            res = engine.generate(Request(prompt=prompt, max_new_tokens=24, mode=mode))
+            res = engine.generate(Request(prompt=prompt, max_new_tokens=24), mode)
             assert res.token_ids == ref, (prompt, mode)
             assert res.stats["faults"] == 0, res.stats.get("fault_messages")
 
@@ -68,8 +71,7 @@ def test_cross_vocab_plumbing_accepts_a_right_draft(tiny_pair):
     t_tok, d_tok = load_tokenizer(tiny_pair["target"]), load_tokenizer(tiny_pair["other_vocab"])
     target = load_llama(tiny_pair["target"])
     prompt = "Describe the scene."
-    only = Engine(TextAdapter(target, t_tok)).generate(Request(prompt=prompt, max_new_tokens=40,
-                                                                mode="target-only"))
+    only = Engine(TextFrontend(target, t_tok)).generate(Request(prompt=prompt, max_new_tokens=40), "target-only")
     bridge = TextBridge(t_tok, d_tok, target.cfg.vocab_size)
     future = bridge.draft_ids(bridge.target_text(only.token_ids))
     ref = [None]
@@ -79,11 +81,11 @@ def test_cross_vocab_plumbing_accepts_a_right_draft(tiny_pair):
         tokenizer = d_tok
 
         def prepare(self, req):
-            from phide.models.adapters import Prepared
+            from phide.models.frontends import Prepared
 
             return Prepared(d_tok(req.prompt)["input_ids"])
 
-    engine = Engine(TextAdapter(target, t_tok), OracleAdapter(), eos_token_ids=list(target.cfg.eos_token_id),
+    engine = Engine(TextFrontend(target, t_tok), OracleAdapter(), eos_token_ids=list(target.cfg.eos_token_id),
                     vocab_bridge=bridge, spec=SpecConfig(depth=6, budget=7))
     orig = engine._prepare_draft
 
@@ -95,7 +97,7 @@ def test_cross_vocab_plumbing_accepts_a_right_draft(tiny_pair):
         return wrapper
 
     engine._prepare_draft = prepare_with_oracle
-    res = engine.generate(Request(prompt=prompt, max_new_tokens=40, mode="sequential"))
+    res = engine.generate(Request(prompt=prompt, max_new_tokens=40), "sequential")
     assert res.token_ids == only.token_ids
     assert res.stats["accepted_per_verify"] >= 3.0, res.stats
 

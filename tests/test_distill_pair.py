@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from phide.cli import main
-from phide.distill_pair import PairExample, agreement, train_draft_adapter
+from phide.distill.pair import PairExample, agreement, train_draft_adapter
+from phide.engine import Plan
 from phide.errors import PhideError
+from phide.io.paired import read_paired_dir
 from phide.models.draft_adapter import DraftAdapter, load_draft_adapter
-from phide.paired import read_paired_dir
 from phide.toy.bundle import export_distill_data
 from phide.toy.pair import write_toy_pair
 
@@ -130,65 +131,165 @@ def test_adapter_learns_the_target_distribution():
 
 
 # ------------------------------------------------------------------------------ engine, demo, bench
+def _toy_configs(toy, monkeypatch, names):
+    from phide.tools.bench import load_configs
+
+    monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
+    return _quiet(load_configs, names)
+
+
 def test_distilled_pair_is_lossless_in_every_configuration(toy, monkeypatch):
-    from phide.bench import CONFIGS, eval_samples, load_bundled, run_scenes
+    from phide.tools.bench import CONFIGS, eval_samples, run_scenes
 
-    monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
-    pair = _quiet(load_bundled)
-    assert pair.head is not None and pair.adapter is not None
-    rows = run_scenes(pair, eval_samples(2), list(CONFIGS), max_new_tokens=10)  # raises on a difference
+    configs = _toy_configs(toy, monkeypatch, list(CONFIGS))
+    session = configs["hide"][0]
+    assert session.engine.head is not None and session.engine.draft_adapter is not None
+    assert session.planner.calibration is not None  # load_configs calibrated it (saved under PHIDE_HOME)
+    rows = _quiet(run_scenes, configs, eval_samples(2), max_new_tokens=10)
     for r in rows:
-        for name, res in r["results"].items():
-            assert res.stats["faults"] == 0, (name, res.stats.get("fault_messages"))
-        assert r["results"]["hide-split"].stats["head_forwards"] > 0
-        assert r["results"]["hide-draft"].stats["head_forwards"] == 0
-        assert r["results"]["hide"].stats["plan"] in ("target-only", "head-only", "sequential", "hide")
+        assert all(r["identical"].values()), r["identical"]
+        st = {name: res.stats for name, res in r["results"].items()}
+        for name in CONFIGS:
+            assert st[name]["faults"] == 0, (name, st[name].get("fault_messages"))
+        # each row ran what it is named for
+        assert st["hide"]["plan"]["schedule"] == "hide" and st["hide"]["draft_forwards"] > 0
+        assert st["hide"]["head_forwards"] > 0
+        assert st["head-only"]["draft_forwards"] == 0 and st["head-only"]["head_forwards"] > 0
+        assert st["hide, draft rounds"]["head_forwards"] == 0 and st["hide, draft rounds"]["draft_forwards"] > 1
+        assert st["sequential"]["plan"]["schedule"] == "sequential"
+        assert st["auto"]["mode"] == "auto"
 
 
-def test_calibration_interleaves_its_check(toy, monkeypatch):
-    """calibrate_and_check: the planner's costs per split, and per split one (stretch, window
-    steps) measurement of every check scene, taken between the calibration's own requests."""
-    from phide.bench import eval_samples, load_bundled
-    from phide.calibration import calibrate_and_check
-    from phide.planner import window_draft_steps
+def test_calibration_runs_neighbour_pairs_and_the_check_predicts_from_it_alone(toy, monkeypatch):
+    """calibrate: each split's hide request runs right after a target-only request of the same
+    sample (a drifting machine drifts under both). check: every mode of a request before the
+    next request, and predictions from the calibration alone (what the planner learns during
+    the check does not leak into them)."""
+    from phide.tools.bench import eval_samples, toy_request
+    from phide.tools.calibrate import calibrate, check, relative_errors
 
-    monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
-    pair = _quiet(load_bundled)
-    cal, held = eval_samples(2), eval_samples(3)[1:]
-    costs, checks = calibrate_and_check(pair, cal, held, [1, 0])
-    import torch
+    session = _toy_configs(toy, monkeypatch, ["hide"])["hide"][0]
+    order = []
+    generate = session.engine.generate
 
-    assert [sp.draft_share for sp in costs.splits] == [1 / torch.get_num_threads(), 1.0]
-    assert len(checks) == 2 and all(len(c) == 2 for c in checks)
-    for split, measured in zip(costs.splits, checks):
-        assert split.target_prefill_s > 0 and split.draft_step_s > 0
-        assert all(ratio > 0 and steps >= 0 for ratio, steps in measured)
-        assert 0 <= window_draft_steps(costs, split, 8) <= 8
+    def logged(req, plan):
+        label = plan if isinstance(plan, str) else plan.schedule + (f"@{plan.draft_threads}t" if plan.draft_threads
+                                                                      else "")
+        order.append((req.prompt, label))
+        return generate(req, plan)
+
+    monkeypatch.setattr(session.engine, "generate", logged)
+    reqs = [toy_request(s, 8) for s in eval_samples(2)]
+    cal = _quiet(calibrate, session, reqs, splits=[{"draft_threads": 1}])
+    assert [sp.label for sp in cal.costs.splits] == ["hide@1t"]
+    split_runs = order[-4:]  # the split phase comes last: (target-only, hide) per request
+    assert split_runs == [(reqs[0].prompt, "target-only"), (reqs[0].prompt, "hide@1t"),
+                          (reqs[1].prompt, "target-only"), (reqs[1].prompt, "hide@1t")]
+    from phide.session import save_session_calibration
+
+    save_session_calibration(session, cal)
+    order.clear()
+    held = [toy_request(s, 8) for s in eval_samples(4)[2:]]
+    modes = ("target-only", "head-only", "hide")
+    rows = _quiet(check, session, held, modes)
+    assert order == [(r.prompt, m) for r in held for m in ("target-only", "head-only", "hide@1t")]
+    fresh = session.planner.with_calibration(cal)
+    again = _quiet(check, session, held, modes)  # the session's planner has learnt from 6 requests since
+    for a, b in zip(rows, again):  # greedy: the same answers, so the same predictions
+        assert (a["new_tokens"], a["predicted_s"]) == (b["new_tokens"], b["predicted_s"])
+        plan = Plan(a["schedule"], draft_threads=1 if a["schedule"] == "hide" else 0)
+        assert a["predicted_s"] == pytest.approx(fresh.predict(plan, a["new_tokens"]))
+    errors = relative_errors(rows)
+    assert set(errors) == set(modes)
+    for mode in modes:
+        mine = [abs(r["predicted_s"] - r["measured_s"]) / r["measured_s"] for r in rows if r["mode"] == mode]
+        assert errors[mode] == pytest.approx(float(np.median(mine)), abs=1e-4)
 
 
 def test_demo_json_and_timeline(toy, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
     obj = _ok(capsys, "demo", "--scenes", "2", "--max-new-tokens", "8", "--out", str(tmp_path / "d"), "--json")
     assert set(obj) >= {"text", "token_ids", "stats", "modes", "scenes", "accuracy"}
-    assert set(obj["modes"]) == {"target-only", "sequential", "hide"}
-    assert all(m["identical_to_target_only"] for m in obj["modes"].values())
-    assert len(obj["scenes"]) == 2 and obj["stats"]["mode"] == "hide"
+    assert set(obj["modes"]) == {"target-only", "sequential", "hide", "auto"}
+    assert all(m["identical_scenes"] == 2 for m in obj["modes"].values())
+    assert obj["modes"]["hide"]["ran"] == "hide"
+    auto_ran = [s["modes"]["auto"]["ran"] for s in obj["scenes"]]
+    assert obj["modes"]["auto"]["ran"].startswith("auto (") and auto_ran[0] in obj["modes"]["auto"]["ran"]
+    assert len(obj["scenes"]) == 2 and obj["stats"]["mode"] == "auto"
+    assert obj["stats"]["plan"]["schedule"] == auto_ran[0]
     assert (tmp_path / "d" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
     json.loads((tmp_path / "d" / "trace.json").read_text())
     code = main(["demo", "--scenes", "1", "--max-new-tokens", "6", "--out", str(tmp_path / "d2")])
     out = capsys.readouterr().out
-    assert code == 0 and "target-only" in out and "identical tokens" in out
+    assert code == 0 and "target-only" in out and "identical to target-only in every mode on 1 scenes: yes" in out
 
 
-def test_bench_appends_csv(toy, tmp_path, capsys, monkeypatch):
+def test_bench_appends_one_schema_and_names_what_ran(toy, tmp_path, capsys, monkeypatch):
+    from phide.tools.bench import BENCH_COLUMNS, CONFIGS
+    from phide.tools.benchlog import git_state
+
     monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
     path = tmp_path / "bench.csv"
     for _ in range(2):
-        obj = _ok(capsys, "bench", "--scenes", "2", "--max-new-tokens", "6", "--csv", str(path), "--json")
-    assert obj["configs"]["hide"]["speedup_vs_target-only"] > 0
+        obj = _ok(capsys, "bench", "--scenes", "2", "--max-new-tokens", "6", "--csv", str(path), "--allow-dirty",
+                  "--json")
+    names = [n for n, c in CONFIGS.items() if c.default]
+    assert list(obj["configs"]) == names
+    with path.open() as f:
+        assert next(csv.reader(f)) == BENCH_COLUMNS
     rows = list(csv.DictReader(path.open()))
-    assert len(rows) == 2 * len(obj["configs"])
-    assert {"device", "git_sha", "config", "median_wall_s", "mean_accepted_per_verify"} <= set(rows[0])
+    assert len(rows) == 2 * len(names)
+    assert {r["dirty"] for r in rows} == {str(int(git_state()[1]))}
+    for name, e in obj["configs"].items():
+        assert e["identical_scenes"] == 2
+        ran = [p for p, c in e["plans"].items() for _ in range(c)]
+        if name == "auto":
+            assert e["ran"].startswith("auto (")
+        else:  # a forced mode runs what it names
+            assert ran == [CONFIGS[name].mode] * 2 and e["ran"] == name
+        if e["median_predicted_s"] is not None:  # the main session's modes are calibrated
+            assert e["median_prediction_error"] is not None
+    assert obj["configs"]["hide"]["median_predicted_s"] is not None
+    assert obj["configs"]["hide, draft rounds"]["median_predicted_s"] is None  # no calibration of that session
+
+
+def test_bench_refuses_a_dirty_tree_and_another_schema(toy, tmp_path, capsys, monkeypatch):
+    from phide.tools import benchlog
+
+    monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
+    monkeypatch.setattr(benchlog, "git_state", lambda: ("abc1234", True))
+    path = tmp_path / "bench.csv"
+    _one_error(capsys, ["bench", "--scenes", "1", "--csv", str(path)], "uncommitted changes")
+    assert not path.exists()
+    monkeypatch.setattr(benchlog, "git_state", lambda: ("abc1234", False))
+    path.write_text("device,config,median_wall_s\nx,y,1\n")
+    _one_error(capsys, ["bench", "--scenes", "1", "--max-new-tokens", "4", "--configs", "hide",
+                        "--csv", str(path)], "another schema")
+    with pytest.raises(PhideError, match="not in the file's schema"):
+        benchlog.append_csv(tmp_path / "new.csv", [{"device": "x", "surprise": 1}], ["device"])
+
+
+def test_bench_fails_when_a_configuration_changes_the_tokens(toy, tmp_path, capsys, monkeypatch):
+    """The identical-token count is computed: a configuration whose tokens differ from
+    target-only's is counted, and the bench ends with an error."""
+    from phide.session import Session
+
+    monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
+    generate = Session.generate
+
+    def wrong_in_hide(self, req, mode="auto"):
+        res = generate(self, req, mode)
+        if mode == "hide" and res.token_ids:
+            res.token_ids = [res.token_ids[0] + 1] + res.token_ids[1:]
+        return res
+
+    monkeypatch.setattr(Session, "generate", wrong_in_hide)
+    code = main(["bench", "--scenes", "2", "--max-new-tokens", "4", "--configs", "hide,sequential",
+                 "--csv", str(tmp_path / "b.csv"), "--allow-dirty", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "tokens differ from target-only in hide" in err
+    configs = json.loads(out)["configs"]
+    assert configs["hide"]["identical_scenes"] == 0 and configs["sequential"]["identical_scenes"] == 2
 
 
 def test_missing_toy_pair_is_one_error(tmp_path, capsys, monkeypatch):
@@ -197,10 +298,10 @@ def test_missing_toy_pair_is_one_error(tmp_path, capsys, monkeypatch):
 
 
 def test_the_bundled_pair_is_complete_small_and_lossless(monkeypatch):
-    """The committed toy pair: every part present, within the 40 MB bf16 budget, head and adapter
-    loaded by default, identical greedy tokens in hide / sequential / target-only."""
-    from phide.bench import _request, eval_samples, load_bundled
-    from phide.toy.bundle import BUNDLED
+    """The committed toy pair: every part present, within the 40 MB bf16 budget, head, adapter
+    and tree shape loaded by default, identical greedy tokens in every schedule."""
+    from phide.tools.bench import bundled_session, eval_samples, toy_request
+    from phide.toy.bundle import BUNDLED, TREE_SHAPE
     from phide.toy.pair import BF16_BUDGET_BYTES, checkpoint_stats
 
     monkeypatch.delenv("PHIDE_TOY_PAIR", raising=False)
@@ -208,32 +309,37 @@ def test_the_bundled_pair_is_complete_small_and_lossless(monkeypatch):
     assert sum(s["bf16_bytes"] for s in stats.values()) <= BF16_BUDGET_BYTES
     on_disk = sum(f.stat().st_size for f in BUNDLED.rglob("*") if f.is_file())
     assert on_disk <= BF16_BUDGET_BYTES
-    pair = _quiet(load_bundled)
-    assert pair.head is not None and pair.adapter is not None
+    session = _quiet(bundled_session, calibration=None)
+    eng = session.engine
+    assert eng.head is not None and eng.draft_adapter is not None
+    assert {k: getattr(eng.spec, k) for k in TREE_SHAPE} == TREE_SHAPE
     s = eval_samples(1)[0]
-    outs = {m: pair.engine.generate(_request(s, 16, m)) for m in ("target-only", "sequential", "hide")}
+    outs = {m: session.generate(toy_request(s, 16), m) for m in ("target-only", "head-only", "sequential", "hide")}
     assert outs["hide"].token_ids == outs["sequential"].token_ids == outs["target-only"].token_ids
+    assert outs["head-only"].token_ids == outs["target-only"].token_ids
     assert outs["hide"].stats["accepted_per_verify"] > 2  # the head drafts well for its own target
 
 
 def test_toy_evaluate_scores_target_and_draft(toy, capsys, monkeypatch):
-    """`python -m phide.toy.evaluate`: accuracy of the target and the draft alone, per question."""
-    from phide.toy.evaluate import main as evaluate_main
+    """`python -m phide.tools.evaluate`: accuracy of the target and the draft alone, per question,
+    aggregated from the scorer's verdicts (here a scorer that says motion right, colour wrong)."""
+    from phide.toy import world
+    from phide.tools.evaluate import main as evaluate_main
 
     monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
+    monkeypatch.setattr(world, "score_answer", lambda scene, question, text: {"motion": True, "colour": False})
     assert evaluate_main(["--scenes", "3", "--max-new-tokens", "6", "--json"]) == 0
     acc = json.loads(capsys.readouterr().out)
     assert acc["scenes"] == 3
-    for k in ("target_correct", "target_motion", "target_colour", "draft_motion", "draft_colour"):
-        assert 0.0 <= acc[k] <= 1.0
-    assert acc["target_correct"] <= min(acc["target_motion"], acc["target_colour"])
-    assert sum(len(q) > 0 for q in acc["by_question"]) == len(acc["by_question"]) >= 1
+    assert (acc["target_motion"], acc["target_colour"], acc["target_correct"]) == (1.0, 0.0, 0.0)
+    assert (acc["draft_motion"], acc["draft_colour"]) == (1.0, 0.0)
+    assert set(acc["by_question"].values()) == {0.0}
     assert evaluate_main([str(toy["root"]), "--scenes", "1", "--max-new-tokens", "4"]) == 0
     assert "held-out scenes" in capsys.readouterr().out
 
 
 def test_toy_evaluate_bad_directory_is_one_error(tmp_path, capsys):
-    from phide.toy.evaluate import main as evaluate_main
+    from phide.tools.evaluate import main as evaluate_main
 
     assert evaluate_main([str(tmp_path / "nothing"), "--scenes", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -5,12 +5,13 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from phide.distill import Sequence, head_top1_accuracy, train_eagle_head
-from phide.engine import MODES, Engine, Request, SpecConfig
+from phide.distill.head import Sequence, head_top1_accuracy, train_eagle_head
+from phide.engine import Engine, Request, SpecConfig
+from phide.modes import SCHEDULES
 from phide.errors import PhideError
 from phide.models.eagle import EagleHead, load_eagle_head
 from phide.models.loading import load_llama, load_tokenizer
-from phide.planner import Costs
+from phide.speculation import drafters
 
 PROMPTS = ["What is moving?", "Describe the scene.", "the red car turns left", "Where is the ball",
            "How many people are there?", "A blue truck moves fast on the road.", "dark", "edge motion",
@@ -25,7 +26,7 @@ def trained(tiny_pair, tmp_path_factory):
     seqs = []
     for p in PROMPTS:
         ids = tok(p)["input_ids"]
-        out = only.generate(Request(prompt_ids=ids, max_new_tokens=40, mode="target-only"))
+        out = only.generate(Request(prompt_ids=ids, max_new_tokens=40), "target-only")
         seqs.append(Sequence(ids + out.token_ids))
     head = train_eagle_head(target, seqs[:9], steps=300, lr=3e-3, seed=0, log_every=0)
     d = tmp_path_factory.mktemp("head")
@@ -62,8 +63,8 @@ def test_engine_with_head_is_lossless_and_accepts(trained, tiny_pair):
         ids = trained["tok"](prompt)["input_ids"]
         ref = trained["hf"].generate(torch.tensor([ids]), do_sample=False, max_new_tokens=30, eos_token_id=2,
                                      pad_token_id=0)[0, len(ids):].tolist()
-        for mode in MODES:
-            res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode=mode))
+        for mode in SCHEDULES:
+            res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30), mode)
             assert res.token_ids == ref, (prompt, mode)
             assert res.stats["faults"] == 0, res.stats.get("fault_messages")
             if mode != "target-only":
@@ -75,7 +76,7 @@ def test_engine_with_head_is_lossless_and_accepts(trained, tiny_pair):
 
 def test_head_without_draft_and_head_faults(trained):
     ids = trained["tok"](PROMPTS[0])["input_ids"]
-    ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=20, mode="target-only"))
+    ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=20), "target-only")
 
     class Broken(EagleHead):
         def forward(self, *a, **k):
@@ -84,28 +85,8 @@ def test_head_without_draft_and_head_faults(trained):
     broken = Broken(trained["target"].cfg)
     for head, faults in ((trained["head"], 0), (broken, 1)):
         res = Engine(trained["target"], None, head=head).generate(
-            Request(prompt_ids=ids, max_new_tokens=20, mode="sequential"))
+            Request(prompt_ids=ids, max_new_tokens=20), "head-only")
         assert res.token_ids == ref.token_ids and res.stats["faults"] == faults
-
-
-@pytest.mark.parametrize("per_node_s, drafts", [(1.0, False), (0.0, True)])
-def test_priced_round_trees(trained, per_node_s, drafts):
-    """With the planner's costs on the engine, round trees are priced (TreePrice): when a verified
-    node costs a whole second per 10 ms decode step nothing pays, every round verifies the root
-    alone (a plain decode step), and the tokens are the same; with free nodes the head drafts."""
-    ids = trained["tok"](PROMPTS[0])["input_ids"]
-    ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=30, mode="target-only"))
-    engine = Engine(trained["target"], None, head=trained["head"],
-                    spec=SpecConfig(topk=2, depth=3, budget=6, price_trees=True))
-    engine.costs = Costs(target_prepare_s=0, prepare_idle=False, target_prefill_s=0, target_step_s=0.01,
-                         verify_extra_per_node_s=per_node_s, draft_prefill_s=0, draft_step_s=0, head_step_s=0)
-    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))
-    assert res.token_ids == ref.token_ids
-    assert res.stats["head_forwards"] > 0
-    if drafts:
-        assert res.stats["accepted_per_verify"] > 1.0
-    else:
-        assert res.stats["verifies"] == len(res.token_ids) and res.stats["accepted_per_verify"] == 1.0
 
 
 @pytest.mark.parametrize("tail", [None, 3])
@@ -113,7 +94,7 @@ def test_rollout_matches_chain_drafting(trained, tail):
     """head_rollout's step-k prediction at index i is what drafting a chain computes: the committed
     pairs 0..i in the cache, then k-1 expansions each reading the previous one's output (the
     positions, cache rows and mask EagleRunner/TreeGrower use)."""
-    from phide.distill import head_rollout, target_features
+    from phide.distill.head import head_rollout, target_features
     from phide.models.llama import KVCache
 
     torch.manual_seed(1)
@@ -121,7 +102,7 @@ def test_rollout_matches_chain_drafting(trained, tail):
     for p in head.parameters():  # a random head: every path through the layer matters
         torch.nn.init.normal_(p, std=0.3)
     e, f = target_features(trained["target"], trained["seqs"][0])
-    T, depth = e.shape[0], 3
+    depth = 3
     steps = head_rollout(head, e, f, depth, tail)
     assert len(steps) == depth
     for k, (pred, first) in enumerate(steps, 1):
@@ -141,59 +122,52 @@ def test_rollout_matches_chain_drafting(trained, tail):
             torch.testing.assert_close(pred[row], h, rtol=1e-4, atol=1e-5)
 
 
-
-@pytest.mark.parametrize("head_lane", ["process", "thread"])
-def test_head_post_verify_overlap_is_lossless(trained, tiny_pair, head_lane):
-    """The head grows the next tree during each verify (in a worker process, or a thread): the
-    tokens are the target's, greedy and sampled, and guesses that hit are used."""
+def test_head_post_verify_overlap_is_lossless(trained, tiny_pair, monkeypatch):
+    """The head grows the next tree during each verify (on a thread lane, the CPU twin of the
+    GPU's side stream): the tokens are the target's, greedy and sampled, and guesses that hit
+    are used."""
+    monkeypatch.setattr(drafters, "MIN_PATH_PROB", 0.0)  # grow ahead in every round
     near = load_llama(tiny_pair["near"])
     engine = Engine(trained["target"], near, eos_token_ids=[2], head=trained["head"],
-                    spec=SpecConfig(topk=3, depth=5, budget=16, window_budget=24, overlap=True,
-                                    overlap_min_prob=0.0, head_lane=head_lane))
+                    spec=SpecConfig(topk=3, depth=5, budget=16, window_budget=24, overlap=True))
     plain = Engine(trained["target"], eos_token_ids=[2])
     rounds = hits = 0
-    try:
-        for i, prompt in enumerate(PROMPTS[:6]):
-            ids = trained["tok"](prompt)["input_ids"]
-            temperature = 0.0 if i % 2 == 0 else 0.8
-            ref = plain.generate(Request(prompt_ids=ids, max_new_tokens=30, temperature=temperature, seed=i,
-                                         mode="target-only"))
-            for mode in ("sequential", "hide"):
-                res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, temperature=temperature, seed=i,
-                                              mode=mode))
-                assert res.token_ids == ref.token_ids, (prompt, mode)
-                assert res.stats["faults"] == 0, res.stats.get("fault_messages")
-                rounds += res.stats["overlap_rounds"]
-                hits += res.stats["overlap_hits"]
-                if head_lane == "process":
-                    assert "grow_ahead" in res.stats["phases"] or res.stats["overlap_rounds"] == 0
-    finally:
-        engine.close()
+    for i, prompt in enumerate(PROMPTS[:6]):
+        ids = trained["tok"](prompt)["input_ids"]
+        temperature = 0.0 if i % 2 == 0 else 0.8
+        ref = plain.generate(Request(prompt_ids=ids, max_new_tokens=30, temperature=temperature, seed=i),
+                             "target-only")
+        for mode in ("head-only", "hide"):
+            res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, temperature=temperature, seed=i), mode)
+            assert res.token_ids == ref.token_ids, (prompt, mode)
+            assert res.stats["faults"] == 0, res.stats.get("fault_messages")
+            assert ("grow_ahead" in res.stats["phases"]) == (res.stats["overlap_rounds"] > 0)
+            rounds += res.stats["overlap_rounds"]
+            hits += res.stats["overlap_hits"]
     assert rounds > 0 and hits > 0, (rounds, hits)
 
 
-def test_head_worker_death_is_a_fault_and_the_next_request_restarts_it(trained, monkeypatch):
-    from phide.spec.overlap import PostVerifyOverlap
+def test_a_head_failing_while_it_grows_ahead_is_a_fault(trained, monkeypatch):
+    """An exception in the growth beside the verify drops the head for the rest of the request
+    (one fault, the target's tokens); the next request has its head again."""
+    from phide.speculation.eagle_runner import EagleRunner
 
+    monkeypatch.setattr(drafters, "MIN_PATH_PROB", 0.0)
     ids = trained["tok"](PROMPTS[1])["input_ids"]
-    ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=30, mode="target-only"))
+    ref = Engine(trained["target"]).generate(Request(prompt_ids=ids, max_new_tokens=30), "target-only")
     engine = Engine(trained["target"], None, head=trained["head"],
-                    spec=SpecConfig(topk=3, depth=5, budget=16, overlap=True, overlap_min_prob=0.0))
-    finish, kills = PostVerifyOverlap.finish, [1]
+                    spec=SpecConfig(topk=3, depth=5, budget=16, overlap=True))
+    grow, fails = EagleRunner.grow_assuming, [1]
 
-    def dies_during_the_verify(self, *args):
-        if kills.pop() if kills else 0:
-            engine._process_lanes["head"]._process.kill()
-        return finish(self, *args)
+    def fails_once(self, *args, **kwargs):
+        if fails and fails.pop():
+            raise RuntimeError("injected failure beside the verify")
+        return grow(self, *args, **kwargs)
 
-    monkeypatch.setattr(PostVerifyOverlap, "finish", dies_during_the_verify)
-    try:
-        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))
-        assert res.token_ids == ref.token_ids
-        assert res.stats["faults"] == 1 and "LaneError" in res.stats["fault_messages"][0]
-        assert not engine._process_lanes["head"].alive()
-        again = engine.generate(Request(prompt_ids=ids, max_new_tokens=30, mode="sequential"))
-        assert again.token_ids == ref.token_ids and again.stats["faults"] == 0
-        assert again.stats["head_forwards"] > 0 and engine._process_lanes["head"].alive()
-    finally:
-        engine.close()
+    monkeypatch.setattr(EagleRunner, "grow_assuming", fails_once)
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30), "head-only")
+    assert res.token_ids == ref.token_ids
+    assert res.stats["faults"] == 1 and "injected failure" in res.stats["fault_messages"][0]
+    again = engine.generate(Request(prompt_ids=ids, max_new_tokens=30), "head-only")
+    assert again.token_ids == ref.token_ids and again.stats["faults"] == 0
+    assert again.stats["overlap_rounds"] > 0

@@ -2,16 +2,21 @@
 mode, for good, bad and failing drafts; speculation saves target forwards when the draft is good;
 sampling follows the target's distribution."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 from transformers import LlamaForCausalLM
 
-from phide.engine import MODES, Engine, Request, SpecConfig
+from phide.engine import Engine, Plan, Request, SpecConfig
 from phide.errors import PhideError
 from phide.models.loading import load_llama, load_tokenizer
 from phide.models.tiny import tiny_llama_config
+from phide.speculation import drafters
+
+MODES = ("target-only", "sequential", "hide")  # the schedules a pair without a head runs
 
 PROMPTS = [
     "What is moving?", "Describe the scene.", "the red car turns left", "Where is the ball",
@@ -52,7 +57,7 @@ def test_greedy_identical_to_transformers_in_every_mode(models, draft):
         n = 12 + (i % 4) * 7
         ref = _hf_greedy(models["hf"], ids, n)
         for mode in MODES:
-            res = engine.generate(Request(prompt_ids=ids, max_new_tokens=n, mode=mode))
+            res = engine.generate(Request(prompt_ids=ids, max_new_tokens=n), mode)
             assert res.token_ids == ref, (prompt, mode)
             assert res.stats["faults"] == 0
             if mode != "target-only":
@@ -67,7 +72,7 @@ def test_always_wrong_chain_draft_never_accepted(models):
     engine = Engine(models["target"], models["wrong"], eos_token_ids=[2],
                     spec=SpecConfig(topk=1, depth=4, budget=5, window_budget=8))
     ids = models["tok"](PROMPTS[0])["input_ids"]
-    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=20, mode="sequential"))
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=20), "sequential")
     assert res.token_ids == _hf_greedy(models["hf"], ids, 20)
     assert res.stats["accepted_drafts_per_verify"] == 0.0
     assert res.stats["accepted_per_verify"] == 1.0
@@ -76,25 +81,60 @@ def test_always_wrong_chain_draft_never_accepted(models):
 def test_good_draft_saves_target_forwards(models):
     engine = Engine(models["target"], models["near"], eos_token_ids=[])  # no EOS: full length
     ids = models["tok"](PROMPTS[1])["input_ids"]
-    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=48, mode="hide"))
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=48), "hide")
     assert len(res.token_ids) == 48
     assert res.stats["target_forwards"] < len(res.token_ids) / 2
     assert res.stats["accepted_per_verify"] >= 3.0
     assert res.stats["draft_forwards"] > 0
-    only = engine.generate(Request(prompt_ids=ids, max_new_tokens=48, mode="target-only"))
+    only = engine.generate(Request(prompt_ids=ids, max_new_tokens=48), "target-only")
     assert only.stats["target_forwards"] == 49  # prefill + one forward per token
     assert only.token_ids == res.token_ids
 
 
-def test_hide_reports_window_tokens(models):
-    engine = Engine(models["target"], models["near"], eos_token_ids=[])
-    ids = models["tok"](" ".join(PROMPTS))["input_ids"]  # a longer prompt: a longer window
-    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=8, mode="hide"))
+class _Slow(torch.nn.Module):
+    """A model whose first forward (its prefill) takes `delay` seconds longer."""
+
+    def __init__(self, inner, delay):
+        super().__init__()
+        self.inner, self.delay, self.calls = inner, delay, 0
+        self.cfg = inner.cfg
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, *a, **kw):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.delay)
+        return self.inner(*a, **kw)
+
+
+def test_hide_window_counts_what_the_draft_made_before_the_prefill_ended(models):
+    """hide: the draft's first tree grows until the target's prefill ends. A slow target prefill
+    leaves the draft time for its whole first tree (every node counted in the window); a slow
+    draft prefill leaves none (the tree is the root's children at most, grown after the window,
+    and nothing counts). sequential never counts window tokens. Tokens are the same throughout."""
+    spec = SpecConfig(topk=2, depth=4, budget=12, window_depth=3, window_budget=8)
+    ids = models["tok"](PROMPTS[1])["input_ids"]
+    ref = Engine(models["target"], eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=8),
+                                                              "target-only")
+    slow_target = Engine(_Slow(models["target"], 0.5), models["near"], eos_token_ids=[], spec=spec)
+    res = slow_target.generate(Request(prompt_ids=ids, max_new_tokens=8), "hide")
     s = res.stats
-    assert 0 <= s["draft_tokens_in_window"] <= 63
+    assert res.token_ids == ref.token_ids and s["faults"] == 0
+    assert s["draft_steps_in_window"] == spec.window_depth - 1  # the last level is never expanded
+    assert s["draft_tokens_in_window"] == spec.window_budget - 1  # the whole first tree (10 grown, 7 kept)
     assert {"target_prefill", "draft_prefill", "draft_grow", "verify"} <= set(s["phases"])
-    seq = engine.generate(Request(prompt_ids=ids, max_new_tokens=8, mode="sequential"))
-    assert seq.stats["draft_tokens_in_window"] == 0 and seq.token_ids == res.token_ids
+    slow_draft = Engine(models["target"], _Slow(models["near"], 0.5), eos_token_ids=[], spec=spec)
+    res = slow_draft.generate(Request(prompt_ids=ids, max_new_tokens=8), "hide")
+    assert res.token_ids == ref.token_ids
+    assert (res.stats["draft_steps_in_window"], res.stats["draft_tokens_in_window"]) == (0, 0)
+    seq = Engine(models["target"], models["near"], eos_token_ids=[], spec=spec).generate(
+        Request(prompt_ids=ids, max_new_tokens=8), "sequential")
+    assert seq.stats["draft_tokens_in_window"] == 0 and seq.token_ids == ref.token_ids
 
 
 class _Exploding(torch.nn.Module):
@@ -128,26 +168,33 @@ def test_draft_faults_never_change_output(models, kind, after, mode):
     ids = models["tok"](PROMPTS[2])["input_ids"]
     ref = _hf_greedy(models["hf"], ids, 24)
     engine = Engine(models["target"], _Exploding(models["near"], kind, after), eos_token_ids=[2])
-    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=24, mode=mode))
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=24), mode)
     assert res.token_ids == ref
     assert res.stats["faults"] == 1
 
 
 def test_bad_requests(models):
     engine = Engine(models["target"], models["near"])
-    for req, msg in [
-        (Request(prompt_ids=[]), "empty"),
-        (Request(prompt_ids=[1, 5], max_new_tokens=0), "max-new-tokens"),
-        (Request(prompt_ids=[1, 5], mode="fast"), "mode"),
-        (Request(prompt_ids=[1, 10**6]), "vocabulary"),
-        (Request(prompt_ids=[1, 5], temperature=-1.0), "temperature"),
+    alone = Engine(models["target"])
+    long_prompt = [1] + [5] * models["target"].cfg.max_position_embeddings
+    for eng, req, plan, msg in [
+        (engine, Request(prompt_ids=[]), "hide", "empty"),
+        (engine, Request(prompt_ids=[1, 5], max_new_tokens=0), "hide", "max-new-tokens"),
+        (engine, Request(prompt_ids=[1, 5]), "fast", "schedule"),
+        (engine, Request(prompt_ids=[1, 10**6]), "hide", "vocabulary"),
+        (engine, Request(prompt_ids=[1, 5], temperature=-1.0), "hide", "temperature"),
+        (engine, Request(prompt_ids=long_prompt), "target-only", "max_position_embeddings"),
+        (engine, Request(prompt_ids=[1, 5], max_new_tokens=10**6), "target-only", "ask for at most"),
+        (engine, Request(prompt_ids=[1, 5]), "head-only", "EAGLE head"),
+        (alone, Request(prompt_ids=[1, 5]), "sequential", "needs a draft"),
     ]:
         with pytest.raises(PhideError, match=msg):
-            engine.generate(req)
-    for bad, msg in [(dict(head_lane="gpu"), "head_lane"), (dict(overlap_min_prob=float("nan")), "overlap_min_prob"),
-                     (dict(draft_threads=-1), "draft_threads"), (dict(topk=0), "topk")]:
+            eng.generate(req, plan)
+    for bad, msg in [(dict(topk=0), "topk"), (dict(window_budget=0), "window_budget")]:
         with pytest.raises(PhideError, match=msg):
             SpecConfig(**bad)
+    with pytest.raises(PhideError, match=">= 0"):
+        Plan("hide", draft_threads=-1)
 
 
 def _exact_two_token_law(hf, ids, temperature):
@@ -181,7 +228,7 @@ def test_sampling_follows_target_distribution(tmp_path, mode):
     counts = np.zeros(V * V)
     accepted = 0.0
     for seed in range(n):
-        out = engine.generate(Request(prompt_ids=ids, max_new_tokens=2, temperature=1.0, seed=seed, mode=mode))
+        out = engine.generate(Request(prompt_ids=ids, max_new_tokens=2, temperature=1.0, seed=seed), mode)
         counts[out.token_ids[0] * V + out.token_ids[1]] += 1
         accepted += out.stats["accepted_drafts_per_verify"] > 0
     if mode == "hide":  # drafts were both accepted and rejected: both paths of the walk ran
@@ -204,36 +251,35 @@ def test_sampling_is_the_target_only_sample_in_every_mode(tiny_pair):
     ids = [1, 17, 42, 99, 5]
     accepted = 0.0
     for seed in range(6):
-        outs = {m: engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=seed, mode=m))
+        outs = {m: engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=seed), m)
                 for m in ("target-only", "sequential", "hide")}
         assert outs["sequential"].token_ids == outs["target-only"].token_ids
         assert outs["hide"].token_ids == outs["target-only"].token_ids
         accepted += outs["hide"].stats["accepted_drafts_per_verify"]
     assert accepted > 0  # drafts were really verified and accepted
-    a = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=0, mode="target-only"))
-    b = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=1, mode="target-only"))
+    a = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=0), "target-only")
+    b = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, temperature=0.9, seed=1), "target-only")
     assert a.token_ids != b.token_ids  # the seed matters
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
-def test_post_verify_overlap_is_lossless_and_hits(tiny_pair, temperature):
+def test_post_verify_overlap_is_lossless_and_hits(tiny_pair, temperature, monkeypatch):
     """The draft grows the next tree during the verify: same tokens as target-only (greedy and
     seeded sampling), and with a nearly identical draft most guesses hit."""
     target, draft = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
     ids = [1, 17, 42, 99, 5]
     ref = Engine(target, eos_token_ids=[]).generate(
-        Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3, mode="target-only"))
+        Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3), "target-only")
+    monkeypatch.setattr(drafters, "MIN_PATH_PROB", 0.0)  # grow ahead in every round
     for mode in ("sequential", "hide"):
-        eng = Engine(target, draft, eos_token_ids=[],
-                     spec=SpecConfig(continuation="draft", overlap=True, overlap_min_prob=0.0, depth=4, budget=12))
-        out = eng.generate(Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3, mode=mode))
+        eng = Engine(target, draft, eos_token_ids=[], spec=SpecConfig(overlap=True, depth=4, budget=12))
+        out = eng.generate(Request(prompt_ids=ids, max_new_tokens=24, temperature=temperature, seed=3), mode)
         assert out.token_ids == ref.token_ids, mode
         assert out.stats["faults"] == 0 and out.stats["overlap_rounds"] > 0
         if temperature == 0:
             assert out.stats["overlap_hits"] > 0
-    wrong = Engine(target, load_llama(tiny_pair["wrong"]), eos_token_ids=[],
-                   spec=SpecConfig(continuation="draft", overlap=True, overlap_min_prob=0.0))
-    out = wrong.generate(Request(prompt_ids=ids, max_new_tokens=24, mode="hide"))
+    wrong = Engine(target, load_llama(tiny_pair["wrong"]), eos_token_ids=[], spec=SpecConfig(overlap=True))
+    out = wrong.generate(Request(prompt_ids=ids, max_new_tokens=24), "hide")
     assert out.token_ids == Engine(target, eos_token_ids=[]).generate(
-        Request(prompt_ids=ids, max_new_tokens=24, mode="target-only")).token_ids
+        Request(prompt_ids=ids, max_new_tokens=24), "target-only").token_ids
     assert out.stats["overlap_hits"] == 0  # an always-wrong draft never guesses the outcome

@@ -328,7 +328,7 @@ def test_greedy_equals_generate(root, base):
                                pad_token_id=0, attention_mask=torch.ones(ref_embeds.shape[:2], dtype=torch.long))
     want = gen[0].tolist()
     engine = Engine(base)  # the EventGPT adapter on the TARGET side, just to decode greedily
-    got = engine.generate(Request(prompt=QUESTION, events=frames, mode="target-only", max_new_tokens=n)).token_ids
+    got = engine.generate(Request(prompt=QUESTION, events=frames, max_new_tokens=n), "target-only").token_ids
     assert got == want and len(got) >= 1
 
 
@@ -336,9 +336,9 @@ def test_as_draft_in_hide_mode_is_lossless(root, base):
     draft = _load(root / "base")
     frames = _frames(5)
     req = dict(prompt=QUESTION, events=frames, max_new_tokens=10)
-    alone = Engine(base).generate(Request(mode="target-only", **req)).token_ids
+    alone = Engine(base).generate(Request( **req), "target-only").token_ids
     for mode in ("hide", "sequential"):
-        res = Engine(base, draft).generate(Request(mode=mode, **req))
+        res = Engine(base, draft).generate(Request( **req), mode)
         assert res.token_ids == alone
         assert res.stats["faults"] == 0 and res.stats["draft_visual_tokens"] == 15
         assert res.stats["accepted_per_verify"] > 1.5  # identical draft: most proposals accepted

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from phide import ops  # noqa: E402
 from phide._ext import load_extension  # noqa: E402
-from phide.spec.verify import (  # noqa: E402
+from phide.ops.reference.accept import (  # noqa: E402
     tree_accept_greedy_torch,
     tree_accept_stochastic_torch,
 )

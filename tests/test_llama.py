@@ -7,7 +7,7 @@ from transformers import LlamaForCausalLM
 from phide.errors import PhideError
 from phide.models.loading import load_llama
 from phide.models.tiny import tiny_llama_config
-from phide.spec.tree import Tree, verify_layout
+from phide.speculation.tree import Tree, verify_layout
 
 CONFIGS = {
     "gqa": dict(heads=4, kv_heads=2),

@@ -1,5 +1,5 @@
 """Post-verify overlap's pieces: the best path, the subtree a hit adopts, and the drafters'
-speculate / settle (after settling, a drafter is exactly where a plain commit would have left it)."""
+grow_assuming / settle (after settling, a drafter is exactly where a plain commit would have left it)."""
 
 import math
 
@@ -8,10 +8,10 @@ import torch
 
 from phide.models.eagle import EagleHead
 from phide.models.loading import load_llama
-from phide.spec.eagle_runner import EagleRunner
-from phide.spec.overlap import best_path, full_path_probability
-from phide.spec.runners import DraftRunner
-from phide.spec.tree import Tree, adopt_subtree, subtree
+from phide.speculation.eagle_runner import EagleRunner
+from phide.speculation.overlap import best_path, full_path_probability
+from phide.speculation.runners import DraftRunner
+from phide.speculation.tree import Tree, adopt_subtree, subtree
 
 #         0(r)
 #       /      \
@@ -73,7 +73,7 @@ def test_draft_settles_where_a_commit_leaves_it(tiny_pair, accepted):
     path = best_path(tree)
     n = len(path) - 1 if accepted == "all" else accepted
     nodes, bonus = path[: n + 1], 3
-    spec = a.speculate(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
+    spec = a.grow_assuming(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
     assert len(spec) > 1
     ready = a.settle(tree, nodes, bonus, GROW["budget"])
     b.commit(tree, nodes, bonus)
@@ -100,7 +100,7 @@ def test_head_settles_where_a_commit_leaves_it_and_adopts_on_a_hit(tiny_pair):
     a, tree = fresh()
     b, _ = fresh()
     path = best_path(tree)
-    spec = a.speculate(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
+    spec = a.grow_assuming(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
     # The target accepted the whole path and emitted the head's own first guess after it: a hit.
     bonus = spec.tokens[[n for n in range(1, len(spec)) if spec.parents[n] == 0][0]]
     ready = a.settle(tree, path, bonus, GROW["budget"])
@@ -127,7 +127,7 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
 
     from phide.runtime.cpu_lanes import CpuLane
     from phide.runtime.window_lanes import side_stream
-    from phide.spec.overlap import PostVerifyOverlap
+    from phide.speculation.overlap import PostVerifyOverlap
 
     current, side = _Stream("current"), _Stream("side")
     entered, log = [], []
@@ -143,8 +143,8 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
             return False
 
     class Runner:
-        def speculate(self, path, tokens, stop, **kw):
-            log.append(("speculate", list(current.waited), list(side.waited)))
+        def grow_assuming(self, path, tokens, stop, **kw):
+            log.append(("grow_assuming", list(current.waited), list(side.waited)))
             return TREE
 
         def settle(self, tree, nodes, bonus, budget):
@@ -156,7 +156,7 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
     ahead = PostVerifyOverlap.start(Runner(), TREE, CpuLane("draft"), dict(GROW), stream=side)
     assert ahead.finish(TREE, [0, 1], 11) is None
     assert entered == [(False, "side")]  # entered on the lane's thread
-    assert log == [("speculate", [], ["current"]), ("settle", ["side"])]
+    assert log == [("grow_assuming", [], ["current"]), ("settle", ["side"])]
 
     made = []
     monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or _Stream("plain"))
@@ -168,21 +168,22 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("draft_sms", [0, 16])
-def test_overlap_on_a_side_stream_is_lossless(tiny_pair, draft_sms):
+def test_overlap_on_a_side_stream_is_lossless(tiny_pair, draft_sms, monkeypatch):
     """On a GPU: the draft grows ahead on a second stream (or the green context's draft stream)
     during each verify; tokens identical to target-only, and guesses hit."""
-    from phide.engine import Engine, Request, SpecConfig
+    from phide.engine import Engine, Plan, Request, SpecConfig
+    from phide.speculation import drafters
 
+    monkeypatch.setattr(drafters, "MIN_PATH_PROB", 0.0)
     if draft_sms:
         pytest.importorskip("cuda.bindings.driver")
     target = load_llama(tiny_pair["target"], device="cuda")
     near = load_llama(tiny_pair["near"], device="cuda")
-    engine = Engine(target, near, eos_token_ids=[], spec=SpecConfig(
-        continuation="draft", overlap=True, overlap_min_prob=0.0, depth=4, budget=12, draft_sms=draft_sms))
+    engine = Engine(target, near, eos_token_ids=[], spec=SpecConfig(overlap=True, depth=4, budget=12))
     ids = [1, 17, 42, 99, 5]
-    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=24, mode="target-only"))
+    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=24), "target-only")
     for mode in ("sequential", "hide"):
-        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=24, mode=mode))
+        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=24), Plan(mode, draft_sms=draft_sms))
         assert res.token_ids == ref.token_ids and res.stats["faults"] == 0
         assert res.stats["overlap_rounds"] > 0 and res.stats["overlap_hits"] > 0
     torch.cuda.synchronize()

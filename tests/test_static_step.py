@@ -1,15 +1,17 @@
-"""The draft's static-shape tree step (phide.spec.static_step) computes what the dynamic step does:
+"""The draft's static-shape tree step (phide.speculation.static_step) computes what the dynamic step does:
 same hidden states for every frontier size, padding never touches real cache rows, and the engine
 with `draft_graph` stays lossless. On a GPU the same step is replayed as a CUDA graph."""
 
 import pytest
 import torch
 
-from phide.engine import MODES, Engine, Request, SpecConfig
+from phide.engine import Engine, Request, SpecConfig
 from phide.models.loading import load_llama, load_tokenizer
-from phide.spec.runners import DraftRunner, causal_inputs
-from phide.spec.static_step import StaticStep
-from phide.spec.tree import TreeGrower
+from phide.speculation.runners import DraftRunner, causal_inputs
+from phide.speculation.static_step import StaticStep
+from phide.speculation.tree import TreeGrower
+
+MODES = ("target-only", "sequential", "hide")  # the schedules of a pair without a head
 
 
 @torch.inference_mode()
@@ -68,11 +70,11 @@ def test_static_step_rejects_what_it_cannot_hold(tiny_pair):
 def test_engine_with_static_draft_steps_is_lossless(tiny_pair):
     target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
     ids = load_tokenizer(tiny_pair["target"])("Describe the scene.")["input_ids"]
-    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=20, mode="target-only"))
+    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=20), "target-only")
     spec = SpecConfig(topk=3, depth=4, budget=10, draft_graph=True)
     for mode in MODES:
         res = Engine(target, near, spec=spec, eos_token_ids=[]).generate(
-            Request(prompt_ids=ids, max_new_tokens=20, mode=mode))
+            Request(prompt_ids=ids, max_new_tokens=20), mode)
         assert res.token_ids == ref.token_ids and len(ref.token_ids) == 20
         assert res.stats["faults"] == 0 and (mode == "target-only" or res.stats["draft_forwards"] > 0)
 

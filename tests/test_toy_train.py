@@ -107,8 +107,8 @@ def test_engine_modes_agree(trained):
     s = trained["samples"][1]
     out = {}
     for mode in ("target-only", "sequential", "hide"):
-        req = Request(prompt=s.question, video=s.frames, events=s.events, max_new_tokens=12, mode=mode)
-        out[mode] = _quiet(engine.generate, req).token_ids
+        req = Request(prompt=s.question, video=s.frames, events=s.events, max_new_tokens=12)
+        out[mode] = _quiet(engine.generate, req, mode).token_ids
     assert len(out["target-only"]) > 0
     assert out["sequential"] == out["target-only"]
     assert out["hide"] == out["target-only"]

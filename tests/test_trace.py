@@ -277,8 +277,8 @@ def hide_run(tiny_models):
     from phide.engine import Engine, Request
 
     target, draft = tiny_models
-    req = Request(prompt_ids=[(7 * i) % 380 + 3 for i in range(200)], max_new_tokens=8, mode="hide")
-    return Engine(target, draft).generate(req)
+    req = Request(prompt_ids=[(7 * i) % 380 + 3 for i in range(200)], max_new_tokens=8)
+    return Engine(target, draft).generate(req, "hide")
 
 
 def test_real_hide_run_trace_png_and_nvtx(tiny_models, tmp_path, monkeypatch):
@@ -317,8 +317,7 @@ def test_target_only_run_has_no_overlap(tiny_models):
     from phide.engine import Engine, Request
 
     target, draft = tiny_models
-    result = Engine(target, draft).generate(Request(prompt_ids=[5, 6, 7, 8], max_new_tokens=4,
-                                                    mode="target-only"))
+    result = Engine(target, draft).generate(Request(prompt_ids=[5, 6, 7, 8], max_new_tokens=4), "target-only")
     tl = result.timeline
     assert {s.lane for s in tl.spans} == {"target"}
     assert overlap_seconds(tl) == 0.0

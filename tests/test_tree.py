@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from phide.errors import DraftFault
-from phide.spec.tree import Tree, TreeGrower, ancestor_mask, chain, stack_trees, verify_layout
+from phide.speculation.tree import Tree, TreeGrower, ancestor_mask, chain, stack_trees, verify_layout
 
 
 def test_chain_and_depths():
@@ -109,55 +109,3 @@ def test_grower_ties_never_orphan_a_child():
 def test_grower_nan_is_a_draft_fault():
     with pytest.raises(DraftFault):
         TreeGrower(0, torch.full((5,), float("nan")), topk=2, max_depth=3)
-
-
-def _grown(topk=3, max_depth=4, seed=3, V=12, sharp=3.0):
-    g = torch.Generator().manual_seed(seed)
-    table = torch.log_softmax(torch.randn(V, V, generator=g) * sharp, dim=-1)
-    grower = TreeGrower(0, table[0], topk=topk, max_depth=max_depth)
-    while grower.can_grow():
-        grower.step(_fake_expand(grower, table))
-    return grower, table
-
-
-@pytest.mark.parametrize("node", [0.0, 0.02, 0.1, 0.3, 5.0])
-def test_priced_build_minimises_cost_per_expected_token(node):
-    """build(price) keeps the prefix of the ranked nodes with the least (1 + n * node) / (1 + sum of
-    path probabilities), found here by brute force over every prefix; free nodes keep the whole
-    budget, dear ones leave the root alone."""
-    import math
-
-    from phide.spec.tree import TreePrice
-
-    grower, _ = _grown()
-    full = grower.build(budget=16)
-    ranked = sorted(full.scores[1:], reverse=True)  # the budget's nodes, best first
-    costs = [(1 + n * node) / (1 + sum(math.exp(s) for s in ranked[:n])) for n in range(len(ranked) + 1)]
-    best_n = min(range(len(costs)), key=lambda n: (costs[n], n))
-    tree = grower.build(budget=16, price=TreePrice(node=node, step=0.0))
-    assert len(tree) == best_n + 1
-    assert sorted(tree.scores[1:], reverse=True) == pytest.approx(ranked[:best_n])
-    assert all(0 <= tree.parents[i] < i for i in range(1, len(tree)))
-    if node == 0.0:
-        assert len(tree) == len(full)
-    if node == 5.0:
-        assert len(tree) == 1
-
-
-def test_priced_growth_stops_when_a_step_costs_more_than_it_can_gain():
-    """A drafter step is worth at most the probability of the frontier it expands: priced above
-    that, growth stops there; free, it runs to max depth."""
-    import math
-
-    from phide.spec.tree import TreePrice
-
-    free, table = _grown(topk=2, max_depth=5, sharp=1.0)
-    for step in (0.05, 0.3, 0.9):
-        grower = TreeGrower(0, table[0], topk=2, max_depth=5)
-        grower.grow(_fake_expand(grower, table), max_expansions=100, price=TreePrice(node=0.0, step=step))
-        assert grower.expanded < free.expanded or step == 0.05
-        if grower.can_grow():  # it stopped early: the next frontier was worth less than a step
-            assert sum(math.exp(grower.cands[i].score) for i in grower.next_frontier()) < step
-    grower = TreeGrower(0, table[0], topk=2, max_depth=5)
-    grower.grow(_fake_expand(grower, table), max_expansions=100, price=TreePrice(node=0.0, step=1.01))
-    assert grower.expanded == 0  # the root's children hold at most probability 1

@@ -7,8 +7,8 @@ from kernel_marks import DEVICE, needs_interpreter, needs_triton  # first: sets 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from phide.spec.tree import Tree, stack_trees, tree_attention_layout, verify_batch_layout  # noqa: E402
-from phide.spec.tree_attention import ancestor_bits, tree_attention_torch, tree_visibility  # noqa: E402
+from phide.speculation.tree import Tree, stack_trees, tree_attention_layout, verify_batch_layout  # noqa: E402
+from phide.ops.reference.tree_attention import ancestor_bits, tree_attention_torch, tree_visibility  # noqa: E402
 
 
 # Kernel vs twin, per dtype (atol, rtol): fp32 differs by summation order only; fp16/bf16 also
@@ -233,7 +233,7 @@ def test_engine_greedy_tokens_same_with_triton_attention_and_topk(tiny_pair, mon
     for backend, out in (("torch", ref), ("triton", got)):
         monkeypatch.setenv("PHIDE_OPS", backend)
         for mode in ("target-only", "sequential"):
-            out[mode] = engine.generate(Request(prompt_ids=ids, max_new_tokens=8, mode=mode)).token_ids
+            out[mode] = engine.generate(Request(prompt_ids=ids, max_new_tokens=8), mode).token_ids
         if backend == "torch":
             assert calls == {"attention": 0, "topk": 0}
     assert got == ref and ref["sequential"] == ref["target-only"]

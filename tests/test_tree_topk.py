@@ -8,8 +8,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from phide.errors import DraftFault  # noqa: E402
-from phide.spec.tree import TreeGrower  # noqa: E402
-from phide.spec.tree_topk import tree_topk_torch  # noqa: E402
+from phide.speculation.tree import TreeGrower  # noqa: E402
+from phide.ops.reference.tree_topk import tree_topk_torch  # noqa: E402
 
 NINF, NAN, INF = float("-inf"), float("nan"), float("inf")
 # The interpreter runs kernels in numpy, which warns on the log(0) / inf - inf of degenerate rows.

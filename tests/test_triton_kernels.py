@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from phide.spec.commit import commit_accepted_path  # noqa: E402
-from phide.spec.hash_noise import (  # noqa: E402
+from phide.ops.reference.kv_commit import commit_accepted_path  # noqa: E402
+from phide.ops.reference.hash_noise import (  # noqa: E402
     gumbel_choices_torch,
     hash_bits,
     hash_gumbel,
@@ -328,9 +328,9 @@ def test_engine_with_triton_kernels_matches_the_torch_twins(tiny_pair, monkeypat
         monkeypatch.setenv("PHIDE_OPS", "torch")
         for mode in ("target-only", "hide"):
             ref[mode] = engine.generate(Request(prompt_ids=ids, max_new_tokens=10, temperature=temperature,
-                                                seed=4, mode=mode)).token_ids
+                                                seed=4), mode).token_ids
         monkeypatch.setenv("PHIDE_OPS", "triton")
         for mode in ("target-only", "hide"):
             got = engine.generate(Request(prompt_ids=ids, max_new_tokens=10, temperature=temperature,
-                                          seed=4, mode=mode)).token_ids
+                                          seed=4), mode).token_ids
             assert got == ref[mode] == ref["target-only"], (temperature, mode)

@@ -14,8 +14,8 @@ import torch  # noqa: E402
 from scipy.stats import chisquare  # noqa: E402
 
 from phide import ops  # noqa: E402
-from phide.spec import verify as V  # noqa: E402
-from phide.spec.commit import commit_accepted_path, gather_rows_  # noqa: E402
+from phide.ops.reference import accept as V  # noqa: E402
+from phide.ops.reference.kv_commit import commit_accepted_path, gather_rows_  # noqa: E402
 
 GREEDY = [
     pytest.param(V.tree_accept_greedy_torch, id="twin"),
@@ -428,7 +428,7 @@ def test_target_probs_nan_fails_closed_and_first_max():
     assert float(p[0, 1]) == 0.0 and abs(float(p.sum()) - 1.0) < 1e-6
     ref = torch.softmax(torch.tensor([1.0, 0.0, 2.0]) / 0.7, 0)
     assert torch.allclose(p[0, [0, 2, 3]], ref)
-    from phide.spec.hash_noise import gumbel_choices_torch
+    from phide.ops.reference.hash_noise import gumbel_choices_torch
 
     greedy = gumbel_choices_torch(torch.tensor([[1.0, 3.0, 3.0], [4.0, 0.0, 4.0]]), 0.0, 0, torch.tensor([0, 1]))
     assert greedy.tolist() == [1, 0]  # first max, like HF

@@ -19,7 +19,7 @@ import torch
 
 from phide.engine import Engine, Request
 from phide.errors import PhideError
-from phide.models.adapters import Prepared
+from phide.models.frontends import Prepared
 from phide.models.loading import load_llama, load_tokenizer
 from phide.models.tiny_video_llava import write_tiny_video_llava
 from phide.models.video_llava import (FrameSpec, load_video_llava, parse_config, preprocess_frames, text_config,
@@ -92,8 +92,8 @@ def test_target_only_matches_transformers_generate(ckpts, layout, seed, h, w, q,
     prepared = target.prepare(Request(prompt=question, video=frames))
     assert prepared.ids == inputs["input_ids"][0].tolist()  # same template, same expansion
     assert torch.equal(target.pixel_values(frames), inputs["pixel_values_videos"][0])
-    res = Engine(target, None).generate(Request(prompt=question, video=frames, mode="target-only",
-                                                max_new_tokens=n))
+    res = Engine(target, None).generate(Request(prompt=question, video=frames,
+                                                max_new_tokens=n), "target-only")
     assert res.token_ids == ref
     tpf = (c["side"] // 14) ** 2 + 1
     assert res.stats["target_visual_tokens"] == 8 * tpf and res.stats["target_frames"] == 8
@@ -108,8 +108,8 @@ def test_frames_steer_generation(ckpts):
     outs = set()
     for seed in range(4):
         frames = _frames(100 + seed, 50, 60)
-        res = Engine(target, None).generate(Request(prompt=QUESTIONS[0], video=frames, mode="target-only",
-                                                    max_new_tokens=8))
+        res = Engine(target, None).generate(Request(prompt=QUESTIONS[0], video=frames,
+                                                    max_new_tokens=8), "target-only")
         outs.add(tuple(res.token_ids))
     assert len(outs) >= 3
     # Full-vocabulary logits at the last prompt position (nothing sliced: 448 rows > 387 tokens).
@@ -183,9 +183,9 @@ def test_draft_modes_equal_target_only(ckpts, tmp_path, layout, kind):
     for i in range(3):
         frames = _frames(200 + i, 40 + 8 * i, 56)
         question = QUESTIONS[i + 2]
-        base = engine.generate(Request(prompt=question, video=frames, mode="target-only", max_new_tokens=16))
+        base = engine.generate(Request(prompt=question, video=frames, max_new_tokens=16), "target-only")
         for mode in ("hide", "sequential"):
-            res = engine.generate(Request(prompt=question, video=frames, mode=mode, max_new_tokens=16))
+            res = engine.generate(Request(prompt=question, video=frames, max_new_tokens=16), mode)
             assert res.token_ids == base.token_ids, (mode, i)
             assert res.stats["faults"] == 0, res.stats.get("fault_messages")
             accepted += round(res.stats["accepted_drafts_per_verify"] * res.stats["verifies"])

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from phide.engine import Engine, Request, SpecConfig
+from phide.engine import Engine, Plan, Request
 from phide.models.loading import load_llama, load_tokenizer
 from phide.runtime.window_lanes import WindowLanes
 
@@ -78,9 +78,8 @@ def test_gpu_lanes_enter_their_streams_and_join(monkeypatch):
 def test_engine_reports_its_window_lanes(tiny_pair):
     target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
     ids = load_tokenizer(tiny_pair["target"])("What is moving?")["input_ids"]
-    ref = Engine(target).generate(Request(prompt_ids=ids, max_new_tokens=12, mode="target-only"))
-    res = Engine(target, near, spec=SpecConfig(draft_threads=1)).generate(
-        Request(prompt_ids=ids, max_new_tokens=12, mode="hide"))
+    ref = Engine(target).generate(Request(prompt_ids=ids, max_new_tokens=12), "target-only")
+    res = Engine(target, near).generate(Request(prompt_ids=ids, max_new_tokens=12), Plan("hide", draft_threads=1))
     assert res.token_ids == ref.token_ids
     assert res.stats["window_lanes"].startswith("threads: draft 1")
 
@@ -94,11 +93,11 @@ def test_hide_on_green_context_lanes_is_lossless(tiny_pair):
     target = load_llama(tiny_pair["target"], device="cuda")
     near = load_llama(tiny_pair["near"], device="cuda")
     tok = load_tokenizer(tiny_pair["target"])
-    engine = Engine(target, near, spec=SpecConfig(draft_sms=16))
+    engine = Engine(target, near)
     for prompt in ("What is moving?", "Describe the scene.", "the red car turns left"):
         ids = tok(prompt)["input_ids"]
-        ref = Engine(target).generate(Request(prompt_ids=ids, max_new_tokens=16, mode="target-only"))
-        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=16, mode="hide"))
+        ref = Engine(target).generate(Request(prompt_ids=ids, max_new_tokens=16), "target-only")
+        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=16), Plan("hide", draft_sms=16))
         assert res.token_ids == ref.token_ids
         assert res.stats["window_lanes"].startswith("green contexts: draft")
     torch.cuda.synchronize()

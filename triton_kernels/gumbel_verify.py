@@ -1,5 +1,5 @@
 """Gumbel-max sampling per node row with in-kernel hash noise (torch twin:
-phide.spec.hash_noise.gumbel_choices_torch; the noise recipe is documented there).
+phide.ops.reference.hash_noise.gumbel_choices_torch; the noise recipe is documented there).
 
 One program per row streams the vocabulary in BLOCK_V chunks, hashes (seed, position, token id)
 to Gumbel noise on the fly and keeps a running (max, argmax) per lane: neither probabilities nor
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from phide.spec.hash_noise import FMIX_M1, FMIX_M2, GOLDEN32, LOG_CONSTS, seed_key
+from phide.triton_kernels.formats import FMIX_M1, FMIX_M2, GOLDEN32, LOG_CONSTS, seed_key
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton
     import triton

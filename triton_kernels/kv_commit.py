@@ -1,5 +1,5 @@
 """KV commit after verification: move each request's accepted path to the front of its tree
-slots, in place (torch twin: phide.spec.commit.commit_accepted_path, same signature/semantics).
+slots, in place (torch twin: phide.ops.reference.kv_commit.commit_accepted_path, same signature/semantics).
 
 Layout: k_cache, v_cache [L, B, H, S, D]; tree node j of request b sits at slot base[b] + j, and
 after the commit node accept_nodes[b, i] sits at slot base[b] + i for i <= accept_len[b].

@@ -1,4 +1,4 @@
-"""Tree-verify attention (torch twin: phide.spec.tree_attention.tree_attention_torch, same
+"""Tree-verify attention (torch twin: phide.ops.reference.tree_attention.tree_attention_torch, same
 signature and semantics; the visibility rule is documented there).
 
 Per (request b, KV head) the N tree nodes times the G query heads of the GQA group form
@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from phide.spec.tree_attention import MAX_TREE_NODES
+from phide.triton_kernels.formats import MAX_TREE_NODES
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton
     import triton

@@ -1,5 +1,5 @@
 """Draft tree step: top-k children of each frontier row and their cumulative log-probs (torch
-twin: phide.spec.tree_topk.tree_topk_torch, same signature and semantics, documented there).
+twin: phide.ops.reference.tree_topk.tree_topk_torch, same signature and semantics, documented there).
 
 One program per row streams the vocabulary once in BLOCK_V chunks. Per lane it keeps a running
 max and rescaled sum of exp (the online log-sum-exp), and per row a running top-K list in

@@ -1,7 +1,7 @@
-"""Pick the adapter for a checkpoint directory by its config's model_type.
+"""Pick the frontend for a checkpoint directory by its config's model_type.
 
-llama (LlamaForCausalLM) -> TextAdapter; video_llava -> the Video-LLaVA target adapter;
-EventChat_llama -> the EventGPT draft adapter. Multimodal adapters import lazily so a text-only
+llama (LlamaForCausalLM) -> TextFrontend; video_llava -> the Video-LLaVA target frontend;
+EventChat_llama -> the EventGPT draft frontend. Multimodal frontends import lazily so a text-only
 install never loads vision code.
 """
 
@@ -19,8 +19,8 @@ def model_type(model_dir) -> str:
     return str(read_config(model_dir).get("model_type", "llama"))
 
 
-def load_adapter(model_dir, *, role: str, device="cpu", dtype=torch.float32, clip_dir=None):
-    """Load a checkpoint directory as an adapter (role 'target' or 'draft' labels progress;
+def load_frontend(model_dir, *, role: str, device="cpu", dtype=torch.float32, clip_dir=None):
+    """Load a checkpoint directory as a frontend (role 'target' or 'draft' labels progress;
     clip_dir overrides an EventGPT checkpoint's mm_visual_tower path)."""
     kind = model_type(model_dir)
     if kind == "video_llava":
@@ -32,9 +32,9 @@ def load_adapter(model_dir, *, role: str, device="cpu", dtype=torch.float32, cli
 
         return load_eventgpt(model_dir, device=device, dtype=dtype, clip_dir=clip_dir, label=role)
     if kind in TEXT_TYPES:
-        from phide.models.adapters import TextAdapter
+        from phide.models.frontends import TextFrontend
 
         tokenizer = load_tokenizer(model_dir)
-        return TextAdapter(load_llama(model_dir, device=device, dtype=dtype, label=role), tokenizer)
+        return TextFrontend(load_llama(model_dir, device=device, dtype=dtype, label=role), tokenizer)
     raise PhideError(f"{model_dir}: unsupported model_type {kind!r} "
                      "(phide loads llama, video_llava and EventChat_llama checkpoints)")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phide.errors import PhideError
-from phide.models.adapters import Prepared
+from phide.models.frontends import Prepared
 from phide.models.llama import LlamaConfig, LlamaModel
 from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
                                   progress, read_config)

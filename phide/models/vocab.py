@@ -2,7 +2,8 @@
 
 Fast path: draft ids pass to the target unchanged when both tokenizers give the same token for
 every id below a common bound; phide restricts draft proposals to that prefix. Otherwise the
-general path drafts through text (`phide.spec.cross_vocab`). Either way the target's own
+general path drafts through text: `TextBridge` maps proposals, `phide.speculation.cross_vocab`
+drives the draft with it. Either way the target's own
 distribution is never sliced, so its output stays exactly its own.
 """
 
@@ -23,8 +24,6 @@ def bridge_vocabularies(target_tok, draft_tok, target_vocab: int):
     try:
         return shared_vocab_size(target_tok, draft_tok), None
     except PhideError:
-        from phide.spec.cross_vocab import TextBridge
-
         return None, TextBridge(target_tok, draft_tok, target_vocab)
 
 
@@ -42,3 +41,49 @@ def shared_vocab_size(target_tok, draft_tok) -> int:
             "phide needs a draft that shares the target's vocabulary"
         )
     return n
+
+
+class TextBridge:
+    """Target ids for the text a draft proposes (tokenizers that do not share ids)."""
+
+    def __init__(self, target_tok, draft_tok, target_vocab: int):
+        self.target_tok, self.draft_tok, self.target_vocab = target_tok, draft_tok, target_vocab
+
+    def target_text(self, target_ids: list[int]) -> str:
+        return self.target_tok.decode(target_ids, skip_special_tokens=True)
+
+    def draft_ids(self, text: str) -> list[int]:
+        return list(self.draft_tok.encode(text, add_special_tokens=False)) if text else []
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.target_tok.encode(text, add_special_tokens=False))
+
+    def proposals(self, generated: list[int], draft_ids: list[int]) -> list[int]:
+        """Target ids continuing `generated` (target ids) with the text of `draft_ids` (draft
+        ids covering the generated text followed by the draft's proposals).
+
+        Tokenizers treat the start of a string specially (SentencePiece adds a word mark), so the
+        continuation is encoded behind an anchor (the last generated tokens, else a fixed "a")
+        and the anchor's ids are stripped; the first candidate whose decoded text really
+        continues the committed text wins.
+        """
+        committed = self.target_text(generated)
+        full = self.draft_tok.decode(draft_ids, skip_special_tokens=True)
+        if not full.startswith(committed) or len(full) == len(committed):
+            return []
+        extra = full[len(committed):]
+        want = (committed + extra).lstrip()
+        candidates = []
+        ids = self._encode(committed + extra)
+        if ids[: len(generated)] == generated:
+            candidates.append(ids[len(generated):])
+        anchors = [self.target_text(generated[-k:]) for k in (1, 2, 3) if len(generated) >= k] + ["a"]
+        for anchor in anchors:
+            head, ids = self._encode(anchor), self._encode(anchor + extra)
+            if head and ids[: len(head)] == head:
+                candidates.append(ids[len(head):])
+        candidates.append(self._encode(extra))
+        for cand in candidates:
+            if cand and self.target_text(generated + cand).lstrip() == want:
+                return [t for t in cand if 0 <= t < self.target_vocab]
+        return [t for t in candidates[-1] if 0 <= t < self.target_vocab]

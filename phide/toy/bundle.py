@@ -1,45 +1,20 @@
-"""The bundled, trained toy pair (`phide/toy/bundled/`) and the command that rebuilds it.
+"""The bundled, trained toy pair (`phide/toy/bundled/`): where it lives, the recipe's stages and
+seeds, and its distillation data. `python -m phide.rebuild_toy_pair` rebuilds it.
 
     phide/toy/bundled/tokenizer   the toy world's tokenizer (HF format)
     phide/toy/bundled/target      Video-LLaVA-format target + eagle_head.* (the continuation head)
+                                  + tree_shape.json (the tree shape the pair is run with)
     phide/toy/bundled/clip        the draft's CLIP tower
     phide/toy/bundled/draft       EventGPT-format draft + draft_adapter.* (strategy B adapter)
 
-Rebuild (fixed seeds; about 2.5 hours on 2 free CPU cores, most of it the target):
-
-    python -m phide.toy.bundle OUT_DIR [--install]
-
-runs, in order (each step is a `phide.toy.train` / `phide distill` command, logged as it runs):
-  1. write the random `demo` pair with shallow language models (`--train-layers`, 4: on 2 cores a
-     32-layer LM trains ~8x slower per step, and reading the frames takes thousands of steps);
-     unit-scale text embeddings, visual outputs scaled down (`phide.toy.pair`);
-  2. target (`TARGET_STAGES`): text only first (no visual tokens: templates and copying from the
-     question), then frames + question with answer loss + renderer-supervised losses
-     (`phide.toy.supervision`: per patch and per scene; `phide.toy.look`: attention), at a
-     lower learning rate and on more scenes as it goes; held-out exact-match logged throughout;
-  3. draft (`DRAFT_STAGES`), the same on events;
-  4. grow both language models to the preset's 32 layers, function-preserving (`phide.toy.grow`:
-     the new layers do full work but start as identities), then `--finetune-steps` at full depth;
-  5. export paired distillation data (`phide.paired` layout) and `phide distill --data` (EAGLE
-     head + draft adapter), copied into the model directories;
-  6. the head's second stage: `phide distill --init-head` on twice the scenes at a lower rate
-     (`--head2-scenes`, `--head2-steps`): rare answer templates ("Nothing is moving, ...",
-     "There are two moving objects: ...") need more examples than the first 150 scenes hold.
---install copies OUT_DIR over phide/toy/bundled/. The committed pair was trained stage by stage
-while the recipe was being found (the per-patch row/column losses joined at the target's third
-stage); the stages above are that run. CPU training is deterministic up to
-floating-point reduction order, so a rebuild gives a pair of the same quality, not the same bits.
-
 Scene seeds: training uses world seed 0, distillation data seed 1, the demo and bench seed 2
-(`EVAL_SEED`), so the demo's scenes were never trained on.
+(`EVAL_SEED`), so the demo's scenes were never trained on; calibration uses seed 3
+(`CALIBRATION_SEED`), never measured by the demo or the bench.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
-import sys
 from pathlib import Path
 
 from phide.errors import PhideError
@@ -61,8 +36,12 @@ DRAFT_STAGES = (
     ["--draft-steps", "2500", "--lr", "1e-3", "--scenes", "2000", "--checkpoint-every", "500", "--stop-at", "0"],
     ["--draft-steps", "3000", "--lr", "7e-4", "--scenes", "5000", "--checkpoint-every", "500"],
 )
-TRAIN_SEED, DISTILL_SEED, EVAL_SEED = 0, 1, 2
+TRAIN_SEED, DISTILL_SEED, EVAL_SEED, CALIBRATION_SEED = 0, 1, 2, 3
 PARTS = ("tokenizer", "target", "clip", "draft")
+# The tree shape the pair runs with (written as target/tree_shape.json): its answers are
+# templated, so deeper round trees pay; the draft's first tree gets 8 levels (the same work in
+# sequential and hide).
+TREE_SHAPE = {"topk": 4, "depth": 10, "budget": 32, "window_depth": 8, "window_budget": 48}
 
 
 def bundled_dir() -> Path:
@@ -71,13 +50,13 @@ def bundled_dir() -> Path:
     root = Path(os.environ.get("PHIDE_TOY_PAIR") or BUNDLED)
     if not (root / "target" / "config.json").is_file() or not (root / "draft" / "config.json").is_file():
         raise PhideError(f"the toy pair is missing from {root}; rebuild it with "
-                         f"`python -m phide.toy.bundle OUT --install`")
+                         f"`python -m phide.rebuild_toy_pair OUT --install`")
     return root
 
 
 def export_distill_data(out_dir, scenes: int, seed: int = DISTILL_SEED) -> int:
     """Write `scenes` toy scenes (all their questions) as a paired-sample directory."""
-    from phide.paired import write_paired_dir
+    from phide.io.paired import write_paired_dir
     from phide.toy.world import make_dataset
 
     samples = make_dataset(scenes, seed=seed, questions_per_scene=None)
@@ -86,68 +65,3 @@ def export_distill_data(out_dir, scenes: int, seed: int = DISTILL_SEED) -> int:
         by_scene.setdefault(id(s._sensors), []).append(s)
     clips = ((group[0].frames, group[0].events, [s.question for s in group], {}) for group in by_scene.values())
     return write_paired_dir(out_dir, clips)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from phide.cli import main as phide_main
-    from phide.toy.grow import grow_decoder
-    from phide.toy.pair import SIZES
-    from phide.toy.train import main as train_main
-
-    ap = argparse.ArgumentParser(prog="python -m phide.toy.bundle", description="rebuild the bundled toy pair")
-    ap.add_argument("out_dir")
-    ap.add_argument("--train-layers", type=int, default=4, help="LM layers while training (then grown)")
-    ap.add_argument("--finetune-steps", type=int, default=0, help="steps of each model after growing it")
-    ap.add_argument("--distill-scenes", type=int, default=150)
-    ap.add_argument("--head-steps", type=int, default=2000)
-    ap.add_argument("--adapter-steps", type=int, default=400)
-    ap.add_argument("--head2-scenes", type=int, default=300, help="the head's second stage: scenes (0: skip)")
-    ap.add_argument("--head2-steps", type=int, default=2500)
-    ap.add_argument("--skip-training", action="store_true", help="OUT_DIR already holds the trained pair")
-    ap.add_argument("--install", action="store_true", help=f"copy the result over {BUNDLED}")
-    args = ap.parse_args(argv)
-    out = Path(args.out_dir)
-    if not args.skip_training:
-        common = [str(out), "--size", "demo", "--seed", str(TRAIN_SEED), "--log-every", "50",
-                  "--lm-layers", str(args.train_layers), "--held-out", "96"]
-        for part, stages in (("target", TARGET_STAGES), ("draft", DRAFT_STAGES)):
-            for stage in stages:
-                train_main(common + ["--only", part, *stage])
-        depth = SIZES["demo"]["target"]["text_layers"]
-        for part in ("target", "draft"):
-            old = grow_decoder(out / part, depth)
-            print(f"phide: grew the {part} LM from {old} to {depth} layers", file=sys.stderr)
-        if args.finetune_steps:
-            train_main(common + ["--target-steps", str(args.finetune_steps), "--draft-steps",
-                                 str(args.finetune_steps), "--lr", "3e-4"])
-    n = export_distill_data(out / "distill-data", args.distill_scenes)
-    print(f"phide: wrote {n} paired samples to {out / 'distill-data'}", file=sys.stderr)
-    rc = phide_main(["distill", "--target", str(out / "target"), "--draft", str(out / "draft"),
-                     "--data", str(out / "distill-data"), "--out", str(out / "distilled"),
-                     "--steps", str(args.head_steps), "--adapter-steps", str(args.adapter_steps)])
-    if rc:
-        return rc
-    head_dir = out / "distilled"
-    if args.head2_scenes:
-        n = export_distill_data(out / "distill-data-2", args.head2_scenes)
-        print(f"phide: wrote {n} paired samples to {out / 'distill-data-2'}", file=sys.stderr)
-        rc = phide_main(["distill", "--target", str(out / "target"), "--data", str(out / "distill-data-2"),
-                         "--out", str(out / "distilled-2"), "--init-head", str(head_dir),
-                         "--steps", str(args.head2_steps), "--lr", "1e-3"])
-        if rc:
-            return rc
-        head_dir = out / "distilled-2"
-    for f in head_dir.glob("eagle_head.*"):
-        shutil.copy2(f, out / "target" / f.name)
-    for f in (out / "distilled").glob("draft_adapter.*"):
-        shutil.copy2(f, out / "draft" / f.name)
-    if args.install:
-        for part in PARTS:
-            shutil.rmtree(BUNDLED / part, ignore_errors=True)
-            shutil.copytree(out / part, BUNDLED / part)
-        print(f"phide: installed the pair in {BUNDLED}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,7 @@
 phide.triton_kernels.tree_topk (same signature and semantics).
 
 For every frontier row (any leading shape, e.g. [B, F] requests x frontier nodes) over the
-vocabulary V, the k children a tree grower adds (phide.spec.tree.TreeGrower):
+vocabulary V, the k children a tree grower adds (phide.speculation.tree.TreeGrower):
 
     tokens[r, :]  the k largest logits of row r, best first; ties: lower token id first
     scores[r, j]  parent_scores[r] + log_softmax(logits[r])[tokens[r, j]]   (cumulative log-prob)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from phide.distill import Sequence, target_features
+from phide.distill.head import Sequence, target_features
 from phide.models.draft_adapter import DraftAdapter
 from phide.models.loading import progress
-from phide.spec.runners import causal_inputs
+from phide.speculation.runners import causal_inputs
 
 
 @dataclass
@@ -58,8 +58,8 @@ def collect(engine, samples, *, max_new_tokens: int, vocab: int) -> list[PairExa
     out, t0 = [], time.perf_counter()
     for i, s in enumerate(samples):
         req = Request(prompt=s.question, video=str(s.video), events=str(s.events),
-                      max_new_tokens=max_new_tokens, mode="target-only")
-        answer = engine.generate(req).token_ids
+                      max_new_tokens=max_new_tokens)
+        answer = engine.generate(req, "target-only").token_ids
         prep = target_side.prepare(req)
         with torch.inference_mode():
             ans_emb = engine.target.embed_tokens(torch.tensor([answer], device=engine.target.device))

@@ -9,7 +9,6 @@ different sizes stack into one [B, N] batch.
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,7 +18,7 @@ import torch
 from phide import ops
 from phide.errors import DraftFault
 from phide.models.llama import TreeAttention
-from phide.spec.tree_attention import MAX_TREE_NODES, ancestor_bits
+from phide.ops.reference.tree_attention import MAX_TREE_NODES, ancestor_bits
 
 
 @dataclass
@@ -202,20 +201,6 @@ class _Candidate:
     slot: int = -1  # draft KV row once expanded
 
 
-@dataclass(frozen=True)
-class TreePrice:
-    """What a round tree costs, in plain decode steps of the target (the planner's calibrated
-    costs): `node` per verified node past the root, `step` per drafter step. With a price the
-    grower stops when the frontier it would expand next holds less probability than a step costs,
-    and `build` keeps the best-scored prefix of nodes that minimises verify cost per expected
-    token, (1 + n * node) / (1 + sum of the n nodes' path probabilities): an unsure drafter's
-    tree shrinks, down to the root alone (a plain decode step), instead of paying for nodes
-    that will not be accepted. Path probabilities are the drafter's own (EAGLE-2's confidence)."""
-
-    node: float
-    step: float
-
-
 # expand(frontier) -> logits [F, V] of the next token after each frontier candidate (any
 # monotone shift per row is fine, e.g. log-probs: the grower normalises them itself).
 ExpandFn = Callable[[list[int]], torch.Tensor]
@@ -305,17 +290,14 @@ class TreeGrower:
         slots = torch.arange(first, kv_len).unsqueeze(0)
         return positions.to(device), slots.to(device), mask.to(device), kv_len
 
-    def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, log: list | None = None,
-             price: TreePrice | None = None) -> None:
-        """Step until the frontier is exhausted, `stop` (a threading.Event) is set, the next
-        step would pass `max_expansions` expanded nodes, or (with a `price`) it would not pay.
-        `log` gets (perf_counter, candidates) now and after every step."""
+    def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, log: list | None = None) -> None:
+        """Step until the frontier is exhausted, `stop` (a threading.Event) is set, or the next
+        step would pass `max_expansions` expanded nodes. `log` gets (perf_counter, candidates)
+        now and after every step."""
         if log is not None:
             log.append((time.perf_counter(), len(self.cands)))
         while self.can_grow() and not (stop is not None and stop.is_set()):
             if self.expanded + min(self.topk, len(self.frontier)) > max_expansions:
-                break
-            if price is not None and sum(math.exp(self.cands[i].score) for i in self.next_frontier()) < price.step:
                 break
             self.step(expand)
             if log is not None:
@@ -328,20 +310,11 @@ class TreeGrower:
             ci = self.cands[ci].parent
         return out[::-1]
 
-    def build(self, budget: int, root_slot: int = -1, price: TreePrice | None = None) -> Tree:
+    def build(self, budget: int, root_slot: int = -1) -> Tree:
         """Keep the best `budget - 1` candidates (`best_closed`: every prefix ancestor-closed) and
-        return them as a Tree; with a `price`, only the prefix of them that minimises cost per
-        expected token."""
-        ranked = best_closed(range(len(self.cands)), [c.score for c in self.cands], [c.depth for c in self.cands],
-                             [c.parent for c in self.cands], -1, budget - 1)
-        kept = set(ranked)
-        if price is not None:
-            best_n, best, expected = 0, 1.0, 1.0
-            for n, ci in enumerate(ranked, 1):
-                expected += math.exp(self.cands[ci].score)
-                if (1 + n * price.node) / expected < best:
-                    best_n, best = n, (1 + n * price.node) / expected
-            kept = set(ranked[:best_n])
+        return them as a Tree."""
+        kept = best_closed(range(len(self.cands)), [c.score for c in self.cands], [c.depth for c in self.cands],
+                           [c.parent for c in self.cands], -1, budget - 1)
         # Topological order: by depth, then creation order (= draft preference among siblings).
         nodes = sorted(kept, key=lambda i: (self.cands[i].depth, i))
         self.built = [-1] + nodes  # candidate index of each tree node (-1: the root)

@@ -1,7 +1,7 @@
 """`phide distill`: train what drafts for the target, from the target's own answers.
 
   --prompts FILE   text-only targets: the EAGLE continuation head on the target's answers to prompts.
-  --data DIR       paired (video, events, question) samples (`phide.paired`): the EAGLE head on the
+  --data DIR       paired (video, events, question) samples (`phide.io.paired`): the EAGLE head on the
                    target's multimodal features and, with --draft, the draft adapter (strategy B).
 
 One tenth of the prompts / samples (at least one) is held out and reported: top-1 agreement with
@@ -46,10 +46,10 @@ def run_distill(args) -> int:
 
 
 def _distill_prompts(args) -> int:
-    from phide.distill import Sequence, head_top1_accuracy, train_eagle_head
+    from phide.distill.head import Sequence, head_top1_accuracy, train_eagle_head
     from phide.engine import Engine, Request
     from phide.models.loading import load_llama, load_tokenizer, progress, read_config
-    from phide.pipeline import eos_ids
+    from phide.session import eos_ids
 
     read_config(args.target)
     try:
@@ -64,7 +64,7 @@ def _distill_prompts(args) -> int:
     seqs = []
     for i, p in enumerate(prompts):
         ids = list(tok(p)["input_ids"])
-        out = engine.generate(Request(prompt_ids=ids, max_new_tokens=args.max_new_tokens, mode="target-only"))
+        out = engine.generate(Request(prompt_ids=ids, max_new_tokens=args.max_new_tokens), "target-only")
         seqs.append(Sequence(ids + out.token_ids))
         if (i + 1) % 20 == 0 or i + 1 == len(prompts):
             progress(f"distill: target answered {i + 1}/{len(prompts)} prompts")
@@ -82,16 +82,17 @@ def _distill_prompts(args) -> int:
 def _distill_paired(args) -> int:
     import torch
 
-    from phide.distill import head_top1_accuracy, train_eagle_head
-    from phide.distill_pair import agreement, collect, train_draft_adapter
+    from phide.distill.head import head_top1_accuracy, train_eagle_head
+    from phide.distill.pair import agreement, collect, train_draft_adapter
     from phide.models.draft_adapter import DraftAdapter
-    from phide.paired import read_paired_dir
-    from phide.pipeline import load_pair
+    from phide.io.paired import read_paired_dir
+    from phide.session import load_session
 
     t0 = time.perf_counter()
     samples = read_paired_dir(args.data, min_samples=2)  # the whole manifest is checked before loading
-    pair = load_pair(args.target, args.draft, use_head=False, use_adapter=False, clip_dir=args.clip_dir)
-    engine = pair.engine
+    session = load_session(args.target, args.draft, use_head=False, use_adapter=False, clip_dir=args.clip_dir,
+                           calibration=None)
+    engine = session.engine
     if args.draft and engine.bridge is not None:
         raise PhideError("the draft adapter needs a draft that shares the target's vocabulary; this pair "
                          "maps tokens through text")

@@ -14,7 +14,7 @@ import os
 import torch
 
 from phide._ext import load_extension
-from phide.spec import verify as _twin
+from phide.ops.reference import accept as _twin
 
 _BACKENDS = ("auto", "torch", "cpp", "triton")
 
@@ -46,7 +46,7 @@ def _use_compiled(*tensors: torch.Tensor) -> bool:
 
 
 def tree_accept_greedy(tokens, parents, target_choice):
-    """Greedy tree walk. See `phide.spec.verify.tree_accept_greedy_torch` for shapes."""
+    """Greedy tree walk. See `phide.ops.reference.accept.tree_accept_greedy_torch` for shapes."""
     if _use_compiled(tokens):
         return torch.ops.phide.tree_accept_greedy(
             tokens.contiguous(), parents.contiguous(), target_choice.contiguous()
@@ -55,7 +55,7 @@ def tree_accept_greedy(tokens, parents, target_choice):
 
 
 def tree_accept_stochastic(tokens, parents, target_probs, coins, final_coins):
-    """Lossless stochastic tree walk. See `phide.spec.verify.tree_accept_stochastic_torch`."""
+    """Lossless stochastic tree walk. See `phide.ops.reference.accept.tree_accept_stochastic_torch`."""
     if _use_compiled(tokens):
         return torch.ops.phide.tree_accept_stochastic(
             tokens.contiguous(),
@@ -84,24 +84,24 @@ def _triton_available() -> bool:
 
 def gumbel_choices(logits, temperature: float, seed: int, positions):
     """The target's choice per tree node: argmax (T = 0) or its Gumbel-max sample with hash noise
-    keyed by (seed, output position). See `phide.spec.hash_noise.gumbel_choices_torch`."""
+    keyed by (seed, output position). See `phide.ops.reference.hash_noise.gumbel_choices_torch`."""
     if _use_triton(logits):
         from phide.triton_kernels.gumbel_verify import gumbel_choices_triton
 
         return gumbel_choices_triton(logits, temperature, seed, positions)
-    from phide.spec.hash_noise import gumbel_choices_torch
+    from phide.ops.reference.hash_noise import gumbel_choices_torch
 
     return gumbel_choices_torch(logits, temperature, seed, positions)
 
 
 def kv_commit(k_cache, v_cache, base, accept_nodes, accept_len):
     """Move each request's accepted path to its committed slots, race-free, every layer at once.
-    See `phide.spec.commit.commit_accepted_path` for shapes."""
+    See `phide.ops.reference.kv_commit.commit_accepted_path` for shapes."""
     if _use_triton(k_cache):
         from phide.triton_kernels.kv_commit import kv_commit_triton
 
         return kv_commit_triton(k_cache, v_cache, base, accept_nodes, accept_len)
-    from phide.spec.commit import commit_accepted_path
+    from phide.ops.reference.kv_commit import commit_accepted_path
 
     return commit_accepted_path(k_cache, v_cache, base, accept_nodes, accept_len)
 
@@ -113,13 +113,13 @@ def tree_attention(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nod
     """Tree-verify attention: every tree node over the committed prefix plus its ancestors in the
     tree, padding nodes zero. q [B, Hq, N, D], k_cache/v_cache [B, Hkv, S, D] (one layer),
     prefix_len/tree_start/n_nodes [B], ancestors [B, N] int64 bitmasks (so N <= 64; larger trees
-    go through the decoder's dense mask). See `phide.spec.tree_attention.tree_attention_torch`."""
+    go through the decoder's dense mask). See `phide.ops.reference.tree_attention.tree_attention_torch`."""
     if _use_triton(q) and q.dtype in _KERNEL_DTYPES and k_cache.dtype == q.dtype:
         from phide.triton_kernels.tree_attention import MAX_HEAD_DIM, tree_attention_triton
 
         if q.shape[-1] <= MAX_HEAD_DIM:
             return tree_attention_triton(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nodes, scale)
-    from phide.spec.tree_attention import tree_attention_torch
+    from phide.ops.reference.tree_attention import tree_attention_torch
 
     return tree_attention_torch(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nodes, scale)
 
@@ -128,12 +128,12 @@ def tree_topk(logits, parent_scores, k: int):
     """Draft tree step: per row the top-k tokens (ties: lower id first), their cumulative
     log-probs (parent score + log-softmax) and the row's log-sum-exp. logits [..., V],
     parent_scores [...] -> tokens [..., k] int64, scores [..., k] fp32, row_lse [...] fp32.
-    See `phide.spec.tree_topk.tree_topk_torch`."""
+    See `phide.ops.reference.tree_topk.tree_topk_torch`."""
     if _use_triton(logits) and logits.dtype in _KERNEL_DTYPES:
         from phide.triton_kernels.tree_topk import MAX_K, tree_topk_triton
 
         if k <= MAX_K:
             return tree_topk_triton(logits, parent_scores, k)
-    from phide.spec.tree_topk import tree_topk_torch
+    from phide.ops.reference.tree_topk import tree_topk_torch
 
     return tree_topk_torch(logits, parent_scores, k)

@@ -1,7 +1,7 @@
-"""Model adapters: turn a request's raw inputs (prompt text, video, events) into what phide's
-owned decoder consumes, for one side of the pair.
+"""Model frontends: turn a request's raw inputs (prompt text, video, events, or token ids) into
+what phide's owned decoder consumes, for one side of the pair.
 
-An adapter owns a language model (`lm`, a phide LlamaModel), its tokenizer and, for multimodal
+A frontend owns a language model (`lm`, a phide LlamaModel), its tokenizer and, for multimodal
 models, a vision tower. `prepare(request)` returns a `Prepared` input; the engine calls it on the
 side's own lane (the draft's input preparation runs on the draft lane, hidden like its prefill).
 """
@@ -39,14 +39,14 @@ class Prepared:
             raise ValueError(f"embeds cover {self.embeds.shape[1]} positions, ids {len(self.ids)}")
 
 
-class Adapter(Protocol):
+class Frontend(Protocol):
     lm: LlamaModel
     tokenizer: Any
 
     def prepare(self, request) -> Prepared: ...
 
 
-class TextAdapter:
+class TextFrontend:
     """A plain LLaMA checkpoint: the prompt is tokenized as is (BOS per the tokenizer)."""
 
     def __init__(self, lm: LlamaModel, tokenizer):
@@ -55,5 +55,22 @@ class TextAdapter:
     def prepare(self, request) -> Prepared:
         if request.video is not None or request.events is not None:
             raise PhideError("this checkpoint is a text-only LLaMA: --video/--events need the "
-                             "Video-LLaVA target / EventGPT draft adapters")
+                             "Video-LLaVA target / EventGPT draft checkpoints")
         return Prepared(list(self.tokenizer(request.prompt)["input_ids"]))
+
+
+class IdsFrontend:
+    """Frontend for a bare model: the request carries token ids (tests, benchmarks)."""
+
+    def __init__(self, lm: LlamaModel, draft_side: bool = False):
+        self.lm, self.draft_side = lm, draft_side
+
+    def prepare(self, req) -> Prepared:
+        ids = req.draft_prompt_ids if self.draft_side and req.draft_prompt_ids is not None else req.prompt_ids
+        if not ids:
+            raise PhideError("the prompt is empty")
+        bad = [t for t in ids if not 0 <= t < self.lm.cfg.vocab_size]
+        if bad:
+            raise PhideError(f"prompt token id {bad[0]} is outside the {'draft' if self.draft_side else 'target'} "
+                             "vocabulary")
+        return Prepared(list(ids))

@@ -5,15 +5,15 @@ highest-scored child, from the root down) and grows, on its lane and during the 
 rooted at the path's leaf, one level deeper than a round tree: the root's children are its guesses
 of the target's bonus token. When the target really accepted the whole path and its bonus is one
 of those children, that child's subtree is the next round's tree and the round skips its growth
-(a hit); otherwise the speculative work is discarded (on a short path the lane is told to stop at
-its next step). Either way the drafter then `settle`s: it rewinds to before the speculation and
+(a hit); otherwise the tree grown ahead is discarded (on a short path the lane is told to stop at
+its next step). Either way the drafter then `settle`s: it rewinds to before the growth ahead and
 commits the real outcome.
 
 Drafters: the draft model (DraftRunner: the path is cached like committed tokens) and the EAGLE
 head (EagleRunner: its own outputs stand in for the target's features of the path, as
-`phide.distill.head_rollout` trains it to). A thread lane shares the GIL with the verify, so on a
-CPU the head runs in a worker process instead (phide.spec.remote_head); its runner then carries
-its own lane (`remote = True`).
+`phide.distill.head.head_rollout` trains it to). On a GPU the growth runs on a side stream (the
+design's path: the drafter's kernels beside the verify's); on a CPU it runs on a thread lane, the
+CPU twin, which shares the GIL with the verify and so measured no gain on 2 cores (docs/measured.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,11 @@ from contextlib import nullcontext
 import torch
 
 from phide.runtime.cpu_lanes import CpuLane
-from phide.spec.tree import Tree
+from phide.speculation.tree import Tree
+
+# Grow ahead only when the drafter's own odds that the target accepts the whole best path reach
+# this: the growth costs the verify its lane's cores and only pays when it hits.
+MIN_PATH_PROB = 0.5
 
 
 def best_path(tree: Tree) -> list[int]:
@@ -42,44 +46,41 @@ def best_path(tree: Tree) -> list[int]:
 def full_path_probability(tree: Tree) -> float:
     """The drafter's own probability that the target accepts the whole best path: the path
     leaf's cumulative score (a log-prob) over the root's (0, or the adopted child's score in a
-    subtree a speculation handed over), exponentiated. A speculation needs that to hit."""
+    subtree grown ahead and adopted), exponentiated. Growing ahead needs that to hit."""
     return math.exp(tree.scores[best_path(tree)[-1]] - tree.scores[0])
 
 
 class PostVerifyOverlap:
-    """One round's speculative next-tree growth."""
+    """One round's next-tree growth, beside the verify."""
 
-    def __init__(self, runner, tokens: list[int], budget: int, signal, cancel, timeline=None, stream=None):
+    def __init__(self, runner, tokens: list[int], budget: int, signal, cancel, stream=None):
         self.runner, self.tokens, self.budget = runner, tokens, budget
-        self.signal, self.cancel, self.timeline, self.stream = signal, cancel, timeline, stream
+        self.signal, self.cancel, self.stream = signal, cancel, stream
 
     @classmethod
     def start(cls, runner, tree: Tree, lane: CpuLane, grow_kwargs: dict, timeline=None,
               stream=None) -> "PostVerifyOverlap":
-        """runner: a DraftRunner, EagleRunner or RemoteHeadRunner whose last grown (or adopted)
-        tree is `tree` (len > 1); lane: where a local runner's growth runs (a remote runner has
-        its own); grow_kwargs: the round trees' budget/topk/max_depth/max_expansions; stream: on
-        a GPU, the stream the growth's kernels go to (`window_lanes.side_stream`), so they run
-        beside the verify's instead of queueing behind them."""
+        """runner: a DraftRunner or EagleRunner whose last grown (or adopted) tree is `tree`
+        (len > 1); lane: where the growth runs on a CPU; grow_kwargs: the round trees'
+        budget/topk/max_depth/max_expansions; stream: on a GPU, the stream the growth's kernels
+        go to (`window_lanes.side_stream`), so they run beside the verify's instead of queueing
+        behind them."""
         path = best_path(tree)
         tokens = [tree.tokens[n] for n in path[1:]]
         kw = dict(grow_kwargs, budget=2 * grow_kwargs["budget"], max_depth=grow_kwargs["max_depth"] + 1,
                   max_expansions=grow_kwargs["max_expansions"] + grow_kwargs["topk"])
-        if getattr(runner, "remote", False):
-            return cls(runner, tokens, grow_kwargs["budget"], runner.speculate_async(path, tokens, kw),
-                       runner.cancel, timeline)
         cancel = threading.Event()
         if stream is not None:  # the drafter's state was written on the current stream
             stream.wait_stream(torch.cuda.current_stream(stream.device))
 
-        def speculate():
+        def grow():
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 if timeline is None:
-                    return runner.speculate(path, tokens, cancel, **kw)
+                    return runner.grow_assuming(path, tokens, cancel, **kw)
                 with timeline.phase("grow_ahead", "draft"):
-                    return runner.speculate(path, tokens, cancel, **kw)
+                    return runner.grow_assuming(path, tokens, cancel, **kw)
 
-        return cls(runner, tokens, grow_kwargs["budget"], lane.submit(speculate), cancel, stream=stream)
+        return cls(runner, tokens, grow_kwargs["budget"], lane.submit(grow), cancel, stream=stream)
 
     def _join(self) -> None:
         """The growth's host work has ended: the current stream waits for its kernels too."""
@@ -94,9 +95,6 @@ class PostVerifyOverlap:
             self.cancel.set()  # a miss already: stop the growth at its next step
         self.signal.wait()
         self._join()
-        span = getattr(self.signal, "span", None)
-        if self.timeline is not None and span is not None:  # the worker's time, on our timeline
-            self.timeline.record("grow_ahead", "draft", *span)
         return self.runner.settle(tree, accept_nodes, bonus, self.budget)
 
     def abandon(self) -> None:

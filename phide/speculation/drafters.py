@@ -1,14 +1,14 @@
 """The drafters of one request, as the round loop sees them.
 
 Who grows each round's tree: the first tree comes from the prefill (the draft's window tree, or
-none); after it the EAGLE head drafts when the engine has one, else the draft model keeps
+none); after it the EAGLE head drafts when the request has one, else the draft model keeps
 drafting, else every round verifies the root alone (a plain decode step). A drafter that raises,
 returns NaN or proposes a token the verifier cannot take is dropped (`stats["faults"]`) and the
 target goes on: the drafters can only change how many target forwards a request needs, never its
 tokens.
 
-Post-verify overlap (phide.spec.overlap) lives here too: `grow_ahead` starts the next tree beside
-the verify when it may pay, `advance` settles it and keeps its tree on a hit.
+Post-verify overlap (phide.speculation.overlap) lives here too: `grow_ahead` starts the next tree
+beside the verify when it may pay, `advance` settles it and keeps its tree on a hit.
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ import torch
 
 from phide.runtime.cpu_lanes import CpuLane, ThreadShare, cpu_split
 from phide.runtime.window_lanes import side_stream
-from phide.spec.overlap import PostVerifyOverlap, full_path_probability
-from phide.spec.tree import Tree, TreePrice, chain
+from phide.speculation.overlap import MIN_PATH_PROB, PostVerifyOverlap, full_path_probability
+from phide.speculation.tree import Tree, chain
 
 
 class Drafters:
-    """engine: the Engine (its spec, vocabularies, tree checks and fault counting); draft: the
-    draft runner or None; head: the head runner (EagleRunner / RemoteHeadRunner) or None;
-    first_tree: the tree the prefill produced (grown by the draft), or None."""
+    """engine: the Engine (its spec, vocabularies, tree checks and fault counting); draft_threads /
+    draft_sms: the plan's lane split (the lane a drafter grows ahead on); draft: the draft runner
+    or None; head: the head runner or None; first_tree: the tree the prefill produced (grown by
+    the draft), or None."""
 
-    def __init__(self, engine, stats: dict, timeline, *, draft, head, first_tree: Tree | None):
+    def __init__(self, engine, stats: dict, timeline, *, draft_threads: int, draft_sms: int, draft, head,
+                 first_tree: Tree | None):
         self.engine, self.stats, self.tl = engine, stats, timeline
         self.draft, self.head = draft, head
         self.drafting = draft is not None and head is None  # the draft model grows round trees
@@ -34,17 +36,12 @@ class Drafters:
         spec = engine.spec
         self.grow_kwargs = dict(budget=spec.budget, topk=spec.topk, max_depth=spec.depth,
                                 max_expansions=spec.topk * spec.depth)
-        self.head_price, self.draft_price = self._round_prices()
-        total = torch.get_num_threads()
-        on_cpu = engine.target.device.type == "cpu"
-        target_threads, lane_threads = cpu_split(total, spec.draft_threads if on_cpu else 0)
-        if getattr(head, "remote", False):  # the head's worker holds its cores while it grows ahead
-            target_threads = cpu_split(total, head.lane.threads)[0]
+        device = engine.target.device
+        target_threads, lane_threads = cpu_split(torch.get_num_threads(), draft_threads if device.type == "cpu" else 0)
         self.lane = CpuLane("draft", lane_threads)
         self.stream = None  # a GPU drafter grows ahead on its own stream
-        device = engine.target.device
-        if device.type == "cuda" and spec.overlap and not getattr(head, "remote", False):
-            self.stream = side_stream(device, spec.draft_sms, engine._green_lanes)
+        if device.type == "cuda" and spec.overlap:
+            self.stream = side_stream(device, draft_sms, engine._green_lanes)
         # While a drafter grows ahead its lane holds its cores through the verify, the commit and
         # the hand-over; the target keeps the rest until then (using every core while the lane
         # still runs makes the OpenMP pool wait on it).
@@ -53,7 +50,7 @@ class Drafters:
 
     # ------------------------------------------------------------------ the round
     def next_tree(self, root: int) -> Tree:
-        """The ready tree (the prefill's, or a speculation that hit), else one grown now."""
+        """The ready tree (the prefill's, or one grown ahead that hit), else one grown now."""
         tree, self.ready = self.ready, None
         if tree is not None:
             return tree
@@ -61,10 +58,9 @@ class Drafters:
         drafter = self._round_drafter()
         if drafter is None:
             return chain(root, [])
-        name, price = ("head_grow", self.head_price) if drafter is self.head else ("draft_grow", self.draft_price)
         try:
-            with self.tl.phase(name, "draft"):
-                tree = drafter.grow(**self.grow_kwargs, price=price)
+            with self.tl.phase("head_grow" if drafter is self.head else "draft_grow", "draft"):
+                tree = drafter.grow(**self.grow_kwargs)
             self._check(tree, root, drafter)
         except Exception as exc:  # any drafter failure: drop it, keep going
             self._drop(drafter, exc)
@@ -75,16 +71,15 @@ class Drafters:
     def grow_ahead(self, tree: Tree) -> PostVerifyOverlap | None:
         """Post-verify overlap: start growing the next tree beside the verify of `tree`, when
         the drafter grew `tree` itself and its own odds that the target takes the whole best
-        path reach `SpecConfig.overlap_min_prob`."""
-        spec = self.engine.spec
+        path reach `overlap.MIN_PATH_PROB`."""
         drafter = self._round_drafter()
-        if (not spec.overlap or drafter is None or drafter is not self.grown_by or len(tree) < 2
-                or not getattr(drafter, "can_speculate", False) or full_path_probability(tree) < spec.overlap_min_prob):
+        if (not self.engine.spec.overlap or drafter is None or drafter is not self.grown_by or len(tree) < 2
+                or not getattr(drafter, "can_grow_ahead", False) or full_path_probability(tree) < MIN_PATH_PROB):
             return None
         self.share.lower()
         try:
             ahead = PostVerifyOverlap.start(drafter, tree, self.lane, self.grow_kwargs, self.tl, self.stream)
-        except Exception as exc:  # e.g. the head's worker process is gone
+        except Exception as exc:
             self.share.restore()
             self._drop(drafter, exc)
             return None
@@ -93,7 +88,7 @@ class Drafters:
 
     def advance(self, tree: Tree, path: list[int], bonus: int, ahead: PostVerifyOverlap | None) -> None:
         """The target accepted `path` (nodes of `tree`, root first) and emitted `bonus`: the
-        drafter follows; a speculation is settled, and its tree kept when it hit."""
+        drafter follows; a tree grown ahead is settled, and kept when it hit."""
         drafter = self._round_drafter()
         try:
             if drafter is None:
@@ -117,19 +112,10 @@ class Drafters:
             self.share.restore()  # the lane is idle again
 
     def abandon(self, ahead: PostVerifyOverlap | None) -> None:
-        """The request ended (or the draft stopped) during a speculation: stop and join it."""
+        """The request ended (or the draft stopped) while a tree grew ahead: stop and join it."""
         if ahead is not None:
             ahead.abandon()
         self.share.restore()
-
-    def finish(self) -> None:
-        """End of the request: the remote head's last posted requests still belong to it."""
-        self.share.restore()
-        if getattr(self.head, "remote", False):
-            try:
-                self.head.lane.sync()
-            except Exception as exc:
-                self.engine._fault(self.stats, exc)
 
     # ------------------------------------------------------------------ pieces
     def _round_drafter(self):
@@ -146,12 +132,3 @@ class Drafters:
         else:
             self.drafting = False
         self.ready = None
-
-    def _round_prices(self) -> tuple[TreePrice | None, TreePrice | None]:
-        """(head, draft) round-tree prices in plain decode steps, from the planner's costs
-        (`engine.costs`, with SpecConfig.price_trees)."""
-        c = self.engine.costs
-        if c is None or not self.engine.spec.price_trees or c.target_step_s <= 0:
-            return None, None
-        node = c.verify_extra_per_node_s / c.target_step_s
-        return TreePrice(node, c.head_step_s / c.target_step_s), TreePrice(node, c.draft_step_s / c.target_step_s)

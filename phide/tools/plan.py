@@ -2,7 +2,7 @@
 
 Default: a projection for the real pair (Video-LLaVA-7B target, EventGPT-7B draft, an EAGLE head)
 on one H100 SXM in bf16, from published roofline figures; `--calibration FILE` plans for a machine
-measured by `profiling/calibrate.py` instead. Both print every candidate schedule's predicted time
+measured by `phide calibrate` instead. Both print every candidate schedule's predicted time
 and the choice.
 
 Roofline assumptions of the H100 projection (stated, not measured here):
@@ -32,8 +32,8 @@ def h100_projection(draft_sms=(8, 16, 24, 32)):
     splits = []
     for n in draft_sms:
         f = n / H100_SMS
-        splits.append(SplitCosts(draft_share=round(f, 4), target_prefill_s=prefill_t / (1 - f),
-                                 draft_prefill_s=prefill_d / f, draft_step_s=step / min(1.0, 2 * f)))
+        splits.append(SplitCosts(target_prefill_s=prefill_t / (1 - f), draft_prefill_s=prefill_d / f,
+                                 draft_step_s=step / min(1.0, 2 * f), draft_sms=n))
     return Costs(target_prepare_s=0.040, prepare_idle=True, target_prefill_s=prefill_t, target_step_s=step,
                  verify_extra_per_node_s=0.00002, draft_prefill_s=prefill_d, draft_step_s=step,
                  head_step_s=0.0003, splits=splits)
@@ -42,27 +42,29 @@ def h100_projection(draft_sms=(8, 16, 24, 32)):
 def run_plan(args) -> int:
     import dataclasses
 
-    from phide.planner import Acceptance, choose, load_costs
+    from phide.planner import Acceptance, Calibration, Planner, load_calibration
 
+    acc = Acceptance(tau=args.tau, window_accept_rate=args.window_accept_rate, samples=1)
     if args.calibration:
-        costs, source = load_costs(args.calibration), str(args.calibration)
+        cal, source = load_calibration(args.calibration), str(args.calibration)
+        cal = dataclasses.replace(cal, head=acc, draft=acc, mean_new_tokens=args.new_tokens)
     else:
-        costs, source = h100_projection(), "H100 roofline projection (see phide/plan_cmd.py)"
-    acc = Acceptance(tau=args.tau, window_accept_rate=args.window_accept_rate)
+        cal = Calibration(h100_projection(), head=acc, draft=acc, mean_new_tokens=args.new_tokens)
+        source = "H100 roofline projection (see phide/tools/plan.py)"
     report = {"source": source, "new_tokens": args.new_tokens, "tau": args.tau,
-              "window_accept_rate": args.window_accept_rate, "costs": dataclasses.asdict(costs), "plans": {}}
-    cases = {"with_head": costs, "draft_only": dataclasses.replace(costs, head_step_s=0.0)}
-    for name, c in cases.items():
-        plan = choose(c, acc, new_tokens=args.new_tokens, window_steps=args.window_steps)
-        report["plans"][name] = dataclasses.asdict(plan)
+              "window_accept_rate": args.window_accept_rate, "costs": dataclasses.asdict(cal.costs), "plans": {}}
+    for name, has_head in (("with_head", True), ("draft_only", False)):
+        planner = Planner(cal, has_draft=True, has_head=has_head, window_steps=args.window_steps)
+        plan = planner.decide(args.new_tokens, "auto")
+        report["plans"][name] = {**plan.as_stats(), "predictions": planner.predictions(args.new_tokens)}
     if args.json:
         print(json.dumps(report))
         return 0
     print(f"{source}; {args.new_tokens} new tokens, tau {args.tau}, window acceptance {args.window_accept_rate}")
     for name, plan in report["plans"].items():
-        print(f"\n{name}: choose {plan['schedule']}"
-              + (f" (draft share {plan['draft_share']:.3f})" if plan["schedule"] == "hide" else "")
-              + f" - {plan['reason']}")
+        split = f" ({plan['draft_sms']} SMs)" if plan["draft_sms"] else (
+            f" ({plan['draft_threads']} threads)" if plan["draft_threads"] else "")
+        print(f"\n{name}: choose {plan['schedule']}{split} - {plan['reason']}")
         for label, t in sorted(plan["predictions"].items(), key=lambda kv: kv[1]):
             print(f"  {label:16} {t * 1e3:8.1f} ms")
     return 0

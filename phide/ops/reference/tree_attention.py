@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MAX_TREE_NODES", "ancestor_bits", "tree_visibility", "tree_attention_torch"]
+from phide.triton_kernels.formats import MAX_TREE_NODES  # one int64 ancestor bitmask per node
 
-MAX_TREE_NODES = 64  # one int64 ancestor bitmask per node
+__all__ = ["MAX_TREE_NODES", "ancestor_bits", "tree_visibility", "tree_attention_torch"]
 
 
 def ancestor_bits(parents: list[int]) -> list[int]:

@@ -14,8 +14,8 @@ import torch
 
 from phide.models.llama import LlamaModel
 from phide import ops
-from phide.spec.static_step import StaticStep
-from phide.spec.tree import (MAX_TREE_NODES, Tree, TreeGrower, TreePrice, adopt_subtree, tree_attention_layout,
+from phide.speculation.static_step import StaticStep
+from phide.speculation.tree import (MAX_TREE_NODES, Tree, TreeGrower, adopt_subtree, tree_attention_layout,
                               verify_layout, verify_rows)
 
 
@@ -90,12 +90,12 @@ class DraftRunner:
     replaces the draft's own LM head.
     """
 
-    can_speculate = True  # post-verify overlap: speculate / settle (phide.spec.overlap)
+    can_grow_ahead = True  # post-verify overlap: grow_assuming / settle (phide.speculation.overlap)
 
     def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int, adapter=None, *,
                  static_rows: int = 0, graph: bool = False):
         """static_rows > 0: tree steps of up to that many candidates run with static shapes
-        (`phide.spec.static_step`; captured as a CUDA graph with graph=True on a GPU)."""
+        (`phide.speculation.static_step`; captured as a CUDA graph with graph=True on a GPU)."""
         self.model = model
         self.head = adapter if adapter is not None else model
         self.capacity = max_len  # usable cache rows (a static step adds one trash row past them)
@@ -105,7 +105,7 @@ class DraftRunner:
         self.pending: list[int] = []
         self.vocab_limit = vocab_limit
         self.forwards = 0
-        self._speculation = None  # `speculate`'s (state before, speculated tokens, tree) until `settle`
+        self._assumed = None  # `grow_assuming`'s (state before, speculated tokens, tree) until `settle`
 
     @torch.inference_mode()
     def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
@@ -126,11 +126,10 @@ class DraftRunner:
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
-             stop: threading.Event | None = None, log: list | None = None, price: TreePrice | None = None) -> Tree:
+             stop: threading.Event | None = None, log: list | None = None) -> Tree:
         """Cache the pending tokens, then grow a tree until `stop` is set, the frontier is
         exhausted, or `max_expansions` nodes were run through the draft. Returns <= budget nodes.
         `log`, when given, receives (perf_counter time, candidates so far) after every step.
-        `price`: grow and keep only what pays (`TreePrice`).
         """
         device = self.model.device
         n = len(self.pending)
@@ -155,11 +154,10 @@ class DraftRunner:
             self.forwards += 1
             return self._logits(h[0])
 
-        grower.grow(expand, max_expansions=min(max_expansions, self.capacity - base), stop=stop, log=log,
-                    price=price)
-        return grower.build(budget, root_slot, price)
+        grower.grow(expand, max_expansions=min(max_expansions, self.capacity - base), stop=stop, log=log)
+        return grower.build(budget, root_slot)
 
-    def speculate(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
+    def grow_assuming(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
                   **grow_kwargs) -> Tree:
         """Grow a tree rooted at the leaf of `path` (nodes of the last grown tree, root first;
         `tokens`: theirs after the root) as if the target accepted the whole path: the path is
@@ -167,15 +165,15 @@ class DraftRunner:
         before = (self.length, list(self.pending))
         self.pending = self.pending + [int(t) for t in tokens]
         tree = self.grow(stop=stop, **grow_kwargs)
-        self._speculation = (before, list(tokens), tree)
+        self._assumed = (before, list(tokens), tree)
         return tree
 
     def settle(self, tree: Tree, accept_nodes: list[int], bonus: int, budget: int) -> Tree | None:
-        """After `speculate`: rewind and make the real outcome pending (its KV rows are
+        """After `grow_assuming`: rewind and make the real outcome pending (its KV rows are
         recomputed at the next growth: the speculative run reused the scratch rows a normal
         commit copies from). Returns the next tree when the speculation guessed right."""
-        (self.length, pending), tokens, spec_tree = self._speculation
-        self._speculation = None
+        (self.length, pending), tokens, spec_tree = self._assumed
+        self._assumed = None
         real = [tree.tokens[n] for n in accept_nodes[1:]]
         self.pending = pending + real + [int(bonus)]
         found = adopt_subtree(spec_tree, tokens, real, bonus, budget)

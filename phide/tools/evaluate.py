@@ -1,7 +1,7 @@
 """How well the toy pair answers held-out scenes (greedy, target alone and draft alone), scored on
 motion and on colour with `phide.toy.world.score_answer`.
 
-    python -m phide.toy.evaluate [PAIR_DIR] [--scenes 100] [--json]
+    python -m phide.tools.evaluate [PAIR_DIR] [--scenes 100] [--json]
 
 PAIR_DIR defaults to the bundled pair ($PHIDE_TOY_PAIR overrides it). Scenes come from world seed
 EVAL_SEED (never trained or distilled on), one question each. This is the measurement behind the
@@ -18,11 +18,11 @@ import time
 
 
 def evaluate(pair_dir, scenes: int, max_new_tokens: int = 48) -> dict:
-    from phide.bench import accuracy, eval_samples, run_scenes, toy_spec
-    from phide.pipeline import load_pair
+    from phide.session import load_session
+    from phide.tools.bench import accuracy, eval_samples, run_scenes
 
-    pair = load_pair(os.path.join(pair_dir, "target"), os.path.join(pair_dir, "draft"), spec=toy_spec())
-    rows = run_scenes(pair, eval_samples(scenes), ["target-only"], max_new_tokens=max_new_tokens)
+    session = load_session(os.path.join(pair_dir, "target"), os.path.join(pair_dir, "draft"), calibration=None)
+    rows = run_scenes({"target-only": (session, "target-only")}, eval_samples(scenes), max_new_tokens=max_new_tokens)
     by_question: dict[str, list[bool]] = {}
     for r in rows:
         template = " ".join(r["sample"].question.split()[:3])
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from phide.errors import PhideError
     from phide.toy.bundle import bundled_dir
 
-    ap = argparse.ArgumentParser(prog="python -m phide.toy.evaluate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m phide.tools.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("pair_dir", nargs="?", help="a toy pair directory (default: the bundled pair)")
     ap.add_argument("--scenes", type=int, default=100)
     ap.add_argument("--max-new-tokens", type=int, default=48)

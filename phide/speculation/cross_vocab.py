@@ -11,55 +11,12 @@ losslessness does not depend on it, since the target verifies every proposal.
 
 from __future__ import annotations
 
-from phide.spec.runners import DraftRunner
-from phide.spec.tree import Tree, chain
+from phide.models.vocab import TextBridge
+from phide.speculation.runners import DraftRunner
+from phide.speculation.tree import Tree, chain
 
 # Root placeholder of trees from a cross-vocabulary draft: the engine puts the target's root there.
 ROOT_FROM_TARGET = -1
-
-
-class TextBridge:
-    def __init__(self, target_tok, draft_tok, target_vocab: int):
-        self.target_tok, self.draft_tok, self.target_vocab = target_tok, draft_tok, target_vocab
-
-    def target_text(self, target_ids: list[int]) -> str:
-        return self.target_tok.decode(target_ids, skip_special_tokens=True)
-
-    def draft_ids(self, text: str) -> list[int]:
-        return list(self.draft_tok.encode(text, add_special_tokens=False)) if text else []
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.target_tok.encode(text, add_special_tokens=False))
-
-    def proposals(self, generated: list[int], draft_ids: list[int]) -> list[int]:
-        """Target ids continuing `generated` (target ids) with the text of `draft_ids` (draft
-        ids covering the generated text followed by the draft's proposals).
-
-        Tokenizers treat the start of a string specially (SentencePiece adds a word mark), so the
-        continuation is encoded behind an anchor (the last generated tokens, else a fixed "a")
-        and the anchor's ids are stripped; the first candidate whose decoded text really
-        continues the committed text wins.
-        """
-        committed = self.target_text(generated)
-        full = self.draft_tok.decode(draft_ids, skip_special_tokens=True)
-        if not full.startswith(committed) or len(full) == len(committed):
-            return []
-        extra = full[len(committed):]
-        want = (committed + extra).lstrip()
-        candidates = []
-        ids = self._encode(committed + extra)
-        if ids[: len(generated)] == generated:
-            candidates.append(ids[len(generated):])
-        anchors = [self.target_text(generated[-k:]) for k in (1, 2, 3) if len(generated) >= k] + ["a"]
-        for anchor in anchors:
-            head, ids = self._encode(anchor), self._encode(anchor + extra)
-            if head and ids[: len(head)] == head:
-                candidates.append(ids[len(head):])
-        candidates.append(self._encode(extra))
-        for cand in candidates:
-            if cand and self.target_text(generated + cand).lstrip() == want:
-                return [t for t in cand if 0 <= t < self.target_vocab]
-        return [t for t in candidates[-1] if 0 <= t < self.target_vocab]
 
 
 class CrossVocabDraft:
@@ -77,8 +34,7 @@ class CrossVocabDraft:
     def forwards(self) -> int:
         return self.runner.forwards
 
-    def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int, stop=None, log=None,
-             price=None) -> Tree:  # a chain of re-tokenised proposals: no tree to price
+    def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int, stop=None, log=None) -> Tree:
         depth = max(1, min(max_depth, budget - 1))
         d_tree = self.runner.grow(budget=depth + 1, topk=1, max_depth=depth, max_expansions=depth,
                                   stop=stop, log=log)

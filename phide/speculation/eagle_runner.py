@@ -15,8 +15,8 @@ import torch
 
 from phide.models.eagle import EagleHead
 from phide.models.llama import LlamaModel
-from phide.spec.runners import causal_inputs
-from phide.spec.tree import Tree, TreeGrower, TreePrice, adopt_subtree
+from phide.speculation.runners import causal_inputs
+from phide.speculation.tree import Tree, TreeGrower, adopt_subtree
 
 
 def accepted_pairs(target_runner, tree: Tree, accept_nodes: list[int], bonus: int) -> tuple[list[int], torch.Tensor]:
@@ -28,7 +28,7 @@ def accepted_pairs(target_runner, tree: Tree, accept_nodes: list[int], bonus: in
 
 
 class EagleRunner:
-    can_speculate = True  # post-verify overlap: speculate / settle (phide.spec.overlap)
+    can_grow_ahead = True  # post-verify overlap: grow_assuming / settle (phide.speculation.overlap)
 
     def __init__(self, head: EagleHead, target_lm: LlamaModel, target_runner, max_len: int):
         self.head, self.lm, self.target = head, target_lm, target_runner
@@ -38,11 +38,11 @@ class EagleRunner:
         self._embeds: list[torch.Tensor] = []  # pending pairs, [k, H] chunks
         self._feats: list[torch.Tensor] = []
         self.root_token: int | None = None
-        # Post-verify overlap (phide.spec.overlap): the head's output at each expanded node of
-        # the last grown tree (its own guess of the target's feature there), and `speculate`'s
+        # Post-verify overlap (phide.speculation.overlap): the head's output at each expanded node of
+        # the last grown tree (its own guess of the target's feature there), and `grow_assuming`'s
         # (state before, speculated tokens, tree, its node outputs) until `settle`.
         self._node_hidden: dict[int, torch.Tensor] = {}
-        self._speculation = None
+        self._assumed = None
 
     def add_prompt(self, input_embeds: torch.Tensor, prefill_hidden: torch.Tensor | None, last_token: int) -> None:
         """Pairs of the prompt: input_embeds [P, H] (the target's input embeddings), prefill_hidden
@@ -54,8 +54,8 @@ class EagleRunner:
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
-             stop: threading.Event | None = None, log: list | None = None, price: TreePrice | None = None) -> Tree:
-        """Cache the pending pairs, then grow a tree (as DraftRunner.grow; `price`: `TreePrice`)."""
+             stop: threading.Event | None = None, log: list | None = None) -> Tree:
+        """Cache the pending pairs, then grow a tree (as DraftRunner.grow)."""
         device = self.head.device
         if not self._embeds:  # no features yet (a one-token prompt): nothing to draft from
             self._node_hidden = {}
@@ -83,21 +83,20 @@ class EagleRunner:
                 hidden_of[ci] = h[row]
             return self._logits(h)
 
-        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log,
-                    price=price)
-        tree = grower.build(budget, price=price)
+        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
+        tree = grower.build(budget)
         self._node_hidden = {node: root_hidden if ci == -1 else hidden_of[ci]
                              for node, ci in enumerate(grower.built) if ci == -1 or ci in hidden_of}
         return tree
 
     @torch.inference_mode()
-    def speculate(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
+    def grow_assuming(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
                   **grow_kwargs) -> Tree:
         """Grow a tree rooted at the leaf of `path` (nodes of the last grown tree, root first;
         `tokens`: theirs after the root) as if the target accepted the whole path: the root's
         children are the head's guesses of the target's bonus token, and `settle` adopts the
         subtree under the real one. The path's pairs take the head's own outputs as features
-        (what `phide.distill.head_rollout` trains it for)."""
+        (what `phide.distill.head.head_rollout` trains it for)."""
         before = (self.length, list(self._embeds), list(self._feats), self.root_token)
         if self.head.device.type == "cuda":
             # The pending pairs were made on the target's stream and are consumed here, maybe on
@@ -107,21 +106,21 @@ class EagleRunner:
                 t.record_stream(stream)
         self.queue(tokens, torch.stack([self._node_hidden[n] for n in path[:-1]]))
         tree = self.grow(stop=stop, **grow_kwargs)
-        self._speculation = (before, list(tokens), tree, self._node_hidden)
+        self._assumed = (before, list(tokens), tree, self._node_hidden)
         return tree
 
     def settle(self, tree: Tree, accept_nodes: list[int], bonus: int, budget: int) -> Tree | None:
-        """After `speculate`: the target's real outcome (see `settle_pairs`)."""
+        """After `grow_assuming`: the target's real outcome (see `settle_pairs`)."""
         return self.settle_pairs(*accepted_pairs(self.target, tree, accept_nodes, bonus), budget)
 
     def settle_pairs(self, tokens: list[int], feats: torch.Tensor, budget: int) -> Tree | None:
-        """After `speculate`, with the outcome's pairs (`accepted_pairs`: the accepted tokens and
+        """After `grow_assuming`, with the outcome's pairs (`accepted_pairs`: the accepted tokens and
         the bonus, the target's features): forget the speculation's cached rows, queue the real
         pairs (their rows are recomputed at the next growth) and return the speculative tree's
-        subtree under the bonus when it guessed right (phide.spec.tree.adopt_subtree), else None."""
-        (self.length, embeds, feats_before, self.root_token), spec_tokens, spec_tree, node_hidden = self._speculation
+        subtree under the bonus when it guessed right (phide.speculation.tree.adopt_subtree), else None."""
+        (self.length, embeds, feats_before, self.root_token), spec_tokens, spec_tree, node_hidden = self._assumed
         self._embeds, self._feats = list(embeds), list(feats_before)
-        self._speculation = None
+        self._assumed = None
         self.queue(tokens, feats)
         found = adopt_subtree(spec_tree, spec_tokens, tokens[:-1], tokens[-1], budget)
         if found is None:

@@ -1,0 +1,175 @@
+"""A session: the pair loaded from checkpoint directories, its engine, and its planner with this
+machine's calibration. `load_session` is the one loader behind every command (generate, trace,
+demo, bench, calibrate), and `Session.generate` the one way a request runs: the planner decides
+the Plan, the engine runs exactly that, the planner learns from it. So what the CLI runs is what
+the bench measures.
+
+Directories are checked (config.json readable) before anything heavy loads. The EAGLE head and the
+draft adapter are optional: by default each is taken from the directory that owns it (the head
+from the target directory, the adapter from the draft directory) when its files are there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from phide.engine import Engine, Request, Result, SpecConfig
+from phide.errors import PhideError
+from phide.modes import MODES
+from phide.planner import Calibration, Planner, calibration_dir, load_calibration
+
+
+@dataclass
+class Session:
+    engine: Engine
+    planner: Planner
+    target: Any                      # the target frontend (tokenizer, prompt building)
+    draft: Any = None                # the draft frontend, or None
+    key: dict | None = None          # what the calibration is keyed by (`pair_key`)
+    calibration_path: Path | None = None  # where this session's calibration lives (loaded or not)
+
+    def generate(self, req: Request, mode: str = "auto") -> Result:
+        """Run one request: the planner decides the plan for `mode`, the engine runs it, the
+        planner learns from the result. stats["mode"] is `mode`; stats["plan"] says what ran."""
+        if mode not in MODES:
+            raise PhideError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        if mode == "head-only" and self.engine.head is None:
+            raise PhideError("--mode head-only needs an EAGLE head (none was loaded)")
+        if mode in ("hide", "sequential") and self.engine.draft_side is None:
+            raise PhideError(f"--mode {mode} needs a draft (--draft)")
+        plan = self.planner.decide(req.max_new_tokens, mode)
+        result = self.engine.generate(req, plan)
+        self.planner.observe(plan, result.stats)
+        result.stats["mode"] = mode
+        return result
+
+    def decode(self, ids: list[int]) -> str:
+        return self.target.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None, use_head: bool = True,
+                 use_adapter: bool = True, device: str = "cpu", dtype=None, spec: SpecConfig | None = None,
+                 shape: dict | None = None, clip_dir=None, calibration="auto") -> Session:
+    """head_dir / adapter_dir: explicit locations (must hold the files); None = the default places
+    when present. use_head / use_adapter=False leave them out. spec: the SpecConfig, else one
+    from the target directory's tree_shape.json (the shape the pair is run with, when present)
+    updated with `shape`. calibration: "auto" (this machine's saved calibration for this pair,
+    when there is one), a path, or None (none)."""
+    from phide.models.draft_adapter import has_draft_adapter, load_draft_adapter
+    from phide.models.eagle import has_eagle_head, load_eagle_head
+    from phide.models.loading import read_config
+    from phide.models.registry import load_frontend
+    from phide.models.vocab import bridge_vocabularies
+
+    dtype = dtype or torch.float32
+    read_config(target_dir)  # fail fast on a bad directory, before any loading
+    if draft_dir is not None:
+        read_config(draft_dir)
+    if not use_head:
+        head_dir = None
+    elif head_dir is None and has_eagle_head(target_dir):
+        head_dir = target_dir
+    if spec is None:
+        spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})})
+    cal_path = Path(calibration) if calibration not in ("auto", None) else None
+    cal = load_calibration(cal_path) if cal_path is not None else None  # a bad --calibration fails now
+    target = load_frontend(target_dir, role="target", device=device, dtype=dtype)
+    draft = shared = bridge = head = adapter = None
+    if draft_dir is not None:
+        draft = load_frontend(draft_dir, role="draft", device=device, dtype=dtype, clip_dir=clip_dir)
+        shared, bridge = bridge_vocabularies(target.tokenizer, draft.tokenizer, target.lm.cfg.vocab_size)
+        if use_adapter:
+            adapter_dir = adapter_dir or (draft_dir if has_draft_adapter(draft_dir) else None)
+            if adapter_dir is not None:
+                adapter = load_draft_adapter(adapter_dir, draft.lm.lm_head)
+    if head_dir is not None:
+        head = load_eagle_head(head_dir, target_cfg=target.lm.cfg, device=device, dtype=dtype)
+    engine = Engine(target, draft, eos_token_ids=eos_ids(target.tokenizer, target.lm), shared_vocab=shared,
+                    spec=spec, vocab_bridge=bridge, head=head, draft_adapter=adapter)
+    key = pair_key(target_dir, draft_dir, head_dir, adapter_dir if adapter is not None else None,
+                   device=device, dtype=dtype, spec=spec)
+    if calibration == "auto":
+        cal_path = calibration_dir() / f"{key_digest(key)}.json"
+        cal = load_calibration(cal_path) if cal_path.is_file() else None
+    planner = Planner(cal, has_draft=draft is not None, has_head=head is not None, depth=spec.depth,
+                      budget=spec.budget, window_steps=spec.window_depth, default_split=default_split(device))
+    return Session(engine, planner, target, draft, key, cal_path)
+
+
+TREE_SHAPE_FILE = "tree_shape.json"
+
+
+def tree_shape(target_dir) -> dict:
+    """The tree shape a pair is run with (tree_shape.json in the target directory), or {}."""
+    if not (Path(target_dir) / TREE_SHAPE_FILE).is_file():
+        return {}
+    path = Path(target_dir) / TREE_SHAPE_FILE
+    try:
+        shape = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PhideError(f"{path} is not valid JSON ({exc})") from None
+    allowed = {"topk", "depth", "budget", "window_depth", "window_budget"}
+    if not isinstance(shape, dict) or not set(shape) <= allowed or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in shape.values()):
+        raise PhideError(f"{path} must be a JSON object of positive integers among {', '.join(sorted(allowed))}")
+    return shape
+
+
+def default_split(device: str) -> dict:
+    """A forced hide with no calibrated split: on a CPU the draft lane reserves one core of at
+    least two (without a split both lanes' thread pools fight over every core); on a GPU no
+    split (the draft gets its own stream, kernels of both lanes take any SM)."""
+    if device == "cpu" and torch.get_num_threads() >= 2:
+        return {"draft_threads": 1}
+    return {}
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    ids = set(model.cfg.eos_token_id)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return sorted(ids)
+
+
+def _dir_identity(path) -> dict | None:
+    """A checkpoint directory's identity: its config and its weight files' names and sizes (cheap,
+    and a retrained or swapped checkpoint changes it)."""
+    if path is None:
+        return None
+    p = Path(path)
+    files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".json") and f.is_file())
+    return {"dir": str(p.resolve()), "files": {f.name: f.stat().st_size for f in files}}
+
+
+def pair_key(target_dir, draft_dir, head_dir, adapter_dir, *, device: str, dtype, spec: SpecConfig) -> dict:
+    """What a calibration depends on: the checkpoints, the machine (device, threads), the dtype and
+    the tree shape."""
+    if device == "cuda":
+        machine = torch.cuda.get_device_name()
+    else:
+        machine = f"cpu:{torch.get_num_threads()}t"
+    return {"target": _dir_identity(target_dir), "draft": _dir_identity(draft_dir), "head": _dir_identity(head_dir),
+            "adapter": _dir_identity(adapter_dir), "machine": machine, "dtype": str(dtype).replace("torch.", ""),
+            "spec": asdict(spec)}
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_session_calibration(session: Session, cal: Calibration) -> Path:
+    """Store `cal` where `load_session` looks for this session's pair and machine."""
+    from phide.planner import save_calibration
+
+    cal.key = session.key or {}
+    path = calibration_dir() / f"{key_digest(cal.key)}.json"
+    save_calibration(cal, path)
+    session.calibration_path = path
+    session.planner = session.planner.with_calibration(cal)
+    return path
