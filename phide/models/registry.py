@@ -34,7 +34,10 @@ def load_adapter(model_dir, *, role: str, device="cpu", dtype=torch.float32, cli
     if kind in TEXT_TYPES:
         from phide.models.adapters import TextAdapter
 
-        tokenizer = load_tokenizer(model_dir)
-        return TextAdapter(load_llama(model_dir, device=device, dtype=dtype, label=role), tokenizer)
+        # The model first, as the multimodal loaders do: a config problem (which AutoTokenizer, reading
+        # config.json too, would report as a tokenizer error) or weights that contradict the config
+        # are named as such before the tokenizer loads.
+        lm = load_llama(model_dir, device=device, dtype=dtype, label=role)
+        return TextAdapter(lm, load_tokenizer(model_dir))
     raise PhideError(f"{model_dir}: unsupported model_type {kind!r} "
                      "(phide loads llama, video_llava and EventChat_llama checkpoints)")
