@@ -10,7 +10,9 @@ taking the remainder (`[i*k, (i+1)*k)` for i < n-1, `[(n-1)*k, len)`): this is n
 which spreads the remainder over the first chunks. Each chunk becomes a (y.max()+1, x.max()+1) RGB
 image of the chunk's own extent, white (255) background, p == 0 blue [0,0,255], any other p red
 [255,0,0], later events overwriting earlier ones. EventGPT also refuses streams spanning >= 100 ms
-(`EVENTGPT_MAX_SPAN_US`); `last_window(stream, EVENTGPT_MAX_SPAN_US)` always fits.
+(`EVENTGPT_MAX_SPAN_US`); `last_window(stream, EVENTGPT_MAX_SPAN_US)` always fits. Coordinates must
+lie inside the sensor: the file's sensor size where the format stores one (.npz height/width), else
+`MAX_SENSOR_SIDE`, so no frame outgrows a real sensor.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from phide.errors import PhideError
 EVENTGPT_MAX_SPAN_US = 100_000
 """EventGPT raises when t.max() - t.min() >= this (its README targets ~50 ms windows)."""
 
+MAX_SENSOR_SIDE = 4096
+"""Largest sensor side (px) accepted when the file gives no sensor size (DSEC's events.h5 does not;
+its cameras are 640x480). A frame is as large as its largest coordinate, so one stray x = 10**6
+would allocate gigabytes per frame; 4096 is several times the widest event camera."""
+
 BLUE = np.array([0, 0, 255], dtype=np.uint8)  # p == 0 (EventGPT's negative polarity)
 RED = np.array([255, 0, 0], dtype=np.uint8)  # p != 0
 
@@ -46,7 +53,8 @@ class EventStream:
     x, y: integer pixel coordinates (column, row), >= 0; the loaded dtype is kept (DSEC: uint16).
     t: int64 microseconds (absolute: DSEC's t_offset already added).
     p: polarity, integer or bool; 0/False is negative (EventGPT: blue), anything else positive.
-    sensor_size: optional (height, width); when given, every event must lie inside it.
+    sensor_size: optional (height, width), at most MAX_SENSOR_SIDE a side; when given, every event
+        must lie inside it, else every coordinate must be below MAX_SENSOR_SIDE.
     """
 
     x: np.ndarray
@@ -77,11 +85,17 @@ class EventStream:
             h, w = (int(v) for v in self.sensor_size)
             if h <= 0 or w <= 0:
                 raise PhideError(f"events: bad sensor size {self.sensor_size}")
+            if max(h, w) > MAX_SENSOR_SIDE:  # events inside it could still make gigabyte frames
+                raise PhideError(f"events: sensor size (height={h}, width={w}) is beyond the largest supported "
+                                 f"sensor side ({MAX_SENSOR_SIDE} px)")
             if n and (arrays["y"].max() >= h or arrays["x"].max() >= w):
                 raise PhideError(
                     f"events: coordinates up to (y={arrays['y'].max()}, x={arrays['x'].max()}) "
                     f"fall outside the sensor (height={h}, width={w})")
             self.sensor_size = (h, w)
+        elif n:
+            _check_side("x", arrays["x"])
+            _check_side("y", arrays["y"])
         arrays["t"] = arrays["t"].astype(np.int64, copy=False)
         for name, a in arrays.items():
             setattr(self, name, a)
@@ -102,7 +116,10 @@ class EventStream:
             t = t.astype(np.int64) + int(np.asarray(d["t_offset"]))
         size = None
         if "height" in d and "width" in d:
-            size = (int(np.asarray(d["height"])), int(np.asarray(d["width"])))
+            try:
+                size = (int(np.asarray(d["height"])), int(np.asarray(d["width"])))
+            except (TypeError, ValueError):
+                raise PhideError(f"{what}: height and width must be single integers (the sensor size)") from None
         return cls(np.asarray(d["x"]), np.asarray(d["y"]), t, np.asarray(d["p"]), size)
 
     def select(self, index) -> EventStream:
@@ -117,6 +134,14 @@ class EventStream:
     @property
     def t_last(self) -> int:
         return int(self.t.max())
+
+
+def _check_side(name: str, a: np.ndarray) -> None:
+    """Without a sensor size, coordinates must fit the largest supported sensor."""
+    top = int(a.max())
+    if top >= MAX_SENSOR_SIDE:
+        raise PhideError(f"events: {name} reaches {top}, beyond the largest supported sensor side "
+                         f"({MAX_SENSOR_SIDE} px); pass events of a real sensor")
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,6 +337,8 @@ def _load_dsec_h5(path: Path, t_start_us, t_end_us) -> EventStream:
                 raise PhideError(f"{path}: no events in [{t_start_us}, {t_end_us}) µs")
         t = _read(ds["t"], lo, hi, path, "t").astype(np.int64) + t_offset
         x, y, p = (_read(ds[k], lo, hi, path, k) for k in ("x", "y", "p"))
+    # DSEC files store no sensor size (DSEC's is 640x480), and files of other cameras share the
+    # layout: MAX_SENSOR_SIDE bounds the coordinates.
     return EventStream(x, y, t, p)
 
 
@@ -361,6 +388,10 @@ def render_event_image(x: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarra
     last event of each pixel is found explicitly (first occurrence in the reversed array)."""
     if len(x) == 0:
         raise PhideError("cannot render an event image from zero events")
+    for name, a in (("x", x), ("y", y)):  # EventStream checks these; raw arrays may come here too
+        if a.min() < 0:
+            raise PhideError(f"events: negative {name} coordinate {a.min()}")
+        _check_side(name, a)
     h, w = int(y.max()) + 1, int(x.max()) + 1
     img = np.full((h, w, 3), 255, dtype=np.uint8)
     lin = y.astype(np.int64) * w + x.astype(np.int64)

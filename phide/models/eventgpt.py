@@ -39,10 +39,18 @@ import torch
 from torch import nn
 
 from phide.errors import PhideError
+<<<<<<< HEAD
 from phide.models.frontends import Prepared
 from phide.models.llama import LlamaConfig, LlamaModel
 from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
                                   progress, read_config, safetensors_files)
+=======
+from phide.models.adapters import Prepared
+from phide.models.llama import LlamaModel
+from phide.models.loading import (check_layer_count, fill_module, llama_config, llama_from_state_dict,
+                                  load_state_dict, load_tokenizer, pick_prefix, progress, read_config,
+                                  safetensors_files)
+>>>>>>> badinput
 from phide.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, common_fields
 
 MODEL_TYPE = "EventChat_llama"
@@ -501,7 +509,8 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
     if raw.get("model_type") != MODEL_TYPE:
         raise PhideError(f"{model_dir}: not an EventGPT checkpoint (model_type {raw.get('model_type')!r}, "
                          f"expected {MODEL_TYPE!r})")
-    cfg = LlamaConfig.from_dict(raw)
+    where = str(model_dir / "config.json")
+    cfg = llama_config(raw, where)  # config problems surface here, long before the tokenizer loads
     progress(f"loading EventGPT {label} from {model_dir} ...")
     state = _load_eventgpt_state(model_dir)
 
@@ -540,6 +549,7 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
                                     (adaptor, ADAPTOR_PREFIXES, "weight")):
         prefix = pick_prefix(state, prefixes, probe) or prefixes[0]
         fill_module(module, state, prefix, missing)
+    check_layer_count(cfg, state, "model.", where)  # before the missing keys: a wrong count is a config error
     with torch.device("meta"):
         names = list(LlamaModel(cfg).state_dict())
     missing += [f"model.{n}" for n in names if n != "lm_head.weight" and f"model.{n}" not in state]
@@ -548,7 +558,7 @@ def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float3
     if missing:
         shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
         raise PhideError(f"{model_dir}: checkpoint is missing EventGPT weights: {shown}")
-    lm = llama_from_state_dict(cfg, state, device=device, dtype=dtype, prefix="model.")
+    lm = llama_from_state_dict(cfg, state, device=device, dtype=dtype, prefix="model.", where=where)
     del state, tower_state
 
     n_pos = tower.embeddings.position_embedding.weight.shape[0]

@@ -13,6 +13,7 @@ Shapes: B batch, T new tokens, S cache slots, L layers, H query heads, Hkv kv he
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -55,8 +56,11 @@ class LlamaConfig:
         """Parse an HF LLaMA config dict (transformers 4.x `rope_theta`/`rope_scaling` or 5.x
         `rope_parameters`)."""
         try:
-            heads = int(d["num_attention_heads"])
-            hidden = int(d["hidden_size"])
+            heads = _size(d, "num_attention_heads")
+            hidden = _size(d, "hidden_size")
+            if not d.get("head_dim") and hidden % heads:  # an explicit head_dim may differ from hidden / heads
+                raise PhideError(f"num_attention_heads={heads} does not divide hidden_size={hidden} "
+                                 "(and no head_dim is given)")
             rope = dict(d.get("rope_parameters") or {})
             if not rope:
                 rope = dict(d.get("rope_scaling") or {})
@@ -67,13 +71,13 @@ class LlamaConfig:
             eos = d.get("eos_token_id", 2)
             eos_ids = [] if eos is None else ([int(eos)] if isinstance(eos, int) else [int(e) for e in eos])
             cfg = cls(
-                vocab_size=int(d["vocab_size"]),
+                vocab_size=_size(d, "vocab_size"),
                 hidden_size=hidden,
-                intermediate_size=int(d["intermediate_size"]),
-                num_hidden_layers=int(d["num_hidden_layers"]),
+                intermediate_size=_size(d, "intermediate_size"),
+                num_hidden_layers=_size(d, "num_hidden_layers"),
                 num_attention_heads=heads,
-                num_key_value_heads=int(d.get("num_key_value_heads") or heads),
-                head_dim=int(d.get("head_dim") or hidden // heads),
+                num_key_value_heads=_size(d, "num_key_value_heads", default=heads),
+                head_dim=_size(d, "head_dim", default=hidden // heads),
                 rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
                 hidden_act=str(d.get("hidden_act", "silu")),
                 max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
@@ -92,6 +96,21 @@ class LlamaConfig:
             raise PhideError("num_attention_heads must be a multiple of num_key_value_heads")
         rope_inv_freq(cfg)  # fail early on an unsupported RoPE type
         return cfg
+
+
+def _size(d: dict, name: str, default: int | None = None) -> int:
+    """d[name] as a positive integer; unset (or 0 / null, as transformers reads them) takes
+    `default` when there is one. int() alone would truncate 2.5, take "64" and let 0 or -4 through
+    to a division by zero or empty layers later."""
+    v = d.get(name)
+    if default is not None and not v:
+        return default
+    if name not in d:
+        raise KeyError(name)
+    integral = isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer())
+    if isinstance(v, bool) or not integral or v < 1:
+        raise PhideError(f"{name} must be a positive integer, got {v!r}")
+    return int(v)
 
 
 def rope_inv_freq(cfg: LlamaConfig) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,9 +35,29 @@ def read_config(model_dir: str | os.PathLike) -> dict:
     if not cfg_path.is_file():
         raise PhideError(f"{path} has no config.json (expected an HF-format checkpoint directory)")
     try:
-        return json.loads(cfg_path.read_text())
+        raw = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PhideError(f"{cfg_path} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):  # every caller reads fields with .get()
+        raise PhideError(f"{cfg_path} must hold a JSON object, got {_json_kind(raw)}")
+    return raw
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def llama_config(raw: dict, where: str = "config.json") -> LlamaConfig:
+    """The LLaMA config of a config.json dict (the dict itself, or its text_config); its problems
+    are reported as `where`'s, so the user knows which checkpoint's config to fix."""
+    d = raw.get("text_config", raw) if "vocab_size" not in raw else raw
+    if not isinstance(d, dict):
+        raise PhideError(f"{where}: text_config must be a JSON object, got {_json_kind(d)}")
+    try:
+        return LlamaConfig.from_dict(d)
+    except PhideError as exc:
+        raise PhideError(f"{where}: {exc}") from None
 
 
 def safetensors_files(model_dir: str | os.PathLike) -> list[Path]:
@@ -113,11 +134,40 @@ def _pick_prefix(state: dict, prefixes=LLAMA_PREFIXES) -> str:
     raise PhideError("weights contain no LLaMA decoder (no '*embed_tokens.weight' key)")
 
 
+_LAYER_KEY = re.compile(r"layers\.(\d+)\.")
+
+
+def check_layer_count(cfg: LlamaConfig, state: dict, prefix: str, where: str = "config.json") -> None:
+    """The decoder layers in the weights (`{prefix}layers.N.*` keys) must be the config's
+    num_hidden_layers: extra layers would be silently ignored, and missing ones are a wrong config
+    rather than a damaged checkpoint. Key names only; `where` names the config in the error."""
+    found = set()
+    for key in state:
+        if key.startswith(prefix):
+            m = _LAYER_KEY.match(key, len(prefix))
+            if m:
+                found.add(int(m.group(1)))
+    n = cfg.num_hidden_layers
+    top = max(found, default=-1) + 1  # layers the weights reach
+    if top == n:
+        return  # gaps below n are missing weights: the missing-key errors name them
+    if not found:
+        held = "no decoder layers"
+    elif found == set(range(top)):
+        held = f"{top} decoder layers (layers.0-{top - 1})"
+    else:
+        held = f"decoder layers up to layers.{top - 1}"
+    raise PhideError(f"{where} says num_hidden_layers={n} but the weights hold {held}")
+
+
 def llama_from_state_dict(
-    cfg: LlamaConfig, state: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32, prefix=None
+    cfg: LlamaConfig, state: dict[str, torch.Tensor], *, device="cpu", dtype=torch.float32, prefix=None,
+    where: str = "config.json",
 ) -> LlamaModel:
-    """Build phide's decoder from an HF state dict; missing keys are named in the error."""
+    """Build phide's decoder from an HF state dict; missing keys are named in the error, a layer
+    count that disagrees with the config is a config error (`where` names the config)."""
     prefix = _pick_prefix(state) if prefix is None else prefix
+    check_layer_count(cfg, state, prefix, where)
     with torch.device("meta"):
         model = LlamaModel(cfg)
     wanted = {}
@@ -148,11 +198,11 @@ def llama_from_state_dict(
 def load_llama(model_dir: str | os.PathLike, *, device="cpu", dtype=torch.float32, label="model") -> LlamaModel:
     """Load a LlamaForCausalLM-format directory into phide's decoder."""
     t0 = time.perf_counter()
-    raw = read_config(model_dir)
-    cfg = LlamaConfig.from_dict(raw.get("text_config", raw) if "vocab_size" not in raw else raw)
+    where = str(Path(model_dir) / "config.json")
+    cfg = llama_config(read_config(model_dir), where)
     progress(f"loading {label} from {model_dir} ...")
     state = load_state_dict(model_dir)
-    model = llama_from_state_dict(cfg, state, device=device, dtype=dtype)
+    model = llama_from_state_dict(cfg, state, device=device, dtype=dtype, where=where)
     n = sum(p.numel() for p in model.parameters())
     progress(f"loaded {label}: {n / 1e6:.2f}M parameters, {dtype}, {device} ({time.perf_counter() - t0:.2f}s)")
     return model

@@ -7,10 +7,12 @@ install never loads vision code.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from phide.errors import PhideError
-from phide.models.loading import load_llama, load_tokenizer, read_config
+from phide.models.loading import llama_config, load_llama, load_tokenizer, read_config
 
 TEXT_TYPES = ("llama", "mistral")
 
@@ -34,6 +36,10 @@ def load_frontend(model_dir, *, role: str, device="cpu", dtype=torch.float32, cl
     if kind in TEXT_TYPES:
         from phide.models.frontends import TextFrontend
 
+        # The config first: a config problem (which AutoTokenizer, reading config.json too, would
+        # report as a tokenizer error) is named as such. Then the tokenizer, so a broken one does
+        # not wait for the weights; weights that contradict the config are named as they load.
+        llama_config(read_config(model_dir), str(Path(model_dir) / "config.json"))
         tokenizer = load_tokenizer(model_dir)
         return TextFrontend(load_llama(model_dir, device=device, dtype=dtype, label=role), tokenizer)
     raise PhideError(f"{model_dir}: unsupported model_type {kind!r} "

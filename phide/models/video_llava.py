@@ -35,8 +35,8 @@ from torch import nn
 from phide.errors import PhideError
 from phide.models.frontends import Prepared
 from phide.models.llama import LlamaConfig, LlamaModel
-from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
-                                  progress, read_config)
+from phide.models.loading import (check_layer_count, fill_module, llama_config, llama_from_state_dict,
+                                  load_state_dict, load_tokenizer, pick_prefix, progress, read_config)
 from phide.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, common_fields
 
 NUM_FRAMES = 8
@@ -301,12 +301,12 @@ def parse_config(raw: dict):
         raise PhideError(f"invalid Video-LLaVA config ({type(exc).__name__}: {exc})") from None
 
 
-def text_config(vl) -> LlamaConfig:
+def text_config(vl, where: str = "config.json text_config") -> LlamaConfig:
     d = vl.text_config.to_dict()
     if d.get("model_type", "llama") != "llama":
         raise PhideError(f"Video-LLaVA text model {d.get('model_type')!r} is not a LLaMA")
     d["tie_word_embeddings"] = bool(getattr(vl, "tie_word_embeddings", False) or d.get("tie_word_embeddings"))
-    return LlamaConfig.from_dict(d)
+    return llama_config(d, where)
 
 
 def _feature_layers(layer, n_layers: int) -> list[int]:
@@ -330,8 +330,10 @@ def _load_module(module: nn.Module, state: dict, prefixes, probe: str, missing: 
     fill_module(module, state, prefix, missing, optional)
 
 
-def _missing_lm_keys(cfg: LlamaConfig, state: dict, prefix: str) -> list[str]:
-    """Decoder keys absent from `state`, named in the checkpoint's own layout."""
+def _missing_lm_keys(cfg: LlamaConfig, state: dict, prefix: str, where: str) -> list[str]:
+    """Decoder keys absent from `state`, named in the checkpoint's own layout (after the layer count
+    is checked: layers beyond text_config's count are a config error, not missing weights)."""
+    check_layer_count(cfg, state, prefix, where)
     with torch.device("meta"):
         names = list(LlamaModel(cfg).state_dict())
     out = [f"{prefix}{n}" for n in names if n != "lm_head.weight" and f"{prefix}{n}" not in state]
@@ -345,8 +347,9 @@ def load_video_llava(model_dir: str | os.PathLike, device="cpu", dtype=torch.flo
     from transformers import CLIPVisionModel
 
     t0 = time.perf_counter()
+    where = f"{Path(model_dir) / 'config.json'} text_config"
     vl = parse_config(read_config(model_dir))
-    cfg = text_config(vl)
+    cfg = text_config(vl, where)  # config problems surface here, long before the tokenizer loads
     vcfg = copy.deepcopy(vl.vision_config)
     layers = _feature_layers(vl.vision_feature_layer, vcfg.num_hidden_layers)
     # hidden_states[k] needs only the first k encoder layers: build (and load) just those.
@@ -366,11 +369,11 @@ def load_video_llava(model_dir: str | os.PathLike, device="cpu", dtype=torch.flo
     if lm_prefix is None:
         missing.append(f"{LM_PREFIXES[0]}embed_tokens.weight (or under {', '.join(LM_PREFIXES[1:])})")
     else:
-        missing += _missing_lm_keys(cfg, state, lm_prefix)
+        missing += _missing_lm_keys(cfg, state, lm_prefix, where)
     if missing:
         shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
         raise PhideError(f"{model_dir}: checkpoint is missing Video-LLaVA weights: {shown}")
-    lm = llama_from_state_dict(cfg, state, device=device, dtype=dtype, prefix=lm_prefix)
+    lm = llama_from_state_dict(cfg, state, device=device, dtype=dtype, prefix=lm_prefix, where=where)
     del state
     # Non-persistent buffers are not in checkpoints: rebuild them off the meta device.
     n_pos = tower.embeddings.position_embedding.weight.shape[0]

@@ -48,10 +48,10 @@ def run_distill(args) -> int:
 def _distill_prompts(args) -> int:
     from phide.distill.head import Sequence, head_top1_accuracy, train_eagle_head
     from phide.engine import Engine, Request
-    from phide.models.loading import load_llama, load_tokenizer, progress, read_config
+    from phide.models.loading import llama_config, load_llama, load_tokenizer, progress, read_config
     from phide.session import eos_ids
 
-    read_config(args.target)
+    llama_config(read_config(args.target), str(Path(args.target) / "config.json"))  # before the tokenizer
     try:
         prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as exc:
