@@ -186,14 +186,16 @@ SHAPE_FIELDS = ("topk", "depth", "budget", "window_depth", "window_budget")
 
 
 def session_from_args(args, *, calibration="auto"):
-    """The session the pair arguments describe (`phide.session.load_session`: the one loader)."""
+    """The session the pair arguments describe (`phide.session.load_session`: the one loader).
+    `--mode target-only` loads the target alone: nothing else would run."""
     from phide.session import load_session
 
     device, dtype = _resolve_device(args.device, args.dtype)
     shape = {k: getattr(args, k) for k in SHAPE_FIELDS if getattr(args, k, None) is not None}
-    return load_session(args.target, args.draft, head_dir=args.head, adapter_dir=args.adapter,
-                        use_head=not args.no_head, use_adapter=not args.no_adapter, device=device, dtype=dtype,
-                        shape=shape, clip_dir=args.clip_dir, calibration=calibration)
+    alone = getattr(args, "mode", None) == "target-only"
+    return load_session(args.target, None if alone else args.draft, head_dir=args.head, adapter_dir=args.adapter,
+                        use_head=not (args.no_head or alone), use_adapter=not args.no_adapter, device=device,
+                        dtype=dtype, shape=shape, clip_dir=args.clip_dir, calibration=calibration)
 
 
 def _run_request(args):

@@ -155,6 +155,9 @@ class Engine:
             raise PhideError(f"the {plan.schedule} schedule needs a draft model")
         if plan.schedule == "head-only" and self.head is None:
             raise PhideError("the head-only schedule needs an EAGLE head (phide distill)")
+        for side in (self.target_side, self.draft_side):  # every loaded side, whatever the plan
+            if side is not None and hasattr(side, "check"):
+                side.check(req)
 
     # ------------------------------------------------------------------ one request
     def generate(self, req: Request, plan: Plan | str) -> Result:

@@ -1,4 +1,4 @@
-"""The EventGPT draft adapter: event frames + a question -> input embeddings for phide's decoder.
+"""The EventGPT draft frontend: event frames + a question -> input embeddings for phide's decoder.
 
 Follows XduSyL/EventGPT (`model/EventChatModel.py`, `common/common.py`, `dataset/conversation.py`;
 see /work/shared/reference/models.md section 1), the list-of-frames path its inference takes:
@@ -39,18 +39,11 @@ import torch
 from torch import nn
 
 from phide.errors import PhideError
-<<<<<<< HEAD
-from phide.models.frontends import Prepared
-from phide.models.llama import LlamaConfig, LlamaModel
-from phide.models.loading import (fill_module, llama_from_state_dict, load_state_dict, load_tokenizer, pick_prefix,
-                                  progress, read_config, safetensors_files)
-=======
-from phide.models.adapters import Prepared
+from phide.models.frontends import Prepared, check_path
 from phide.models.llama import LlamaModel
 from phide.models.loading import (check_layer_count, fill_module, llama_config, llama_from_state_dict,
                                   load_state_dict, load_tokenizer, pick_prefix, progress, read_config,
                                   safetensors_files)
->>>>>>> badinput
 from phide.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, common_fields
 
 MODEL_TYPE = "EventChat_llama"
@@ -269,7 +262,7 @@ def spatio_temporal(features: torch.Tensor) -> torch.Tensor:
 
 
 class EventGPTDraft:
-    """Adapter for an EventGPT checkpoint (see the module docstring). `prepare(request)` reads
+    """Frontend for an EventGPT checkpoint (see the module docstring). `prepare(request)` reads
     `request.prompt` (the question, or a full prompt containing "<event>") and `request.events`."""
 
     def __init__(self, lm: LlamaModel, tokenizer, tower: nn.Module, projector: nn.Module, adaptor: nn.Module, *,
@@ -324,11 +317,15 @@ class EventGPTDraft:
         return int(unk) if unk is not None and 0 <= unk < self.lm.cfg.vocab_size else 0
 
     @torch.inference_mode()
-    def prepare(self, request) -> Prepared:
+    def check(self, request) -> None:
         if request.events is None:
             raise PhideError("EventGPT draft needs --events")
         if request.prompt is None:
             raise PhideError("EventGPT draft needs --prompt (the question about the events)")
+        check_path(request.events, "event file")
+
+    def prepare(self, request) -> Prepared:
+        self.check(request)
         prompt = self.prompt_text(request.prompt)
         n = prompt.count(EVENT_TOKEN)
         if n != 1:
@@ -499,7 +496,7 @@ def quiet_model_type_warning():
 
 def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float32, clip_dir=None,
                   label: str = "draft") -> EventGPTDraft:
-    """Load an EventGPT checkpoint directory (model_type EventChat_llama) as an adapter (a draft,
+    """Load an EventGPT checkpoint directory (model_type EventChat_llama) as a frontend (a draft,
     usually; `label` names its role in progress messages)."""
     from transformers import CLIPVisionModel
 

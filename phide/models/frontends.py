@@ -8,7 +8,9 @@ side's own lane (the draft's input preparation runs on the draft lane, hidden li
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -43,7 +45,18 @@ class Frontend(Protocol):
     lm: LlamaModel
     tokenizer: Any
 
+    def check(self, request) -> None:
+        """Cheap: raise PhideError when the request lacks what this side reads (an input, a file
+        that does not exist). The engine checks every loaded side before any work, whatever the
+        plan, so a request's validity never depends on what the planner picks."""
+
     def prepare(self, request) -> Prepared: ...
+
+
+def check_path(value, what: str) -> None:
+    """A path-like input must exist (arrays and tensors are checked when read)."""
+    if isinstance(value, (str, os.PathLike)) and not Path(value).exists():
+        raise PhideError(f"{what} not found: {value}")
 
 
 class TextFrontend:
@@ -52,10 +65,15 @@ class TextFrontend:
     def __init__(self, lm: LlamaModel, tokenizer):
         self.lm, self.tokenizer = lm, tokenizer
 
-    def prepare(self, request) -> Prepared:
+    def check(self, request) -> None:
         if request.video is not None or request.events is not None:
             raise PhideError("this checkpoint is a text-only LLaMA: --video/--events need the "
                              "Video-LLaVA target / EventGPT draft checkpoints")
+        if request.prompt is None:
+            raise PhideError("a text-only LLaMA needs --prompt")
+
+    def prepare(self, request) -> Prepared:
+        self.check(request)
         return Prepared(list(self.tokenizer(request.prompt)["input_ids"]))
 
 
@@ -65,12 +83,18 @@ class IdsFrontend:
     def __init__(self, lm: LlamaModel, draft_side: bool = False):
         self.lm, self.draft_side = lm, draft_side
 
-    def prepare(self, req) -> Prepared:
-        ids = req.draft_prompt_ids if self.draft_side and req.draft_prompt_ids is not None else req.prompt_ids
+    def _ids(self, req) -> list[int]:
+        return req.draft_prompt_ids if self.draft_side and req.draft_prompt_ids is not None else req.prompt_ids
+
+    def check(self, req) -> None:
+        ids = self._ids(req)
         if not ids:
             raise PhideError("the prompt is empty")
         bad = [t for t in ids if not 0 <= t < self.lm.cfg.vocab_size]
         if bad:
             raise PhideError(f"prompt token id {bad[0]} is outside the {'draft' if self.draft_side else 'target'} "
                              "vocabulary")
-        return Prepared(list(ids))
+
+    def prepare(self, req) -> Prepared:
+        self.check(req)
+        return Prepared(list(self._ids(req)))

@@ -1,11 +1,11 @@
-"""The Video-LLaVA target adapter: 8 RGB frames + a question -> input embeddings for phide's decoder.
+"""The Video-LLaVA target frontend: 8 RGB frames + a question -> input embeddings for phide's decoder.
 
 Borrowed from transformers: the CLIP video tower (`CLIPVisionModel`, loaded from the checkpoint's
 own weights) and the configuration classes (so unset fields get transformers' defaults: the real
 `LanguageBind/Video-LLaVA-7B-hf` config.json leaves most of text_config and vision_config.image_size
 unset). Owned by phide: frame preprocessing, the projector, the prompt, the splice, and the LM.
 
-What the adapter reproduces (transformers 5.23 `VideoLlavaForConditionalGeneration`):
+What the frontend reproduces (transformers 5.23 `VideoLlavaForConditionalGeneration`):
   frames   8 frames [8,H,W,3] uint8 RGB; shortest edge -> crop size (bicubic, antialiased, on uint8
            tensors: torch's kernel, which is what `VideoLlavaVideoProcessor` calls through
            torchvision on CPU), center crop, rescale 1/255, OPENAI-CLIP mean/std (fused like the
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from phide.errors import PhideError
-from phide.models.frontends import Prepared
+from phide.models.frontends import Prepared, check_path
 from phide.models.llama import LlamaConfig, LlamaModel
 from phide.models.loading import (check_layer_count, fill_module, llama_config, llama_from_state_dict,
                                   load_state_dict, load_tokenizer, pick_prefix, progress, read_config)
@@ -222,7 +222,7 @@ class Projector(nn.Module):
 
 
 class VideoLlavaTarget:
-    """Adapter for a Video-LLaVA checkpoint (see the module docstring). `prepare(request)` reads
+    """Frontend for a Video-LLaVA checkpoint (see the module docstring). `prepare(request)` reads
     `request.prompt` (the question, or a full prompt containing "<video>") and `request.video`."""
 
     def __init__(self, lm: LlamaModel, tokenizer, tower: nn.Module, projector: Projector, *,
@@ -266,11 +266,15 @@ class VideoLlavaTarget:
         return ids
 
     @torch.inference_mode()
-    def prepare(self, request) -> Prepared:
+    def check(self, request) -> None:
         if request.video is None:
             raise PhideError("Video-LLaVA target needs --video")
         if request.prompt is None:
             raise PhideError("Video-LLaVA target needs --prompt (the question about the video)")
+        check_path(request.video, "video")
+
+    def prepare(self, request) -> Prepared:
+        self.check(request)
         frames = _as_frames(request.video)
         ids = self.prompt_ids(request.prompt)
         at = ids.index(self.video_token_id)
@@ -343,7 +347,7 @@ def _missing_lm_keys(cfg: LlamaConfig, state: dict, prefix: str, where: str) -> 
 
 
 def load_video_llava(model_dir: str | os.PathLike, device="cpu", dtype=torch.float32) -> VideoLlavaTarget:
-    """Load a Video-LLaVA checkpoint directory (any layout transformers loads) as a target adapter."""
+    """Load a Video-LLaVA checkpoint directory (any layout transformers loads) as a target frontend."""
     from transformers import CLIPVisionModel
 
     t0 = time.perf_counter()
