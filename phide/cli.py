@@ -235,7 +235,7 @@ def cmd_generate(args) -> int:
 def cmd_trace(args) -> int:
     from pathlib import Path
 
-    from phide.runtime.trace import overlap_seconds, timeline_png, write_chrome_trace
+    from phide.runtime.trace import busy_seconds, overlap_seconds, timeline_png, write_chrome_trace
 
     out = Path(args.out)
     try:
@@ -254,7 +254,9 @@ def cmd_trace(args) -> int:
                           "token_ids": result.token_ids, "stats": result.stats}))
     else:
         print(f"wrote {trace_path} (open in https://ui.perfetto.dev) and {png_path}")
-        print(f"lanes overlapped for {overlap * 1e3:.1f} ms of {result.stats['wall_s'] * 1e3:.1f} ms")
+        busy = {lane: busy_seconds(result.timeline, lane) * 1e3 for lane in ("target", "draft")}
+        print(f"{result.stats['plan']['schedule']}: target lane busy {busy['target']:.1f} ms, draft lane "
+              f"{busy['draft']:.1f} ms, both at once {overlap * 1e3:.1f} ms, of {result.stats['wall_s'] * 1e3:.1f} ms")
     return 0
 
 

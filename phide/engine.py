@@ -156,7 +156,7 @@ class Engine:
         if plan.schedule == "head-only" and self.head is None:
             raise PhideError("the head-only schedule needs an EAGLE head (phide distill)")
         for side in (self.target_side, self.draft_side):  # every loaded side, whatever the plan
-            if side is not None and hasattr(side, "check"):
+            if side is not None:
                 side.check(req)
 
     # ------------------------------------------------------------------ one request

@@ -76,16 +76,19 @@ def test_cross_vocab_plumbing_accepts_a_right_draft(tiny_pair):
     future = bridge.draft_ids(bridge.target_text(only.token_ids))
     ref = [None]
 
-    class OracleAdapter:
+    class OracleFrontend:
         lm = load_llama(tiny_pair["other_vocab"])
         tokenizer = d_tok
+
+        def check(self, req):
+            pass
 
         def prepare(self, req):
             from phide.models.frontends import Prepared
 
             return Prepared(d_tok(req.prompt)["input_ids"])
 
-    engine = Engine(TextFrontend(target, t_tok), OracleAdapter(), eos_token_ids=list(target.cfg.eos_token_id),
+    engine = Engine(TextFrontend(target, t_tok), OracleFrontend(), eos_token_ids=list(target.cfg.eos_token_id),
                     vocab_bridge=bridge, spec=SpecConfig(depth=6, budget=7))
     orig = engine._prepare_draft
 

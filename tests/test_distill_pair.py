@@ -320,7 +320,7 @@ def test_the_bundled_pair_is_complete_small_and_lossless(monkeypatch):
     assert outs["hide"].stats["accepted_per_verify"] > 2  # the head drafts well for its own target
 
 
-def test_toy_evaluate_scores_target_and_draft(toy, capsys, monkeypatch):
+def test_toy_evaluate_scores_target_and_draft(toy, capsys, monkeypatch, tmp_path):
     """`python -m phide.tools.evaluate`: accuracy of the target and the draft alone, per question,
     aggregated from the scorer's verdicts (here a scorer that says motion right, colour wrong)."""
     from phide.toy import world
@@ -328,8 +328,11 @@ def test_toy_evaluate_scores_target_and_draft(toy, capsys, monkeypatch):
 
     monkeypatch.setenv("PHIDE_TOY_PAIR", str(toy["root"]))
     monkeypatch.setattr(world, "score_answer", lambda scene, question, text: {"motion": True, "colour": False})
-    assert evaluate_main(["--scenes", "3", "--max-new-tokens", "6", "--json"]) == 0
+    path = tmp_path / "evaluate.csv"
+    assert evaluate_main(["--scenes", "3", "--max-new-tokens", "6", "--json", "--csv", str(path), "--allow-dirty"]) == 0
     acc = json.loads(capsys.readouterr().out)
+    row = next(csv.DictReader(path.open()))
+    assert float(row["target_motion"]) == 1.0 and float(row["target_colour"]) == 0.0 and row["scenes"] == "3"
     assert acc["scenes"] == 3
     assert (acc["target_motion"], acc["target_colour"], acc["target_correct"]) == (1.0, 0.0, 0.0)
     assert (acc["draft_motion"], acc["draft_colour"]) == (1.0, 0.0)

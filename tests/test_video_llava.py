@@ -132,11 +132,14 @@ def test_frames_steer_generation(ckpts):
 
 # ------------------------------------------------------------------------------ draft modes
 class _TextDraft:
-    """Test-local draft adapter: the target's LM (+ noise) as a text-only LLaMA; its prompt is the
+    """Test-local draft frontend: the target's LM (+ noise) as a text-only LLaMA; its prompt is the
     template without the video, so it ends with the target prompt's last token."""
 
     def __init__(self, lm, tokenizer, target):
         self.lm, self.tokenizer, self.target = lm, tokenizer, target
+
+    def check(self, request) -> None:
+        pass
 
     def prepare(self, request) -> Prepared:
         ids = list(self.tokenizer(f"USER: \n{request.prompt} ASSISTANT:")["input_ids"])

@@ -28,7 +28,6 @@ class CrossVocabDraft:
         self.prompt_last = prompt_ids[-1]
         self.generated: list[int] = []  # committed target ids
         self.draft_gen: list[int] = []  # draft ids of the committed text (cached or pending)
-        self._chain_len = 0
 
     @property
     def forwards(self) -> int:
