@@ -18,19 +18,15 @@
 TORCH_LIBRARY(phide, m) {
   // Where the fake impls live: named in torch's error if an op is traced before they are loaded.
   m.set_python_module("phide._fake_ops");
-  // Greedy tree walk: accept a child while its token equals the target argmax at its parent.
+  // Greedy tree walk: accept a child while its token equals the target's choice at its parent
+  // (its argmax, or its Gumbel-max sample: phide.ops.gumbel_choices).
   m.def(
       "tree_accept_greedy(Tensor tokens, Tensor parents, Tensor target_choice)"
       " -> (Tensor, Tensor, Tensor)");
-  // Lossless stochastic tree walk (one coin per level, residual correction): see verify.py.
-  m.def(
-      "tree_accept_stochastic(Tensor tokens, Tensor parents, Tensor target_probs, Tensor coins,"
-      " Tensor final_coins) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(phide, CPU, m) {
   m.impl("tree_accept_greedy", &phide::tree_accept_greedy_cpu);
-  m.impl("tree_accept_stochastic", &phide::tree_accept_stochastic_cpu);
 }
 
 namespace py = pybind11;
@@ -63,7 +59,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
         py::list ops;
         ops.append("tree_accept_greedy");
-        ops.append("tree_accept_stochastic");
         info["ops"] = ops;
         return info;
       },

@@ -15,10 +15,4 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 TensorTriple tree_accept_greedy_cpu(const at::Tensor& tokens, const at::Tensor& parents,
                                     const at::Tensor& target_choice);
 
-// tokens, parents: [B, N] int64; target_probs [B, N, V], coins [B, N], final_coins [B] float32.
-// CPU implementation (csrc/tree_accept_cpu.cpp).
-TensorTriple tree_accept_stochastic_cpu(const at::Tensor& tokens, const at::Tensor& parents,
-                                        const at::Tensor& target_probs, const at::Tensor& coins,
-                                        const at::Tensor& final_coins);
-
 }  // namespace phide

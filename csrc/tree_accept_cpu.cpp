@@ -1,7 +1,5 @@
-// CPU glue for the tree_accept ops: checks, output allocation, a parallel loop over requests
-// calling the torch-free walks in tree_accept.h. Registered in csrc/bindings.cpp.
-#include <vector>
-
+// CPU glue for the tree_accept_greedy op: checks, output allocation, a parallel loop over
+// requests calling the torch-free walk in tree_accept.h. Registered in csrc/bindings.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -16,8 +14,8 @@ void check_cpu(const at::Tensor& tokens, const char* op) {
   TORCH_CHECK(tokens.device().is_cpu(), op, ": CPU kernel called with tensors on ", tokens.device());
 }
 
-// Like children_lists() in verify.py: a non-negative parent must precede its child.
-// ValueError in Python, matching the twin.
+// Like children_lists() in phide/ops/reference/accept.py: a non-negative parent must precede
+// its child. ValueError in Python, matching the twin.
 void check_topological(const at::Tensor& parents, const char* op) {
   const int64_t B = parents.size(0);
   const int64_t N = parents.size(1);
@@ -60,37 +58,6 @@ TensorTriple tree_accept_greedy_cpu(const at::Tensor& tokens, const at::Tensor& 
     for (int64_t b = begin; b < end; ++b) {
       const int64_t o = b * N;
       len[b] = tree_accept_greedy_one(N, tok + o, par + o, choice + o, nodes + o, out + o);
-    }
-  });
-  return {accept_nodes, out_tokens, accept_len};
-}
-
-TensorTriple tree_accept_stochastic_cpu(const at::Tensor& tokens, const at::Tensor& parents,
-                                        const at::Tensor& target_probs, const at::Tensor& coins,
-                                        const at::Tensor& final_coins) {
-  const char* op = "phide::tree_accept_stochastic";
-  check_stochastic_inputs(tokens, parents, target_probs, coins, final_coins);
-  check_cpu(tokens, op);
-  check_topological(parents, op);
-  auto [accept_nodes, out_tokens, accept_len] = empty_outputs(tokens);
-  const int64_t B = tokens.size(0);
-  const int64_t N = tokens.size(1);
-  const int64_t V = target_probs.size(2);
-  const int64_t* tok = tokens.data_ptr<int64_t>();
-  const int64_t* par = parents.data_ptr<int64_t>();
-  const float* probs = target_probs.data_ptr<float>();
-  const float* u = coins.data_ptr<float>();
-  const float* u_final = final_coins.data_ptr<float>();
-  int64_t* nodes = accept_nodes.data_ptr<int64_t>();
-  int64_t* out = out_tokens.data_ptr<int64_t>();
-  int64_t* len = accept_len.data_ptr<int64_t>();
-  // Each request reads a whole vocabulary row for its correction: one request per task.
-  at::parallel_for(0, B, /*grain_size=*/1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> rejected(static_cast<size_t>(N));  // per-chunk scratch
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t o = b * N;
-      len[b] = tree_accept_stochastic_one(N, tok + o, par + o, probs + o * V, V, u + o,
-                                          u_final[b], nodes + o, out + o, rejected.data());
     }
   });
   return {accept_nodes, out_tokens, accept_len};

@@ -1,6 +1,6 @@
-// CUDA glue for the tree_accept ops: checks, device guard, current stream, output allocation,
-// then the torch-free launchers of csrc/kernels/tree_accept.cuh. Compiled only with
-// PHIDE_BUILD_CUDA=1; the schemas are defined in csrc/bindings.cpp.
+// CUDA glue for the tree_accept_greedy op: checks, device guard, current stream, output
+// allocation, then the torch-free launcher of csrc/kernels/tree_accept.cuh. Compiled only with
+// PHIDE_BUILD_CUDA=1; the schema is defined in csrc/bindings.cpp.
 //
 // Unlike the CPU path, no host-side topology check (it would need a device sync): nodes whose
 // parent is not smaller than their own index are simply never visited.
@@ -45,28 +45,8 @@ TensorTriple tree_accept_greedy_cuda(const at::Tensor& tokens, const at::Tensor&
   return {accept_nodes, out_tokens, accept_len};
 }
 
-TensorTriple tree_accept_stochastic_cuda(const at::Tensor& tokens, const at::Tensor& parents,
-                                         const at::Tensor& target_probs, const at::Tensor& coins,
-                                         const at::Tensor& final_coins) {
-  const char* op = "phide::tree_accept_stochastic";
-  check_stochastic_inputs(tokens, parents, target_probs, coins, final_coins);
-  check_cuda(tokens, op);
-  const c10::cuda::CUDAGuard guard(tokens.device());
-  auto [accept_nodes, out_tokens, accept_len] = empty_outputs(tokens);
-  at::Tensor scratch = at::empty_like(tokens);  // rejected sibling tokens, [B, N]
-  const cudaError_t err = kernels::tree_accept_stochastic_launch(
-      tokens.size(0), tokens.size(1), target_probs.size(2), tokens.data_ptr<int64_t>(),
-      parents.data_ptr<int64_t>(), target_probs.data_ptr<float>(), coins.data_ptr<float>(),
-      final_coins.data_ptr<float>(), accept_nodes.data_ptr<int64_t>(),
-      out_tokens.data_ptr<int64_t>(), accept_len.data_ptr<int64_t>(), scratch.data_ptr<int64_t>(),
-      c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
-  return {accept_nodes, out_tokens, accept_len};
-}
-
 }  // namespace phide
 
 TORCH_LIBRARY_IMPL(phide, CUDA, m) {
   m.impl("tree_accept_greedy", &phide::tree_accept_greedy_cuda);
-  m.impl("tree_accept_stochastic", &phide::tree_accept_stochastic_cuda);
 }

@@ -25,11 +25,3 @@ def _tree_accept_greedy_fake(tokens, parents, target_choice):
     torch._check(target_choice.shape == tokens.shape, lambda: "target_choice must match [B, N]")
     return _tree_outputs(tokens)
 
-
-@torch.library.register_fake("phide::tree_accept_stochastic")
-def _tree_accept_stochastic_fake(tokens, parents, target_probs, coins, final_coins):
-    torch._check(parents.shape == tokens.shape, lambda: "parents must match tokens [B, N]")
-    torch._check(target_probs.dim() == 3, lambda: "target_probs must be [B, N, V]")
-    torch._check(coins.shape == tokens.shape, lambda: "coins must match tokens [B, N]")
-    torch._check(final_coins.dim() == 1, lambda: "final_coins must be [B]")
-    return _tree_outputs(tokens)

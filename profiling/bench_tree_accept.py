@@ -1,7 +1,7 @@
-"""Microbenchmark of the tree acceptance walks: torch twin vs the compiled C++ op, on CPU.
+"""Microbenchmark of the greedy tree acceptance walk: torch twin vs the compiled C++ op, on CPU.
 
     python profiling/bench_tree_accept.py                      # B in {1, 8, 64}, N=16, V=32000
-    python profiling/bench_tree_accept.py --B 1 4 --V 128256 --ops stochastic
+    python profiling/bench_tree_accept.py --B 1 4 --N 16 64 --backends cpp
 
 Prints an aligned table (median µs per call, speedup over the twin) and appends one row per
 measurement to profiling/results/tree_accept.csv:
@@ -24,29 +24,24 @@ sys.path.insert(0, str(ROOT / "profiling"))
 from harness import append_csv, run_context, time_us  # noqa: E402
 
 from phide._ext import load_extension  # noqa: E402
-from phide.ops.reference.accept import tree_accept_greedy_torch, tree_accept_stochastic_torch  # noqa: E402
+from phide.ops.reference.accept import tree_accept_greedy_torch  # noqa: E402
 
 CSV_PATH = ROOT / "profiling" / "results" / "tree_accept.csv"
 
 
 def make_inputs(B: int, N: int, V: int, seed: int = 0):
-    """EAGLE-like trees: 4 children at the root, then chains and pairs; target mass on drafts."""
+    """EAGLE-like trees: 4 children at the root, then chains and pairs; half the drafts are the
+    target's choice."""
     g = torch.Generator().manual_seed(seed)
     parents = torch.full((B, N), -1, dtype=torch.int64)
     for i in range(1, N):
         parents[:, i] = 0 if i <= 4 else max(0, i - 4)
     tokens = torch.randint(0, V, (B, N), generator=g)
-    probs = torch.softmax(torch.randn(B, N, V, generator=g) * 2, dim=-1)
     choice = torch.randint(0, V, (B, N), generator=g)
     for i in range(1, N):  # half the drafts are what the target wants
-        p = int(parents[0, i])
-        probs[:, p, tokens[:, i]] += 0.3
         if i % 2:
-            choice[:, p] = tokens[:, i]
-    probs /= probs.sum(-1, keepdim=True)
-    coins = torch.rand(B, N, generator=g)
-    final = torch.rand(B, generator=g)
-    return tokens, parents, choice, probs.contiguous(), coins, final
+            choice[:, int(parents[0, i])] = tokens[:, i]
+    return tokens, parents, choice
 
 
 def main() -> None:
@@ -54,8 +49,6 @@ def main() -> None:
     ap.add_argument("--B", type=int, nargs="+", default=[1, 8, 64], help="batch sizes")
     ap.add_argument("--N", type=int, nargs="+", default=[16], help="tree sizes (nodes)")
     ap.add_argument("--V", type=int, nargs="+", default=[32000], help="vocabulary sizes")
-    ap.add_argument("--ops", nargs="+", default=["greedy", "stochastic"],
-                    choices=["greedy", "stochastic"])
     ap.add_argument("--backends", nargs="+", default=["torch", "cpp"], choices=["torch", "cpp"])
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per measurement")
     ap.add_argument("--min-iters", type=int, default=5)
@@ -77,30 +70,23 @@ def main() -> None:
     print(f"# {device}, torch {torch.__version__}, git {meta['git_sha']}")
     print(header)
     print("-" * len(header))
-    for op in args.ops:
-        for V in args.V:
-            for N in args.N:
-                for B in args.B:
-                    tokens, parents, choice, probs, coins, final = make_inputs(B, N, V)
-                    if op == "greedy":
-                        fns = {"torch": lambda: tree_accept_greedy_torch(tokens, parents, choice),
-                               "cpp": lambda: torch.ops.phide.tree_accept_greedy(
-                                   tokens, parents, choice)}
-                    else:
-                        fns = {"torch": lambda: tree_accept_stochastic_torch(
-                                   tokens, parents, probs, coins, final),
-                               "cpp": lambda: torch.ops.phide.tree_accept_stochastic(
-                                   tokens, parents, probs, coins, final)}
-                    us = {}
-                    for backend in args.backends:
-                        us[backend] = time_us(fns[backend], args.min_time, args.min_iters)
-                        rows.append(dict(op=f"tree_accept_{op}", backend=backend, B=B, N=N, V=V,
-                                         us_per_call=f"{us[backend]:.2f}", **meta))
-                    line = f"{op:<11} {B:>4} {N:>4} {V:>7}  " + "".join(
-                        f"{us[b]:>12.1f}" for b in args.backends)
-                    if len(args.backends) == 2:
-                        line += f"  {us['torch'] / us['cpp']:>6.1f}x"
-                    print(line, flush=True)
+    op = "greedy"
+    for V in args.V:
+        for N in args.N:
+            for B in args.B:
+                tokens, parents, choice = make_inputs(B, N, V)
+                fns = {"torch": lambda: tree_accept_greedy_torch(tokens, parents, choice),
+                       "cpp": lambda: torch.ops.phide.tree_accept_greedy(tokens, parents, choice)}
+                us = {}
+                for backend in args.backends:
+                    us[backend] = time_us(fns[backend], args.min_time, args.min_iters)
+                    rows.append(dict(op=f"tree_accept_{op}", backend=backend, B=B, N=N, V=V,
+                                     us_per_call=f"{us[backend]:.2f}", **meta))
+                line = f"{op:<11} {B:>4} {N:>4} {V:>7}  " + "".join(
+                    f"{us[b]:>12.1f}" for b in args.backends)
+                if len(args.backends) == 2:
+                    line += f"  {us['torch'] / us['cpp']:>6.1f}x"
+                print(line, flush=True)
 
     if not args.no_csv:
         append_csv(args.csv, rows)

@@ -210,7 +210,8 @@ def _exact_two_token_law(hf, ids, temperature):
 @pytest.mark.parametrize("mode", ["hide", "target-only"])
 def test_sampling_follows_target_distribution(tmp_path, mode):
     """End-to-end chi-square: first two sampled tokens of the engine vs the target's exact law,
-    on a 6-token vocabulary where a tree of top-2 drafts often misses (residual path runs)."""
+    on a 6-token vocabulary where a tree of top-2 drafts often misses (the target's own sample is
+    emitted)."""
     torch.manual_seed(0)
     V = 6
     hf = LlamaForCausalLM(tiny_llama_config(V, hidden=32, layers=1, heads=2, kv_heads=1,

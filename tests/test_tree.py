@@ -76,7 +76,8 @@ def test_grower_keeps_best_ancestor_closed_nodes():
     kept = sorted(tree.scores[1:], reverse=True)
     all_scores = sorted((c.score for c in grower.cands), reverse=True)
     assert kept == pytest.approx(all_scores[:9])
-    # Every level-1 sibling set has distinct tokens (lossless stochastic verification needs it).
+    # Every sibling set has distinct tokens (a duplicate could never be accepted: the walk takes
+    # the first sibling whose token is the target's choice).
     for p in range(len(tree)):
         kids = [tree.tokens[i] for i in range(1, len(tree)) if tree.parents[i] == p]
         assert len(kids) == len(set(kids))

@@ -1,11 +1,10 @@
-// CUDA kernels and launchers for the tree_accept ops: torch-free (raw pointers, sizes,
+// CUDA kernel and launcher for the tree_accept_greedy op: torch-free (raw pointers, sizes,
 // cudaStream_t -> cudaError_t), FlashInfer style. The torch glue is csrc/tree_accept_cuda.cu.
 //
-// One thread per request running the same walks as the CPU path (csrc/tree_accept.h), so both
-// produce identical tokens. Requests are independent and a walk is a short serial loop; the
-// stochastic correction scans one vocabulary row per request. All buffers are contiguous:
-//   tokens, parents, target_choice, coins, accept_nodes, out_tokens, scratch: [B, N]
-//   target_probs: [B, N, V]; final_coins, accept_len: [B]
+// One thread per request running the same walk as the CPU path (csrc/tree_accept.h), so both
+// produce identical tokens. Requests are independent and a walk is a short serial loop. All
+// buffers are contiguous:
+//   tokens, parents, target_choice, accept_nodes, out_tokens: [B, N]; accept_len: [B]
 // accept_nodes and out_tokens must be pre-filled with -1 by the caller.
 #pragma once
 
@@ -28,28 +27,9 @@ __global__ void __launch_bounds__(kThreads)
                               int64_t* __restrict__ accept_len) {
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (b >= B) return;
-  const int64_t o = b * N;  // int64 offsets: B * N * V may exceed 2^31
+  const int64_t o = b * N;  // int64 offsets
   accept_len[b] = tree_accept_greedy_one(N, tokens + o, parents + o, target_choice + o,
                                          accept_nodes + o, out_tokens + o);
-}
-
-template <int kThreads>
-__global__ void __launch_bounds__(kThreads)
-    tree_accept_stochastic_kernel(int64_t B, int64_t N, int64_t V,
-                                  const int64_t* __restrict__ tokens,
-                                  const int64_t* __restrict__ parents,
-                                  const float* __restrict__ target_probs,
-                                  const float* __restrict__ coins,
-                                  const float* __restrict__ final_coins,
-                                  int64_t* __restrict__ accept_nodes,
-                                  int64_t* __restrict__ out_tokens,
-                                  int64_t* __restrict__ accept_len, int64_t* __restrict__ scratch) {
-  const int64_t b = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (b >= B) return;
-  const int64_t o = b * N;
-  accept_len[b] = tree_accept_stochastic_one(N, tokens + o, parents + o, target_probs + o * V, V,
-                                             coins + o, final_coins[b], accept_nodes + o,
-                                             out_tokens + o, scratch + o);
 }
 
 inline cudaError_t tree_accept_greedy_launch(int64_t B, int64_t N, const int64_t* tokens,
@@ -61,22 +41,6 @@ inline cudaError_t tree_accept_greedy_launch(int64_t B, int64_t N, const int64_t
   const unsigned int blocks = static_cast<unsigned int>((B + kThreads - 1) / kThreads);
   tree_accept_greedy_kernel<kThreads><<<blocks, kThreads, 0, stream>>>(
       B, N, tokens, parents, target_choice, accept_nodes, out_tokens, accept_len);
-  return cudaGetLastError();
-}
-
-// scratch: [B, N] int64 of any content (rejected sibling tokens per request).
-inline cudaError_t tree_accept_stochastic_launch(int64_t B, int64_t N, int64_t V,
-                                                 const int64_t* tokens, const int64_t* parents,
-                                                 const float* target_probs, const float* coins,
-                                                 const float* final_coins, int64_t* accept_nodes,
-                                                 int64_t* out_tokens, int64_t* accept_len,
-                                                 int64_t* scratch, cudaStream_t stream) {
-  if (B == 0) return cudaSuccess;
-  constexpr int kThreads = kTreeAcceptThreads;
-  const unsigned int blocks = static_cast<unsigned int>((B + kThreads - 1) / kThreads);
-  tree_accept_stochastic_kernel<kThreads><<<blocks, kThreads, 0, stream>>>(
-      B, N, V, tokens, parents, target_probs, coins, final_coins, accept_nodes, out_tokens,
-      accept_len, scratch);
   return cudaGetLastError();
 }
 

@@ -54,19 +54,6 @@ def tree_accept_greedy(tokens, parents, target_choice):
     return _twin.tree_accept_greedy_torch(tokens, parents, target_choice)
 
 
-def tree_accept_stochastic(tokens, parents, target_probs, coins, final_coins):
-    """Lossless stochastic tree walk. See `phide.ops.reference.accept.tree_accept_stochastic_torch`."""
-    if _use_compiled(tokens):
-        return torch.ops.phide.tree_accept_stochastic(
-            tokens.contiguous(),
-            parents.contiguous(),
-            target_probs.float().contiguous(),
-            coins.float().contiguous(),
-            final_coins.float().contiguous(),
-        )
-    return _twin.tree_accept_stochastic_torch(tokens, parents, target_probs, coins, final_coins)
-
-
 def _use_triton(t: torch.Tensor) -> bool:
     choice = backend()
     if choice == "triton":
