@@ -55,11 +55,11 @@ class Session:
 
 def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None, use_head: bool = True,
                  use_adapter: bool = True, device: str = "cpu", dtype=None, spec: SpecConfig | None = None,
-                 shape: dict | None = None, clip_dir=None, calibration="auto") -> Session:
+                 shape: dict | None = None, overlap: bool = False, clip_dir=None, calibration="auto") -> Session:
     """head_dir / adapter_dir: explicit locations (must hold the files); None = the default places
     when present. use_head / use_adapter=False leave them out. spec: the SpecConfig, else one
     from the target directory's tree_shape.json (the shape the pair is run with, when present)
-    updated with `shape`. calibration: "auto" (this machine's saved calibration for this pair,
+    updated with `shape`, with post-verify `overlap` as asked. calibration: "auto" (this machine's saved calibration for this pair,
     when there is one), a path, or None (none)."""
     from phide.models.draft_adapter import has_draft_adapter, load_draft_adapter
     from phide.models.eagle import has_eagle_head, load_eagle_head
@@ -76,7 +76,7 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
     elif head_dir is None and has_eagle_head(target_dir):
         head_dir = target_dir
     if spec is None:
-        spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})})
+        spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})}, overlap=overlap)
     cal_path = Path(calibration) if calibration not in ("auto", None) else None
     cal = load_calibration(cal_path) if cal_path is not None else None  # a bad --calibration fails now
     target = load_frontend(target_dir, role="target", device=device, dtype=dtype)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from phide.cli import main
@@ -44,6 +45,13 @@ def test_distill_then_generate_with_the_head(capsys, tiny_pair, tmp_path):
         assert out["token_ids"] == ref and out["stats"]["faults"] == 0 and out["stats"]["head_forwards"] > 0
     out = _ok(capsys, *base, "--mode", "hide", "--head", str(tmp_path / "head"), "--no-head")
     assert out["token_ids"] == ref and out["stats"]["head_forwards"] == 0
+    from phide.speculation import drafters
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(drafters, "MIN_PATH_PROB", 0.0)  # grow ahead whenever the flag allows it
+        for flag, grew in (([], False), (["--overlap"], True)):
+            out = _ok(capsys, *base, "--mode", "head-only", "--head", str(tmp_path / "head"), *flag)
+            assert out["token_ids"] == ref and (out["stats"]["overlap_rounds"] > 0) == grew
     # --init-head goes on training that head: with lr 0 it comes back unchanged
     _ok(capsys, "distill", "--target", str(tiny_pair["target"]), "--prompts", str(prompts), "--out",
         str(tmp_path / "again"), "--steps", "5", "--lr", "0", "--max-new-tokens", "8", "--init-head",

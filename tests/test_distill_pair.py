@@ -155,7 +155,7 @@ def test_distilled_pair_is_lossless_in_every_configuration(toy, monkeypatch):
         assert st["hide"]["plan"]["schedule"] == "hide" and st["hide"]["draft_forwards"] > 0
         assert st["hide"]["head_forwards"] > 0
         assert st["head-only"]["draft_forwards"] == 0 and st["head-only"]["head_forwards"] > 0
-        assert st["hide, draft rounds"]["head_forwards"] == 0 and st["hide, draft rounds"]["draft_forwards"] > 1
+        assert st["hide --no-head"]["head_forwards"] == 0 and st["hide --no-head"]["draft_forwards"] > 1
         assert st["sequential"]["plan"]["schedule"] == "sequential"
         assert st["auto"]["mode"] == "auto"
 
@@ -250,7 +250,7 @@ def test_bench_appends_one_schema_and_names_what_ran(toy, tmp_path, capsys, monk
         if e["median_predicted_s"] is not None:  # the main session's modes are calibrated
             assert e["median_prediction_error"] is not None
     assert obj["configs"]["hide"]["median_predicted_s"] is not None
-    assert obj["configs"]["hide, draft rounds"]["median_predicted_s"] is None  # no calibration of that session
+    assert obj["configs"]["hide --no-head"]["median_predicted_s"] is None  # no calibration of that session
 
 
 def test_bench_refuses_a_dirty_tree_and_another_schema(toy, tmp_path, capsys, monkeypatch):

@@ -4,7 +4,7 @@ measured, a CSV row per configuration).
 
 Every configuration is a session loaded by `phide.session.load_session` (the CLI's loader, with
 this machine's saved calibration) and a mode passed to `Session.generate` (the CLI's call):
-exactly what `phide generate --mode MODE` runs. Rows are named by what ran:
+exactly what `phide generate --mode MODE [FLAGS]` runs. Rows are named by what ran:
   target-only                     the target alone
   sequential                      the draft's prepare + prefill + first tree AFTER the target's
                                   prefill, then the EAGLE head drafts the rounds
@@ -14,10 +14,10 @@ exactly what `phide generate --mode MODE` runs. Rows are named by what ran:
                                   the head
   auto                            the planner's pick per request, named by the picks:
                                   `auto (head-only)`, `auto (hide 3, head-only 13)`
-  hide, draft rounds              hide with no head (`--no-head`): the EventGPT draft drafts every
-                                  round, at a target step's cost (the reason for the head)
-  hide, draft rounds, no adapter  the same without the draft's distilled adapter (`--no-adapter`)
-  hide + overlap                  hide with post-verify overlap (not run by default)
+  hide --no-head                  hide with no head: the EventGPT draft drafts every round, at a
+                                  target step's cost (the reason for the head)
+  hide --no-head --no-adapter     the same without the draft's distilled adapter
+  hide --overlap                  hide with post-verify overlap (not run by default)
 Greedy outputs must be identical in every configuration; the bench counts the scenes where they
 are and fails when one is not.
 """
@@ -45,16 +45,16 @@ CONFIGS: dict[str, Config] = {
     "head-only": Config("head-only"),
     "hide": Config("hide"),
     "auto": Config("auto"),
-    "hide, draft rounds": Config("hide", "no-head"),
-    "hide, draft rounds, no adapter": Config("hide", "no-head-no-adapter"),
-    "hide + overlap": Config("hide", "overlap", default=False),
+    "hide --no-head": Config("hide", "no-head"),
+    "hide --no-head --no-adapter": Config("hide", "no-head-no-adapter"),
+    "hide --overlap": Config("hide", "overlap", default=False),
 }
 # Session variants: load_session arguments (the CLI flags they stand for).
 VARIANTS = {
     "main": {},
     "no-head": {"use_head": False},                                   # --no-head
     "no-head-no-adapter": {"use_head": False, "use_adapter": False},  # --no-head --no-adapter
-    "overlap": {"overlap": True},
+    "overlap": {"overlap": True},                                     # --overlap
 }
 DEMO_CONFIGS = ("target-only", "sequential", "hide", "auto")
 
@@ -69,18 +69,11 @@ BENCH_COLUMNS = ["device", "torch_version", "git_sha", "dirty", "timestamp", "be
 def bundled_session(variant: str = "main", calibration="auto", **load_kw):
     """The bundled toy pair as a session (head, adapter and tree shape from its directories);
     `load_kw`: more load_session arguments (device, dtype)."""
-    import dataclasses
-
-    from phide.engine import SpecConfig
-    from phide.session import load_session, tree_shape
+    from phide.session import load_session
     from phide.toy.bundle import bundled_dir
 
     d = bundled_dir()
-    kw = dict(VARIANTS[variant])
-    spec = None
-    if kw.pop("overlap", False):
-        spec = dataclasses.replace(SpecConfig(**tree_shape(d / "target")), overlap=True)
-    return load_session(d / "target", d / "draft", spec=spec, calibration=calibration, **kw, **load_kw)
+    return load_session(d / "target", d / "draft", calibration=calibration, **VARIANTS[variant], **load_kw)
 
 
 def toy_samples(n: int, seed: int):
@@ -284,7 +277,7 @@ def run_bench(args) -> int:
 
     from phide.tools.benchlog import append_csv, check_schema, run_context
 
-    names = args.configs.split(",") if args.configs else [n for n, c in CONFIGS.items() if c.default]
+    names = [n.strip() for n in args.configs.split(",")] if args.configs else [n for n, c in CONFIGS.items() if c.default]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise PhideError(f"unknown configuration {unknown[0]!r} (choose from {', '.join(CONFIGS)})")
