@@ -160,6 +160,35 @@ def test_distilled_pair_is_lossless_in_every_configuration(toy, monkeypatch):
         assert st["auto"]["mode"] == "auto"
 
 
+def test_bench_rotates_the_order_and_runs_the_draft_alone_last(toy, monkeypatch):
+    """No configuration always runs first in a scene (a cold start would always hit it), and the
+    draft answering alone runs after every timed request."""
+    from phide.engine import Engine
+    from phide.session import Session
+    from phide.tools.bench import eval_samples, run_scenes
+
+    configs = _toy_configs(toy, monkeypatch, ["target-only", "sequential", "hide"])
+    order = []
+    s_generate, e_generate = Session.generate, Engine.generate
+
+    def session_generate(self, req, mode="auto"):
+        order.append(mode)
+        return s_generate(self, req, mode)
+
+    def engine_generate(self, req, plan):
+        if self.draft is None and self.head is None:  # only the draft-alone engine has neither
+            order.append("draft alone")
+        return e_generate(self, req, plan)
+
+    monkeypatch.setattr(Session, "generate", session_generate)
+    monkeypatch.setattr(Engine, "generate", engine_generate)
+    _quiet(run_scenes, configs, eval_samples(3), max_new_tokens=4)
+    timed = [m for m in order if m != "draft alone"][3:]  # after the warm-up of each configuration
+    firsts = [timed[3 * i] for i in range(3)]
+    assert sorted(firsts) == ["hide", "sequential", "target-only"]
+    assert order[-3:] == ["draft alone"] * 3 and order.count("draft alone") == 3
+
+
 def test_calibration_runs_neighbour_pairs_and_the_check_predicts_from_it_alone(toy, monkeypatch):
     """calibrate: each split's hide request runs right after a target-only request of the same
     sample (a drifting machine drifts under both). check: every mode of a request before the

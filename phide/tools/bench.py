@@ -130,7 +130,8 @@ def run_scenes(configs: dict, samples, *, max_new_tokens: int, draft_alone: bool
                repeats: int = 1) -> list[dict]:
     """Per sample: {"sample", "results": {config: Result}, "identical": {config: bool}, "text",
     "score", "draft_text", "draft_score"}. Every configuration runs each scene `repeats` times
-    (interleaved, so slow spells of the machine hit all alike) and keeps its median-wall run.
+    (interleaved, in an order that rotates, so slow spells of the machine and a cold cache hit
+    all alike) and keeps its median-wall run.
     "identical" compares every run's tokens with the first configuration's first run."""
     from phide.engine import Engine
     from phide.session import eos_ids
@@ -146,22 +147,25 @@ def run_scenes(configs: dict, samples, *, max_new_tokens: int, draft_alone: bool
     rows = []
     for i, s in enumerate(samples):
         runs: dict[str, list] = {name: [] for name in names}
-        for _ in range(repeats):
-            for name, (session, mode) in configs.items():
+        for rep in range(repeats):
+            k = (i * repeats + rep) % len(names)  # rotate the order: no configuration always runs first
+            for name in names[k:] + names[:k]:
+                session, mode = configs[name]
                 runs[name].append(session.generate(toy_request(s, max_new_tokens), mode))
         base = runs[names[0]][0].token_ids
         identical = {name: all(r.token_ids == base for r in rs) for name, rs in runs.items()}
         results = {name: sorted(rs, key=lambda r: r.stats["wall_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
         text = main.decode(base)
-        row = {"sample": s, "results": results, "identical": identical, "text": text,
-               "score": score_answer(s.scene, s.question, text)}
-        if draft_engine is not None:
-            ids = draft_engine.generate(toy_request(s, max_new_tokens), "target-only").token_ids
-            row["draft_text"] = main.draft.tokenizer.decode(ids, skip_special_tokens=True)
-            row["draft_score"] = score_answer(s.scene, s.question, row["draft_text"])
-        rows.append(row)
+        rows.append({"sample": s, "results": results, "identical": identical, "text": text,
+                     "score": score_answer(s.scene, s.question, text)})
         if log:
-            log(i, row)
+            log(i, rows[-1])
+    # The draft alone answers last: between timed runs its weights would evict the target's from
+    # the CPU caches and slow the next scene's first configuration.
+    for row in rows if draft_engine is not None else ():
+        ids = draft_engine.generate(toy_request(row["sample"], max_new_tokens), "target-only").token_ids
+        row["draft_text"] = main.draft.tokenizer.decode(ids, skip_special_tokens=True)
+        row["draft_score"] = score_answer(row["sample"].scene, row["sample"].question, row["draft_text"])
     return rows
 
 
