@@ -51,6 +51,9 @@ def test_generate_json_all_modes_identical(capsys, tiny_pair, hf_target, prompt)
         # tau = tokens emitted / verify forwards (every target forward after the prefill verifies)
         assert stats["verifies"] == stats["target_forwards"] - 1
         assert stats["accepted_per_verify"] == round(len(obj["token_ids"]) / stats["verifies"], 4)
+        # emitted drafts: every verify emits its bonus but perhaps the last (cut at the limit)
+        drafts = round(stats["accepted_drafts_per_verify"] * stats["verifies"])
+        assert len(obj["token_ids"]) - stats["verifies"] <= drafts <= len(obj["token_ids"]) - stats["verifies"] + 1
         assert "loading target" in err  # progress on stderr
         seen[mode] = obj["token_ids"]
     assert seen["target-only"] == seen["sequential"] == seen["hide"] == seen[None] == ref
