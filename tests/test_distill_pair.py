@@ -223,7 +223,10 @@ def test_calibration_runs_neighbour_pairs_and_the_check_predicts_from_it_alone(t
     rows = _quiet(check, session, held, modes)
     assert order == [(r.prompt, m) for r in held for m in ("target-only", "head-only", "hide@1t")]
     fresh = session.planner.with_calibration(cal)
-    again = _quiet(check, session, held, modes)  # the session's planner has learnt from 6 requests since
+    # what the session's planner has learnt since (6 requests, and here much more) must not leak
+    session.planner.head_acc.update(cal.head.tau + 5.0, weight=1.0)
+    session.planner.draft_acc.update_window(1.0 - cal.draft.window_accept_rate, weight=1.0)
+    again = _quiet(check, session, held, modes)
     for a, b in zip(rows, again):  # greedy: the same answers, so the same predictions
         assert (a["new_tokens"], a["predicted_s"]) == (b["new_tokens"], b["predicted_s"])
         plan = Plan(a["schedule"], draft_threads=1 if a["schedule"] == "hide" else 0)
