@@ -39,10 +39,6 @@ class Session:
         planner learns from the result. stats["mode"] is `mode`; stats["plan"] says what ran."""
         if mode not in MODES:
             raise PhideError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
-        if mode == "head-only" and self.engine.head is None:
-            raise PhideError("--mode head-only needs an EAGLE head (none was loaded)")
-        if mode in ("hide", "sequential") and self.engine.draft_side is None:
-            raise PhideError(f"--mode {mode} needs a draft (--draft)")
         plan = self.planner.decide(req.max_new_tokens, mode)
         result = self.engine.generate(req, plan)
         self.planner.observe(plan, result.stats)
@@ -59,8 +55,8 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
     """head_dir / adapter_dir: explicit locations (must hold the files); None = the default places
     when present. use_head / use_adapter=False leave them out. spec: the SpecConfig, else one
     from the target directory's tree_shape.json (the shape the pair is run with, when present)
-    updated with `shape`, with post-verify `overlap` as asked. calibration: "auto" (this machine's saved calibration for this pair,
-    when there is one), a path, or None (none)."""
+    updated with `shape`, with post-verify `overlap` as asked. calibration: "auto" (this
+    machine's saved calibration for this pair, when there is one), a path, or None (none)."""
     from phide.models.draft_adapter import has_draft_adapter, load_draft_adapter
     from phide.models.eagle import has_eagle_head, load_eagle_head
     from phide.models.loading import read_config

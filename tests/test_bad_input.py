@@ -247,3 +247,16 @@ def test_cli_event_coordinate_beyond_any_sensor(capsys, ckpts, tmp_path, mode):
                           "--mode", mode, "--max-new-tokens", "2"])
     assert msg == ("phide: error: events: x reaches 1000000, beyond the largest supported sensor side (4096 px); "
                    "pass events of a real sensor")
+
+
+# ------------------------------------------------------------------------------ tree_shape.json
+@pytest.mark.parametrize("text, needle", [
+    ("{not json", "not valid JSON"),
+    ('{"topk": 4, "depht": 6}', "must be a JSON object of positive integers"),
+    ('{"topk": 2.5}', "must be a JSON object of positive integers"),
+    ('{"topk": 0}', "topk must be >= 1"),
+])
+def test_a_bad_tree_shape_file_is_one_error(capsys, ckpts, tmp_path, text, needle):
+    ckpt = _copy(ckpts, "llama", tmp_path)
+    (ckpt / "tree_shape.json").write_text(text)
+    assert needle in _error(capsys, _target_only(ckpt), only=True)

@@ -91,12 +91,12 @@ def test_good_draft_saves_target_forwards(models):
     assert only.token_ids == res.token_ids
 
 
-class _Slow(torch.nn.Module):
-    """A model whose first forward (its prefill) takes `delay` seconds longer."""
+class _Wrapped(torch.nn.Module):
+    """A model stand-in: every attribute but `forward` is the wrapped model's."""
 
-    def __init__(self, inner, delay):
+    def __init__(self, inner):
         super().__init__()
-        self.inner, self.delay, self.calls = inner, delay, 0
+        self.inner, self.calls = inner, 0
         self.cfg = inner.cfg
 
     def __getattr__(self, name):
@@ -104,6 +104,14 @@ class _Slow(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.inner, name)
+
+
+class _Slow(_Wrapped):
+    """A model whose first forward (its prefill) takes `delay` seconds longer."""
+
+    def __init__(self, inner, delay):
+        super().__init__(inner)
+        self.delay = delay
 
     def forward(self, *a, **kw):
         self.calls += 1
@@ -137,19 +145,12 @@ def test_hide_window_counts_what_the_draft_made_before_the_prefill_ended(models)
     assert seq.stats["draft_tokens_in_window"] == 0 and seq.token_ids == ref.token_ids
 
 
-class _Exploding(torch.nn.Module):
+class _Exploding(_Wrapped):
     """A draft whose forward raises or returns NaN after a few calls."""
 
     def __init__(self, inner, kind, after):
-        super().__init__()
-        self.inner, self.kind, self.after, self.calls = inner, kind, after, 0
-        self.cfg = inner.cfg
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
+        super().__init__(inner)
+        self.kind, self.after = kind, after
 
     def forward(self, *a, **kw):
         self.calls += 1
