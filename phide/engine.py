@@ -10,7 +10,6 @@ needed, never the tokens: a draft that fails is dropped and the target goes on a
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from phide.models.frontends import IdsFrontend, Prepared
 from phide.models.llama import LlamaModel
 from phide.models.vocab import TextBridge
 from phide.runtime.cpu_lanes import CpuLane
+from phide.runtime.signals import DeviceClock, Window
 from phide.runtime.timeline import Timeline
 from phide.runtime.window_lanes import WindowLanes
 from phide.speculation.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft
@@ -166,12 +166,13 @@ class Engine:
         dropped (`stats["faults"]`) and the target goes on alone."""
         plan = Plan(plan) if isinstance(plan, str) else plan
         self.validate(req, plan)
-        tl = Timeline()
-        t_start = time.perf_counter()
+        clock = DeviceClock(self.target.device)  # the request's origin; device time on a GPU
+        tl = Timeline(clock)
+        t_start = clock.origin_host
         if self.target.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.target.device)
         stats = {"mode": plan.schedule, "plan": plan.as_stats(), "faults": 0, "draft_tokens_in_window": 0}
-        target, prepared, first_tree, draft = self._prefill(req, plan, tl, stats)
+        target, prepared, first_tree, draft = self._prefill(req, plan, tl, clock, stats)
         head = None
         if plan.schedule != "target-only" and self.head is not None:
             head = self._head_runner(req, target, prepared)
@@ -210,8 +211,10 @@ class Engine:
         finally:
             drafters.abandon(ahead)
         if plan.schedule == "hide":
-            WindowLanes.finish_request(self.target.device, plan.draft_sms)
-        wall = time.perf_counter() - t_start
+            WindowLanes.for_engine(self.target.device, plan.draft_threads, plan.draft_sms,
+                                   self._green_lanes).finish_request()
+        wall = time.perf_counter() - t_start  # the tokens were read on the host: their work is done
+        tl.resolve()
         stats.update(
             target_forwards=target.forwards,
             draft_forwards=draft.forwards if draft is not None else 0,
@@ -225,6 +228,7 @@ class Engine:
             wall_s=round(wall, 6),
             tokens_per_s=round(len(out) / wall, 3) if wall > 0 else 0.0,
             phases=tl.totals(),
+            **({"phases_host": tl.host_totals()} if tl.clock is not None else {}),
             **self._memory_stats(),
         )
         return Result(out, stats, tl)
@@ -294,12 +298,12 @@ class Engine:
         stats.update({f"draft_{k}": v for k, v in prepared.info.items()})
         return CrossVocabDraft(runner, self.bridge, prepared.ids) if cross else runner
 
-    def _grow_first_tree(self, draft, stop=None, log=None) -> Tree:
+    def _grow_first_tree(self, draft, stop=None, on_step=None) -> Tree:
         """The draft's first tree: the window's shape (grown inside the target's prefill in hide,
         after it in sequential)."""
         spec = self.spec
         return draft.grow(budget=spec.window_budget, topk=spec.topk, max_depth=spec.window_depth,
-                          max_expansions=spec.window_depth * spec.topk, stop=stop, log=log)
+                          max_expansions=spec.window_depth * spec.topk, stop=stop, on_step=on_step)
 
     def _head_runner(self, req, target: TargetRunner, prepared: Prepared) -> EagleRunner:
         """The continuation head's runner, primed with the prompt's (embedding, feature) pairs."""
@@ -313,7 +317,7 @@ class Engine:
         runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
         return runner
 
-    def _prefill(self, req, plan: Plan, tl, stats):
+    def _prefill(self, req, plan: Plan, tl, clock, stats):
         """Input preparation and prefills for the schedule.
 
         Returns (target runner, target Prepared, first tree or None, draft runner or None when
@@ -341,10 +345,11 @@ class Engine:
                 return target, prepared, None, None
 
         # hide: the draft lane prepares, prefills and grows the first tree while the target
-        # lane prepares its input and prefills.
-        stop = threading.Event()
+        # lane prepares its input and prefills. The window ends when the target's prefill is
+        # DONE on the device (a signal), not when its launch returns.
+        window = Window()
         lane: dict = {}
-        progress: list = []
+        progress: list = []  # (signal after the step, candidates so far): the root, then each step
         lanes = WindowLanes.for_engine(self.target.device, plan.draft_threads, plan.draft_sms, self._green_lanes)
         stats["window_lanes"] = lanes.describe()
 
@@ -353,7 +358,8 @@ class Engine:
                 with lanes.draft():
                     lane["runner"] = runner = self._prepare_draft(req, tl, stats)
                     with tl.phase("draft_grow", "draft"):
-                        lane["tree"] = self._grow_first_tree(runner, stop=stop, log=progress)
+                        lane["tree"] = self._grow_first_tree(
+                            runner, stop=window, on_step=lambda n: progress.append((clock.record(), n)))
             except BaseException as exc:  # reported on the main thread
                 lane["error"] = exc
 
@@ -363,9 +369,9 @@ class Engine:
                 with tl.phase("target_prepare", "target"):
                     prepared = self.target_side.prepare(req)
                 target = self._prefill_target(req, prepared, tl, stats)
+                window.arm(clock.record())  # on the target's stream, after its prefill
         finally:
-            window_end = time.perf_counter()
-            stop.set()
+            window.close()  # the target lane failed before arming it: end the window now
             done.wait()  # draft_lane keeps its own errors in lane["error"]
             lanes.join()
         if isinstance(lane.get("error"), PhideError):
@@ -379,11 +385,11 @@ class Engine:
         except DraftFault as exc:
             self._fault(stats, exc)
             return target, prepared, None, None
-        # Draft tokens that existed when the window closed (kept in the tree).
-        made = max((n for t, n in progress if t <= window_end), default=0)
-        stats["draft_tokens_in_window"] = min(made, len(tree) - 1)
-        # progress holds one entry for the root, then one per tree step
-        stats["draft_steps_in_window"] = max(0, sum(1 for t, _ in progress if t <= window_end) - 1)
+        # What the draft had FINISHED when the target's prefill finished, both in device time.
+        end = window.end().done_at()
+        inside = [n for sig, n in progress if sig.done_at() <= end]
+        stats["draft_tokens_in_window"] = min(max(inside, default=0), len(tree) - 1)
+        stats["draft_steps_in_window"] = max(0, len(inside) - 1)  # the first entry is the root's
         return target, prepared, tree, lane["runner"]
 
     def _check_tree(self, tree: Tree, root: int, vocab: int | None = None) -> None:

@@ -56,7 +56,7 @@ class _OracleRunner:
         self.future, self.wrapper_ref = future_draft_ids, wrapper_ref
         self.forwards, self.length, self.pending = 0, 0, []
 
-    def grow(self, *, budget, topk, max_depth, max_expansions, stop=None, log=None):
+    def grow(self, *, budget, topk, max_depth, max_expansions, stop=None, on_step=None):
         self.forwards += 1
         w = self.wrapper_ref[0]
         self.length += len(self.pending)

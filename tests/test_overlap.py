@@ -159,10 +159,12 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
     assert log == [("grow_assuming", [], ["current"]), ("settle", ["side"])]
 
     made = []
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: made.append(device) or _Stream("plain"))
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device, priority=0: made.append(priority) or _Stream("plain"))
     cache: dict = {}
     dev = torch.device("cuda", 0)
-    assert side_stream(dev, 0, cache) is side_stream(dev, 0, cache) and len(made) == 1
+    # without an SM split: the draft lane's plain stream (made once, beside the target lane's)
+    assert side_stream(dev, 0, cache) is side_stream(dev, 0, cache) and len(made) == 2
+    assert side_stream(dev, 0, cache) is cache[0][1].stream
 
 
 @pytest.mark.gpu

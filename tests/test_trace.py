@@ -277,7 +277,9 @@ def hide_run(tiny_models):
     from phide.engine import Engine, Request
 
     target, draft = tiny_models
-    req = Request(prompt_ids=[(7 * i) % 380 + 3 for i in range(200)], max_new_tokens=8)
+    # a long prompt: the target prefill lasts long enough for the draft lane to start beside it,
+    # even on a loaded machine
+    req = Request(prompt_ids=[(7 * i) % 380 + 3 for i in range(900)], max_new_tokens=8)
     return Engine(target, draft).generate(req, "hide")
 
 

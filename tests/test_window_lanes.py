@@ -72,7 +72,29 @@ def test_gpu_lanes_enter_their_streams_and_join(monkeypatch):
     assert entered == [("MainThread", "target"), ("draft-lane", "draft")]
     lanes.join()
     assert current.waited == ["target", "draft"]
-    assert WindowLanes.for_engine(dev, 0, 0, cache).cuda_lanes is None  # no split asked: one stream
+
+
+def test_gpu_without_a_split_still_gives_the_draft_its_own_stream(monkeypatch):
+    """No SM split asked (draft_sms 0): the real lanes_for_device makes two ordinary streams, the
+    draft's at the highest priority; neither is the current stream, so the draft's kernels run
+    beside the target's prefill instead of queueing behind it. (torch.cuda.Stream is faked.)"""
+    made = []
+
+    class _Stream(_FakeStream):
+        def __init__(self, device=None, priority=0):
+            super().__init__(f"stream{len(made)}")
+            self.priority = priority
+            made.append(self)
+
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    cache: dict = {}
+    dev = torch.device("cuda", 0)
+    lanes = WindowLanes.for_engine(dev, 0, 0, cache)
+    target, draft = (lane.stream for lane in lanes.cuda_lanes)
+    assert target is not draft and {target, draft} == set(made)
+    assert draft.priority < target.priority  # CUDA: lower is higher priority
+    assert lanes.describe() == "streams: draft (high priority), target; no SM split"
+    assert WindowLanes.for_engine(dev, 0, 0, cache).cuda_lanes is lanes.cuda_lanes and len(made) == 2
 
 
 def test_engine_reports_its_window_lanes(tiny_pair):

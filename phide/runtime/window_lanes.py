@@ -1,18 +1,20 @@
 """The hide window's two lanes for the engine, one API on both machines.
 
 CPU: the draft lane is a worker thread with `draft_threads` intra-op threads and the target lane
-keeps the rest of the cores (`cpu_lanes.cpu_split`). GPU with `draft_sms`: the draft lane's
-thread enqueues on the draft stream of a green-context split (`cuda_lanes.lanes_for_device`: the
-draft gets `draft_sms` SMs, the target the remainder), the target lane on the target stream. A
-GPU without `draft_sms` keeps both on the current stream (kernels from either take every SM).
+keeps the rest of the cores (`cpu_lanes.cpu_split`). GPU: always a stream per lane
+(`cuda_lanes.lanes_for_device`): with `draft_sms` the two streams of a green-context split (the
+draft gets `draft_sms` SMs, the target the remainder), without it two ordinary streams (the draft
+at the highest priority; kernels of either may take any SM). Never one stream for both: the
+draft's kernels would queue behind the target's prefill instead of running beside it.
 
-    lanes = WindowLanes.for_engine(device, spec, splits)
+    lanes = WindowLanes.for_engine(device, draft_threads, draft_sms, cache)
     done = CpuLane("draft", lanes.draft_threads).submit(lambda: run_in(lanes.draft(), ...))
     with lanes.target():
         ...                                  # target preparation and prefill
+        window.arm(clock.record())           # signals.py: set when the prefill is DONE
     done.wait(); lanes.join()                # later work on the current stream sees both lanes'
     ...
-    WindowLanes.finish_request(device, draft_sms)   # the request's end
+    lanes.finish_request()                   # the request's end
 """
 
 from __future__ import annotations
@@ -27,27 +29,27 @@ from phide.runtime.cpu_lanes import cpu_split, reserved_threads
 class WindowLanes:
     def __init__(self, *, target_threads: int = 0, draft_threads: int = 0, cuda_lanes=None):
         self.target_threads, self.draft_threads = target_threads, draft_threads
-        self.cuda_lanes = cuda_lanes  # (target CudaLane, draft CudaLane) or None
+        self.cuda_lanes = cuda_lanes  # (target CudaLane, draft CudaLane) on a GPU
 
     @classmethod
-    def for_engine(cls, device: torch.device, draft_threads: int, draft_sms: int, splits: dict) -> "WindowLanes":
-        """splits: the engine's cache of green-context lanes per draft_sms (a split is made once
-        per engine and SM count: creating green contexts costs milliseconds)."""
-        if device.type == "cpu":
-            target, draft = cpu_split(torch.get_num_threads(), draft_threads)
-            return cls(target_threads=target, draft_threads=draft)
-        if device.type == "cuda" and draft_sms > 0:
-            if draft_sms not in splits:
+    def for_engine(cls, device: torch.device, draft_threads: int, draft_sms: int, cache: dict) -> "WindowLanes":
+        """cache: the engine's lanes per draft_sms (0: plain streams), made once per engine and
+        split (creating green contexts costs milliseconds)."""
+        if device.type == "cuda":
+            if draft_sms not in cache:
                 from phide.runtime.cuda_lanes import lanes_for_device
 
-                splits[draft_sms] = lanes_for_device(device, draft_sms)
-            return cls(cuda_lanes=splits[draft_sms])
-        return cls()
+                cache[draft_sms] = lanes_for_device(device, draft_sms or None)
+            return cls(cuda_lanes=cache[draft_sms])
+        target, draft = cpu_split(torch.get_num_threads(), draft_threads)
+        return cls(target_threads=target, draft_threads=draft)
 
     def describe(self) -> str:
         if self.cuda_lanes is not None:
             split = self.cuda_lanes[1].green_split
-            return f"green contexts: draft {split.draft_sms} SMs, target {split.target_sms}" if split else "streams"
+            if split is not None:
+                return f"green contexts: draft {split.draft_sms} SMs, target {split.target_sms}"
+            return "streams: draft (high priority), target; no SM split"
         if self.draft_threads:
             return f"threads: draft {self.draft_threads}, target {self.target_threads}"
         return "shared"
@@ -72,22 +74,15 @@ class WindowLanes:
             for lane in self.cuda_lanes:
                 current.wait_stream(lane.stream)
 
-    @staticmethod
-    def finish_request(device: torch.device, draft_sms: int) -> None:
+    def finish_request(self) -> None:
         """The request's end: its caches were allocated on the lanes' streams but last used on
         the current one; wait for that use before the allocator may hand their memory to the
         next request's lanes (record_stream on every cache tensor would do the same, piecemeal)."""
-        if device.type == "cuda" and draft_sms > 0:
-            torch.cuda.current_stream(device).synchronize()
+        if self.cuda_lanes is not None:
+            torch.cuda.current_stream(self.cuda_lanes[0].device).synchronize()
 
 
-def side_stream(device: torch.device, draft_sms: int, splits: dict):
+def side_stream(device: torch.device, draft_sms: int, cache: dict):
     """Where a drafter's work beside the target's goes on a GPU (post-verify overlap): the draft
-    stream of the engine's green-context split with `draft_sms` SMs, or with 0 a plain second
-    stream (its kernels may take any SM). Made once per engine (`splits` caches it)."""
-    if draft_sms > 0:
-        return WindowLanes.for_engine(device, 0, draft_sms, splits).cuda_lanes[1].stream
-    key = ("side stream", device.index)
-    if key not in splits:
-        splits[key] = torch.cuda.Stream(device)
-    return splits[key]
+    stream of the engine's lanes for `draft_sms` (a green context's, or with 0 a plain stream)."""
+    return WindowLanes.for_engine(device, 0, draft_sms, cache).cuda_lanes[1].stream

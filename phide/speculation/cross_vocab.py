@@ -33,10 +33,10 @@ class CrossVocabDraft:
     def forwards(self) -> int:
         return self.runner.forwards
 
-    def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int, stop=None, log=None) -> Tree:
+    def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int, stop=None, on_step=None) -> Tree:
         depth = max(1, min(max_depth, budget - 1))
         d_tree = self.runner.grow(budget=depth + 1, topk=1, max_depth=depth, max_expansions=depth,
-                                  stop=stop, log=log)
+                                  stop=stop, on_step=on_step)
         proposals = self.bridge.proposals(self.generated, self.draft_gen + d_tree.tokens[1:])
         return chain(ROOT_FROM_TARGET, proposals[:depth])
 

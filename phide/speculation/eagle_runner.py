@@ -54,7 +54,7 @@ class EagleRunner:
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
-             stop: threading.Event | None = None, log: list | None = None) -> Tree:
+             stop=None, on_step=None) -> Tree:
         """Cache the pending pairs, then grow a tree (as DraftRunner.grow)."""
         device = self.head.device
         if not self._embeds:  # no features yet (a one-token prompt): nothing to draft from
@@ -83,7 +83,7 @@ class EagleRunner:
                 hidden_of[ci] = h[row]
             return self._logits(h)
 
-        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, log=log)
+        grower.grow(expand, max_expansions=min(max_expansions, self.cache.max_len - base), stop=stop, on_step=on_step)
         tree = grower.build(budget)
         self._node_hidden = {node: root_hidden if ci == -1 else hidden_of[ci]
                              for node, ci in enumerate(grower.built) if ci == -1 or ci in hidden_of}

@@ -126,10 +126,10 @@ class DraftRunner:
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
-             stop: threading.Event | None = None, log: list | None = None) -> Tree:
+             stop=None, on_step=None) -> Tree:
         """Cache the pending tokens, then grow a tree until `stop` is set, the frontier is
         exhausted, or `max_expansions` nodes were run through the draft. Returns <= budget nodes.
-        `log`, when given, receives (perf_counter time, candidates so far) after every step.
+        `on_step(candidates so far)` is called after every step (see TreeGrower.grow).
         """
         device = self.model.device
         n = len(self.pending)
@@ -154,7 +154,7 @@ class DraftRunner:
             self.forwards += 1
             return self._logits(h[0])
 
-        grower.grow(expand, max_expansions=min(max_expansions, self.capacity - base), stop=stop, log=log)
+        grower.grow(expand, max_expansions=min(max_expansions, self.capacity - base), stop=stop, on_step=on_step)
         return grower.build(budget, root_slot)
 
     def grow_assuming(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,

@@ -9,7 +9,6 @@ different sizes stack into one [B, N] batch.
 from __future__ import annotations
 
 import heapq
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -290,18 +289,19 @@ class TreeGrower:
         slots = torch.arange(first, kv_len).unsqueeze(0)
         return positions.to(device), slots.to(device), mask.to(device), kv_len
 
-    def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, log: list | None = None) -> None:
-        """Step until the frontier is exhausted, `stop` (a threading.Event) is set, or the next
-        step would pass `max_expansions` expanded nodes. `log` gets (perf_counter, candidates)
-        now and after every step."""
-        if log is not None:
-            log.append((time.perf_counter(), len(self.cands)))
+    def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, on_step=None) -> None:
+        """Step until the frontier is exhausted, `stop` (anything with `is_set()`: a
+        threading.Event, the hide window) is set, or the next step would pass `max_expansions`
+        expanded nodes. `on_step(candidates)` is called now and after every step (the engine
+        records a device signal there: when the step's work is really done)."""
+        if on_step is not None:
+            on_step(len(self.cands))
         while self.can_grow() and not (stop is not None and stop.is_set()):
             if self.expanded + min(self.topk, len(self.frontier)) > max_expansions:
                 break
             self.step(expand)
-            if log is not None:
-                log.append((time.perf_counter(), len(self.cands)))
+            if on_step is not None:
+                on_step(len(self.cands))
 
     def ancestors(self, ci: int) -> list[int]:
         out = []

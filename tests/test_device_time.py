@@ -1,0 +1,132 @@
+"""The hide window in device time, proved on a simulated asynchronous device (tests/sim_device.py):
+the target's prefill launch returns at once and its work completes later, as on a GPU. The window
+must end when the prefill is DONE (the draft grows all along, as many steps as the schedule
+predicts), and phase times must be the device's, with the host's launch times beside them."""
+
+import time
+
+import pytest
+import torch
+
+import phide.engine as engine_mod
+from phide.engine import Engine, Request, SpecConfig
+from phide.models.loading import load_llama
+from phide.planner import Costs, SplitCosts, window_draft_steps
+from phide.runtime.signals import DeviceClock, HostSignal, Window
+from phide.runtime.window_lanes import WindowLanes
+from sim_device import AsyncPrefill, SimClock, SimDevice, SimLanes
+
+PREFILL_S = 0.25  # the target's prefill, in (simulated) device time
+STEP_S = 0.01     # each draft forward, paced so the count does not hang on the machine's speed
+
+
+class _Paced(torch.nn.Module):
+    """A draft whose every forward takes STEP_S more (a sleep: the draft lane's real work)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.cfg = inner.cfg
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
+
+    def forward(self, *a, **kw):
+        time.sleep(STEP_S)
+        return self.inner(*a, **kw)
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    device = SimDevice()
+    monkeypatch.setattr(engine_mod, "DeviceClock", lambda dev: SimClock(device))
+    monkeypatch.setattr(WindowLanes, "for_engine", classmethod(lambda cls, *a, **k: SimLanes(device)))
+    return device
+
+
+def test_the_window_ends_when_the_prefill_is_done_not_when_it_returns(tiny_pair, sim):
+    target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    spec = SpecConfig(topk=2, depth=4, budget=12, window_depth=64, window_budget=64)
+    ids = [1] + [(7 * i) % 300 + 3 for i in range(40)]
+    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=8), "target-only")
+    engine = Engine(AsyncPrefill(target, sim, PREFILL_S), _Paced(near), eos_token_ids=[], spec=spec)
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=8), "hide")
+    st, dev, host = res.stats, res.stats["phases"], res.stats["phases_host"]
+    assert res.token_ids == ref.token_ids and st["faults"] == 0
+    # The prefill's launch returned at once; its device time is the simulated work.
+    assert host["target_prefill"] < PREFILL_S / 4
+    assert dev["target_prefill"] == pytest.approx(PREFILL_S, abs=0.05)
+    # The draft grew while the prefill ran: as many steps as the schedule predicts, within one.
+    # (Had the window ended at the launch, the draft would have been stopped before its first step.)
+    step = dev["draft_grow"] / (st["draft_forwards"] - 1)  # the root's forward, then one per step
+    costs = Costs(target_prepare_s=dev["target_prepare"], prepare_idle=False, target_prefill_s=PREFILL_S,
+                  target_step_s=0, verify_extra_per_node_s=0, draft_prefill_s=0, draft_step_s=step, head_step_s=0)
+    split = SplitCosts(target_prefill_s=dev["target_prefill"],
+                       draft_prefill_s=dev["draft_prepare"] + dev["draft_prefill"], draft_step_s=step)
+    predicted = window_draft_steps(costs, split, spec.window_depth)  # the planner's own count
+    assert st["draft_steps_in_window"] >= 5
+    assert abs(st["draft_steps_in_window"] - predicted) <= 1, (st["draft_steps_in_window"], predicted)
+    assert st["draft_tokens_in_window"] > 0
+
+
+def test_a_window_is_armed_by_a_signal_and_closes_on_failure():
+    window = Window()
+    assert not window.is_set() and window.end() is None  # not armed: the target is still launching
+
+    class Pending:
+        done = False
+
+        def is_set(self):
+            return self.done
+
+    sig = Pending()
+    window.arm(sig)
+    assert not window.is_set()  # armed, the work not done yet
+    window.close()  # what the engine's `finally` does: an armed window ends with its signal
+    assert not window.is_set()
+    sig.done = True
+    assert window.is_set() and window.end() is sig
+    failed = Window()
+    failed.close()  # the target lane raised before arming it
+    assert failed.is_set() and failed.end() is None
+
+
+def test_host_signals_on_a_cpu_and_event_signals_on_a_gpu(monkeypatch):
+    """On a CPU a recorded signal is done (the work finished when the call returned); on a GPU it
+    is an event on the current stream, timed against the request's origin event and queried
+    without a host sync. (torch.cuda.Event is faked here.)"""
+    cpu = DeviceClock(torch.device("cpu"))
+    sig = cpu.record()
+    assert isinstance(sig, HostSignal) and sig.is_set() and not cpu.asynchronous
+    assert cpu.origin_host <= sig.done_at() <= time.perf_counter()
+
+    class FakeEvent:
+        made = []
+
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.stream, self.fired, self.ms = None, False, 0.0
+            FakeEvent.made.append(self)
+
+        def record(self, stream=None):
+            self.stream = stream
+
+        def query(self):
+            return self.fired
+
+        def synchronize(self):
+            self.fired = True
+
+        def elapsed_time(self, other):
+            return other.ms - self.ms
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    gpu = DeviceClock(torch.device("cuda", 0))
+    assert gpu.asynchronous
+    sig = gpu.record("the target stream")
+    assert sig.event.stream == "the target stream" and not sig.is_set()  # queued, not done
+    sig.event.ms = 250.0  # the device reached it 250 ms after the origin
+    assert sig.done_at() == pytest.approx(gpu.origin_host + 0.25) and sig.is_set()
