@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for a user with an NVIDIA GPU (written for an H100; any sm_80+ works):
+#   0. checks first, and prints: the GPU and its compute capability, the NVIDIA driver and whether
+#      it supports the CUDA version torch was built for, nvcc and whether it matches torch's CUDA,
+#      whether the compute capability is >= 8.0; then which steps run (profiling/gpu_env.py decides),
 #   1. builds the CUDA extension (PHIDE_BUILD_CUDA=1) into the current environment,
 #   2. runs the kernel tests ON THE DEVICE: the CUDA acceptance walk, green-context lanes and
 #      the engine's hide window on them, post-verify overlap on a side stream (pytest -m gpu) and the
@@ -11,42 +14,172 @@
 #   5. an Nsight Systems trace of one toy request, when nsys is installed.
 #   6. the lane-overlap sweep: the toy pair's hide window with the draft on 8/16/24/32 SMs.
 #
+# A failing step prints "FAILED: <step> (exit N)" and the next one runs. Without the CUDA build
+# (no nvcc, an nvcc that is not torch's CUDA major.minor, a driver too old for torch's CUDA, a
+# compute capability < 8.0, or a build that failed) only what needs the CUDA extension is skipped:
+# tests/test_ext.py's GPU tests and bench_tree_accept.py's cpp backend. The summary at the end
+# lists the steps run, failed and skipped; the exit status is 1 when one failed, 2 when torch sees
+# no CUDA device (then nothing runs), else 0.
+#
 #   bash profiling/gpu_check.sh            # from the repository root, in phide's environment
-set -euo pipefail
-cd "$(dirname "$0")/.."
+#   PYTHON=/path/to/python bash profiling/gpu_check.sh
+# shellcheck disable=SC2317  # the step_* functions are called indirectly ("step_$key")
+set -uo pipefail  # no -e: each step's failure is reported, then the next step runs
+cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    echo "gpu_check: no CUDA device visible to torch; nothing to check here" >&2
-    exit 2
+PLAN=$(mktemp "${TMPDIR:-/tmp}/gpu_check_plan.XXXXXX") || exit 1
+trap 'rm -f "$PLAN"' EXIT
+
+# -- 0. the checks, before anything is built or installed --------------------------------------
+"$PY" profiling/gpu_env.py --plan-file "$PLAN"
+rc=$?
+if ((rc == 2)); then
+    exit 2  # torch sees no CUDA device; gpu_env.py said so and why
+elif ((rc != 0)); then
+    echo "gpu_check: could not inspect this machine with $PY (profiling/gpu_env.py exit $rc)" >&2
+    exit 1
 fi
-"$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'gpu_check: {p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}')"
 
-echo "== 1. build the CUDA extension"
-PHIDE_BUILD_CUDA=1 "$PY" -m pip install --no-build-isolation -e . -q
+ARCHS=""
+KEYS=()
+declare -A ACTION NEEDS TITLE REASON
+while IFS=$'\t' read -r key action needs title reason; do
+    if [[ $key == archs ]]; then
+        ARCHS=$action
+        continue
+    fi
+    KEYS+=("$key")
+    ACTION[$key]=$action
+    NEEDS[$key]=$needs
+    TITLE[$key]=$title
+    REASON[$key]=$reason
+done <"$PLAN"
 
-echo "== 2. kernel tests on the device"
-"$PY" -m pytest -q -m gpu tests/test_ext.py tests/test_green_ctx.py tests/test_window_lanes.py tests/test_static_step.py tests/test_overlap.py
-TRITON_INTERPRET=0 "$PY" -m pytest -q tests/test_tree_attention.py tests/test_tree_topk.py
-# test_triton_kernels.py builds its kernel inputs on the CPU, so it runs interpreted here too (its
-# Gumbel / KV-commit kernels are compiled for real by the microbenchmarks below).
-TRITON_INTERPRET=1 "$PY" -m pytest -q tests/test_triton_kernels.py
-
-echo "== 3. microbenchmarks"
-"$PY" profiling/bench_tree_accept.py
-"$PY" profiling/bench_verify_kernels.py --V 32064 128256 --L 32 --H 8 --D 128 --S 4096 --path 8
-"$PY" profiling/bench_tree_attention.py --B 1 4 --Hq 32 --Hkv 32 --D 128 --N 24 64 --prefix 2048 8192
-"$PY" profiling/bench_tree_attention.py --B 1 4 --Hq 32 --Hkv 8 --D 128 --N 24 64 --prefix 2048 8192
-"$PY" profiling/bench_tree_topk.py --B 1 8 --F 4 8 --V 32064 128256 --k 4 8
-
-echo "== 4. planner projection for the real pair"
-"$PY" -m phide.cli plan
-
-echo "== 5. Nsight Systems trace"
-if command -v nsys >/dev/null 2>&1; then
-    echo "see profiling/nsys_trace.sh TARGET DRAFT [VIDEO] [EVENTS] for a trace of the real pair"
+RAN=()
+FAILED=()
+SKIPPED=()
+EXT_OK=0  # set by a successful CUDA build
+if [[ ${ACTION[build_cuda]:-skip} == run ]]; then
+    EXT_WHY="the CUDA extension's build failed"
 else
-    echo "nsys not installed: skipped"
+    EXT_WHY="no CUDA build (${REASON[build_cuda]:-not planned})"
 fi
-echo "== 6. lane-overlap sweep (the draft's window on 8/16/24/32 SMs of a green-context split)"
-"$PY" profiling/sweep_lanes.py --draft-sms 8 16 24 32
+
+# -- the steps: step_<key> runs one step; its exit status is the step's ------------------------
+step_build_cuda() {
+    echo "PHIDE_CUDA_ARCHS=$ARCHS"
+    PHIDE_BUILD_CUDA=1 PHIDE_CUDA_ARCHS="$ARCHS" "$PY" -m pip install --no-build-isolation -e . -q || return
+    "$PY" - <<'EOF' || return
+import sys
+import torch
+from phide._ext import load_extension
+if not load_extension():
+    sys.exit("gpu_check: phide._C does not load after the build")
+if not torch._C._dispatch_has_kernel_for_dispatch_key("phide::tree_accept_greedy", "CUDA"):
+    sys.exit("gpu_check: phide._C was built without its CUDA kernel")
+print("gpu_check: phide._C loads, with its CUDA kernel")
+EOF
+    EXT_OK=1
+}
+
+step_test_ext() {
+    "$PY" -m pytest -q -m gpu tests/test_ext.py
+}
+
+step_test_gpu() {
+    "$PY" -m pytest -q -m gpu tests/test_green_ctx.py tests/test_window_lanes.py tests/test_static_step.py tests/test_overlap.py
+}
+
+step_test_triton() {
+    TRITON_INTERPRET=0 "$PY" -m pytest -q tests/test_tree_attention.py tests/test_tree_topk.py
+}
+
+step_test_triton_interp() {
+    # test_triton_kernels.py builds its kernel inputs on the CPU, so it runs interpreted here too
+    # (its Gumbel / KV-commit kernels are compiled for real by the microbenchmarks below).
+    TRITON_INTERPRET=1 "$PY" -m pytest -q tests/test_triton_kernels.py
+}
+
+step_bench_tree_accept() {
+    if ((EXT_OK)); then
+        "$PY" profiling/bench_tree_accept.py
+    else
+        if [[ ${ACTION[build_cuda]} == run ]]; then  # else the plan's reason said so already
+            echo "(cpp backend skipped: $EXT_WHY; timing the torch twin only)"
+        fi
+        SKIPPED+=("bench_tree_accept.py's cpp backend: $EXT_WHY")
+        "$PY" profiling/bench_tree_accept.py --backends torch
+    fi
+}
+
+step_bench_verify() {
+    "$PY" profiling/bench_verify_kernels.py --V 32064 128256 --L 32 --H 8 --D 128 --S 4096 --path 8
+}
+
+step_bench_attention_mha() {
+    "$PY" profiling/bench_tree_attention.py --B 1 4 --Hq 32 --Hkv 32 --D 128 --N 24 64 --prefix 2048 8192
+}
+
+step_bench_attention_gqa() {
+    "$PY" profiling/bench_tree_attention.py --B 1 4 --Hq 32 --Hkv 8 --D 128 --N 24 64 --prefix 2048 8192
+}
+
+step_bench_topk() {
+    "$PY" profiling/bench_tree_topk.py --B 1 8 --F 4 8 --V 32064 128256 --k 4 8
+}
+
+step_plan() {
+    "$PY" -m phide.cli plan
+}
+
+step_nsys() {
+    echo "see profiling/nsys_trace.sh TARGET DRAFT [VIDEO] [EVENTS] for a trace of the real pair"
+}
+
+step_sweep_lanes() {
+    "$PY" profiling/sweep_lanes.py --draft-sms 8 16 24 32
+}
+
+summary() {
+    echo "== summary: ${#RAN[@]} run, ${#FAILED[@]} failed, ${#SKIPPED[@]} skipped"
+    local line
+    for line in "${FAILED[@]}"; do
+        echo "  FAILED: $line"
+    done
+    for line in "${SKIPPED[@]}"; do
+        echo "  skipped: $line"
+    done
+}
+
+trap 'echo; echo "gpu_check: interrupted"; summary; exit 130' INT
+
+for key in "${KEYS[@]}"; do
+    title=${TITLE[$key]}
+    echo "== $title"
+    if [[ ${ACTION[$key]} == skip ]]; then
+        echo "skipped: ${REASON[$key]}"
+        SKIPPED+=("$title: ${REASON[$key]}")
+        continue
+    fi
+    if [[ ${NEEDS[$key]} == ext ]] && ((!EXT_OK)); then
+        echo "skipped: $EXT_WHY"
+        SKIPPED+=("$title: $EXT_WHY")
+        continue
+    fi
+    if [[ ${REASON[$key]} != - ]]; then
+        echo "(${REASON[$key]})"
+    fi
+    "step_$key"
+    rc=$?
+    if ((rc != 0)); then
+        echo "FAILED: $title (exit $rc)"
+        FAILED+=("$title (exit $rc)")
+    else
+        RAN+=("$title")
+    fi
+done
+
+summary
+((${#FAILED[@]} == 0)) || exit 1
+exit 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import gc
 import importlib
 import sys
 from contextlib import contextmanager
@@ -396,6 +397,103 @@ def test_lanes_for_device_wraps_the_green_split_streams(monkeypatch):
     split.close()
 
 
+# -- tensors recorded on green streams keep the split open ------------------------------------------
+
+class FakeExternalStream(FakeStream):
+    """torch.cuda.ExternalStream over a green stream handle, with FakeStream's event calls."""
+
+    def __init__(self, ptr, log):
+        super().__init__(f"stream{ptr}", log)
+        self.ptr = ptr
+
+
+@pytest.fixture
+def green_lanes(fake_cuda, monkeypatch):
+    """(driver, target lane, draft lane, record_stream calls as stream pointers) over FakeDriver."""
+    log = fake_cuda[0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "ExternalStream",
+                        lambda ptr, device=None: FakeExternalStream(ptr, log))
+    recorded = []
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: recorded.append(s.ptr))
+    driver = FakeDriver()
+    target, draft = lanes_for_device(0, draft_sms=16, driver=driver)
+    return driver, target, draft, recorded
+
+
+def test_close_refuses_while_a_tensor_recorded_on_a_green_stream_lives(green_lanes):
+    driver, _, draft, recorded = green_lanes
+    split = draft.green_split
+    t = torch.zeros(4)
+    assert draft.record(t) is t and draft.record(t) is t  # the same tensor counts once
+    assert recorded == [int(split.draft_stream)] * 2
+    assert split.recorded_tensors() == {"draft": 1, "target": 0}
+    with pytest.raises(PhideError, match=r"1 tensor is still recorded on the draft stream; "
+                                         r"free them \(del\) before closing the split"):
+        split.close()
+    assert not split.closed and driver.destroyed == []
+    assert "cuStreamDestroy" not in driver.names() and "cuGreenCtxDestroy" not in driver.names()
+    del t
+    gc.collect()
+    split.close()
+    assert split.closed and [k for k, _ in driver.destroyed] == ["stream"] * 2 + ["context"] * 2
+
+
+def test_hand_over_onto_a_green_lane_is_tracked(green_lanes):
+    driver, target, draft, recorded = green_lanes
+    split = target.green_split
+    a, b = torch.zeros(2), torch.ones(3)
+    hand_over([a, b], draft, target)
+    assert recorded == [int(split.target_stream)] * 2
+    with pytest.raises(PhideError, match="2 tensors are still recorded on the target stream"):
+        split.close()
+    c = torch.zeros(1)
+    hand_over(c, target, draft)
+    with pytest.raises(PhideError, match="1 tensor is still recorded on the draft stream and "
+                                         "2 tensors are still recorded on the target stream"):
+        split.close()
+    del a, c
+    with pytest.raises(PhideError, match=r"^GreenSplit.close\(\): 1 tensor is still recorded on "
+                                         "the target stream;"):
+        split.close()
+    assert driver.destroyed == []
+    cycle = [b]
+    cycle.append(cycle)  # b now lives only through a reference cycle: close() collects it
+    del b, cycle
+    split.close()
+    assert len(driver.destroyed) == 4
+    with pytest.raises(PhideError, match="closed"):
+        draft.record(torch.zeros(1))
+
+
+def test_context_exit_on_an_error_leaves_a_split_with_live_tensors_open(green_lanes):
+    driver, _, draft, _ = green_lanes
+    split = draft.green_split
+    t = torch.zeros(2)
+
+    def fail_inside(tensor):
+        with split:
+            draft.record(tensor)
+            raise ValueError("boom")  # the original error is not replaced by close()'s refusal
+
+    with pytest.warns(RuntimeWarning, match="left open after an error: 1 tensor"), \
+            pytest.raises(ValueError, match="boom"):
+        fail_inside(t)
+    assert not split.closed and driver.destroyed == []
+    del t
+    with split:
+        pass
+    assert split.closed and len(driver.destroyed) == 4
+
+
+def test_plain_lane_record_is_record_stream(fake_cuda, monkeypatch):
+    recorded = []
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: recorded.append(s.name))
+    lane = CudaLane("side", FakeStream("side", fake_cuda[0]))
+    t = torch.zeros(1)
+    assert lane.record(t) is t and recorded == ["side"]
+
+
 # -- on a real GPU ------------------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -418,9 +516,15 @@ def test_green_split_runs_a_matmul_on_each_lane():
         hand_over(out_d, draft, target)
         torch.testing.assert_close(target.submit(torch.add, out_d, 1).synchronize(), expected + 1,
                                    rtol=1e-3, atol=1e-2)
+        torch.cuda.synchronize()
+        with pytest.raises(PhideError, match="1 tensor is still recorded on the target stream"):
+            split.close()  # out_d's free would record an event on the destroyed target stream
+        assert not split.closed
+        del out_d, sig_d  # the signal holds its result too
     finally:
         torch.cuda.synchronize()
         split.close()
+    assert split.closed
 
 
 @pytest.mark.gpu

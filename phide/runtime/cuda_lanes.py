@@ -10,6 +10,9 @@ kernels on the lane's stream and returns at once, and the two lanes' kernels ove
     tree = done.wait()        # the CURRENT stream waits for the draft's event (no host sync)
     hand_over(tree, draft, target)                      # target stream may now read `tree`
     tree = done.synchronize() # or: block the host until the draft's work has finished
+    del tree, done            # tensors recorded on a green lane (signals hold results too)
+                              # are freed before the split closes
+    target.green_split.close()
 
 Differences from CpuLane: `wait()` orders streams instead of blocking the host, and its timeout
 is ignored (a device-side wait cannot time out); fn's exceptions are raised when fn *enqueues*,
@@ -87,6 +90,23 @@ class CudaLane:
         """The GreenSplit that owns this lane's stream, or None for an ordinary stream."""
         return self.owner if isinstance(self.owner, GreenSplit) else None
 
+    def record(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Mark `tensor`'s memory as in use by this lane's stream (`tensor.record_stream`): the
+        caching allocator will not hand it out again before the work enqueued here so far is
+        done. On a green split's stream the split tracks the tensor, and `close()` refuses while
+        it is alive (its free would record an event on the destroyed stream). Returns tensor."""
+        split = self.green_split
+        if split is None:
+            tensor.record_stream(self.stream)
+            return tensor
+        if split.closed:
+            raise PhideError(f"{self!r}: its GreenSplit is closed; nothing may be recorded on it")
+        lane = split.lane_of(self.stream)
+        if lane is None:
+            raise PhideError(f"{self!r}: its stream is not one of {split!r}'s streams")
+        split.record(tensor, lane)
+        return tensor
+
     def submit(self, fn, *args, **kwargs) -> CudaSignal:
         caller = torch.cuda.current_stream(self.device)
         if self.wait_for_caller and caller != self.stream:
@@ -114,12 +134,14 @@ def _tensors(value) -> list[torch.Tensor]:
 def hand_over(tensor, from_lane: CudaLane, to_lane: CudaLane):
     """Let `to_lane` read tensor(s) produced on `from_lane`: the consumer stream waits for an event
     recorded now on the producer stream, and each tensor's memory is marked as in use by the
-    consumer stream (record_stream), so the caching allocator will not hand it out again while
-    the consumer may still read it. Returns `tensor` unchanged."""
+    consumer stream (`to_lane.record`), so the caching allocator will not hand it out again while
+    the consumer may still read it; on a green split the tensors must be freed before it closes.
+    Returns `tensor` unchanged."""
+    tensors = _tensors(tensor)
     event = from_lane.stream.record_event()
     to_lane.stream.wait_event(event)
-    for t in _tensors(tensor):
-        t.record_stream(to_lane.stream)
+    for t in tensors:
+        to_lane.record(t)
     return tensor
 
 
@@ -140,7 +162,8 @@ def lanes_for_device(device=None, draft_sms: int | None = None, *,
 
     draft_sms given: a GreenSplit (draft_sms rounded up to the device's granularity, target gets
     the remainder of the same split); both lanes hold it (`lane.green_split`), close it with
-    `lane.green_split.close()` once both lanes' work is finished.
+    `lane.green_split.close()` once both lanes' work is finished and the tensors recorded on
+    them (`CudaLane.record`, `hand_over`) are freed.
     draft_sms None: two ordinary streams, draft at the highest priority. NO SM isolation then:
     both run in the primary context and either may occupy every SM; priority only affects which
     blocks are scheduled next, never preempts running ones."""

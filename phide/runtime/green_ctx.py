@@ -10,6 +10,15 @@ so the target must run in the complementary context too.
     with GreenSplit.create(device_index=0, draft_sms=16) as split:   # 16 of 132 SMs on an H100
         split.draft_sms, split.target_sms       # what the driver actually granted (read back)
         split.draft_torch_stream                # torch.cuda.ExternalStream for the draft lane
+        split.record(tensor, "draft")           # tensor.record_stream(draft stream), tracked
+        ...
+        del tensor                              # before close: see below
+
+Tensors marked as used by a green stream (`record`, `CudaLane.record`, `cuda_lanes.hand_over`)
+must be freed before the split closes: the caching allocator records an event on every stream a
+tensor was recorded on when the tensor is freed, and on a destroyed stream that is a crash. The
+split keeps weak references to them, and `close()` refuses (PhideError, nothing destroyed) while
+one is alive. Tensors recorded with a bare `tensor.record_stream(...)` are not seen.
 
 The driver sits behind `Driver` so tests can fake it; `CudaBindingsDriver` imports
 `cuda.bindings.driver` lazily, so importing this module needs neither a GPU nor cuda-bindings.
@@ -20,7 +29,9 @@ CUDA 12.4-12.6 driver docs (`default_granularity`).
 
 from __future__ import annotations
 
+import gc
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +40,7 @@ from phide.errors import PhideError
 # Any value below the device's range is clamped to its highest priority by cuGreenCtxStreamCreate
 # (lower number = higher priority); the draft is the latency-critical side.
 HIGHEST_STREAM_PRIORITY = -1000
+LANES = ("draft", "target")
 
 
 @dataclass(frozen=True)
@@ -230,7 +242,8 @@ def _activate_primary_context(device_index: int) -> None:
 class GreenSplit:
     """A device's SMs split once into a draft green context and a target green context, one stream
     each. Create with `GreenSplit.create`; close (or use as a context manager) after the work on
-    both streams has finished: streams are destroyed before their contexts."""
+    both streams has finished and the tensors recorded on them (`record`) are freed: streams are
+    destroyed before their contexts."""
 
     def __init__(self, device_index: int, plan: SmSplit, driver: Driver):
         self.device_index = device_index
@@ -241,6 +254,10 @@ class GreenSplit:
         self.draft_stream = self.target_stream = None  # raw CUstream handles
         self._driver = driver
         self._torch_streams: dict[str, Any] = {}
+        # lane -> {id(tensor): weakref}: tensors recorded on the lane's stream through `record`.
+        # No weakref callbacks (they could run mid-iteration from a GC): dead ones are pruned.
+        self._recorded: dict[str, dict[int, weakref.ref]] = {lane: {} for lane in LANES}
+        self._prune_at = dict.fromkeys(LANES, 64)
         self._closed = False
 
     @classmethod
@@ -312,6 +329,48 @@ class GreenSplit:
         """torch.cuda.ExternalStream over the target's green stream (made on first use)."""
         return self._torch_stream("target")
 
+    def lane_of(self, stream) -> str | None:
+        """"draft" / "target" when `stream` is one of this split's torch streams, else None."""
+        for lane, own in self._torch_streams.items():
+            if own is stream:
+                return lane
+        return None
+
+    def record(self, tensor, lane: str) -> None:
+        """`tensor.record_stream` on `lane`'s ("draft" / "target") green stream: the caching
+        allocator will not reuse the tensor's memory before the work enqueued there so far is
+        done. The split tracks the tensor (weakly): close() refuses while it is alive."""
+        if lane not in LANES:
+            raise PhideError(f"GreenSplit lanes are {LANES}, got {lane!r}")
+        tensor.record_stream(self._torch_stream(lane))  # refuses on a closed split
+        refs = self._recorded[lane]
+        old = refs.get(id(tensor))
+        if old is not None and old() is tensor:
+            return
+        if len(refs) >= self._prune_at[lane]:  # drop the dead now and then (amortised)
+            for key in [k for k, ref in refs.items() if ref() is None]:
+                del refs[key]
+            self._prune_at[lane] = max(64, 2 * len(refs))
+        refs[id(tensor)] = weakref.ref(tensor)  # replaces a dead tensor's entry under a reused id
+
+    def recorded_tensors(self) -> dict[str, int]:
+        """Per lane, how many tensors recorded through `record` are still alive."""
+        return {lane: sum(ref() is not None for ref in list(refs.values()))
+                for lane, refs in self._recorded.items()}
+
+    def _still_recorded(self) -> str | None:
+        """Why close() must refuse (tensors recorded on a green stream alive), or None."""
+        counts = self.recorded_tensors()
+        if any(counts.values()):
+            gc.collect()  # the ones only reference cycles kept
+            counts = self.recorded_tensors()
+        if not any(counts.values()):
+            return None
+        parts = [f"{n} tensor{'s are' if n > 1 else ' is'} still recorded on the {lane} stream"
+                 for lane, n in counts.items() if n]
+        return (" and ".join(parts) + "; free them (del) before closing the split (the caching "
+                "allocator records their frees on those streams, which close() destroys)")
+
     def _teardown(self, quiet: bool) -> list[str]:
         """Destroy streams, then contexts, trying every one; returns the failures' messages."""
         self._closed = True
@@ -335,14 +394,27 @@ class GreenSplit:
         return failures
 
     def close(self) -> None:
-        """Destroy both streams, then both contexts. Idempotent."""
-        if not self._closed:
-            self._teardown(quiet=False)
+        """Destroy both streams, then both contexts. Idempotent. Refuses with PhideError, and
+        destroys nothing, while tensors recorded on either stream through `record` are alive."""
+        if self._closed:
+            return
+        why = self._still_recorded()
+        if why is not None:
+            raise PhideError(f"GreenSplit.close(): {why}")
+        self._teardown(quiet=False)
 
     def __enter__(self) -> GreenSplit:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and not self._closed:
+            # The error's traceback may hold the very tensors that keep the split open: leave it
+            # open (its streams and contexts leak) rather than hide the error behind close()'s.
+            why = self._still_recorded()
+            if why is not None:
+                warnings.warn(f"GreenSplit left open after an error: {why}", RuntimeWarning,
+                              stacklevel=2)
+                return
         self.close()
 
     def __repr__(self) -> str:
