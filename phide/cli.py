@@ -57,6 +57,8 @@ def _add_pair_args(p: argparse.ArgumentParser, *, required: bool = True) -> None
     p.add_argument("--no-adapter", action="store_true", help="run the draft without its distilled adapter")
     p.add_argument("--overlap", action="store_true", help="post-verify overlap: the drafter grows the next tree "
                    "while the target verifies (a side stream on a GPU; measured no gain on a 2-core CPU)")
+    p.add_argument("--draft-graph", action="store_true", help="the draft's tree steps with static shapes, "
+                   "replayed as a CUDA graph on a GPU (captured once per engine)")
     p.add_argument("--clip-dir", help="CLIP ViT-L/14-336 directory for an EventGPT checkpoint whose "
                    "mm_visual_tower path does not exist on this machine")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -76,6 +78,11 @@ def _add_request_args(gen: argparse.ArgumentParser) -> None:
                      help="auto (default): the planner picks from this machine's calibration; hide: the draft "
                      "prefills and drafts inside the target's prefill; head-only: the EAGLE head drafts; "
                      "sequential; target-only")
+    split = gen.add_mutually_exclusive_group()
+    split.add_argument("--draft-sms", type=_positive_int, help="GPU: SMs the draft lane's green context reserves "
+                       "while both lanes run (default: the calibration's best split, else no split: a stream each)")
+    split.add_argument("--draft-threads", type=_positive_int, help="CPU: intra-op threads the draft lane reserves "
+                       "while both lanes run (default: the calibration's best split, else 1)")
     gen.add_argument("--calibration", help="planner calibration file (default: this machine's saved calibration "
                      "of this pair, from `phide calibrate`)")
     gen.add_argument("--max-new-tokens", type=_positive_int, default=64)
@@ -197,8 +204,8 @@ def session_from_args(args, *, calibration="auto"):
     alone = getattr(args, "mode", None) == "target-only"
     return load_session(args.target, None if alone else args.draft, head_dir=args.head, adapter_dir=args.adapter,
                         use_head=not (args.no_head or alone), use_adapter=not args.no_adapter, device=device,
-                        dtype=dtype, shape=shape, overlap=args.overlap, clip_dir=args.clip_dir,
-                        calibration=calibration)
+                        dtype=dtype, shape=shape, overlap=args.overlap, draft_graph=args.draft_graph,
+                        clip_dir=args.clip_dir, calibration=calibration)
 
 
 def _run_request(args):
@@ -214,10 +221,16 @@ def _run_request(args):
         from phide.io.events import load_events
 
         events = load_events(events, allow_pickle=True)
+    if args.draft_sms and args.device != "cuda":
+        raise PhideError("--draft-sms splits a GPU's SMs: it needs --device cuda (on a CPU: --draft-threads)")
+    if args.draft_threads and args.device == "cuda":
+        raise PhideError("--draft-threads splits a CPU's cores: on a GPU use --draft-sms")
+    split = {"draft_sms": args.draft_sms} if args.draft_sms else (
+        {"draft_threads": args.draft_threads} if args.draft_threads else None)
     session = session_from_args(args, calibration=args.calibration or "auto")
     result = session.generate(Request(prompt=args.prompt, video=args.video, events=events,
                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                      seed=args.seed), args.mode)
+                                      seed=args.seed), args.mode, split)
     return result, session
 
 

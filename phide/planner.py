@@ -274,23 +274,34 @@ class Planner:
             label = SplitCosts(0, 0, 0, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms).label
         return self.predictions(new_tokens).get(label)
 
-    def decide(self, max_new_tokens: int, mode: str = "auto") -> Plan:
+    def decide(self, max_new_tokens: int, mode: str = "auto", split: dict | None = None) -> Plan:
         """The Plan for a request of at most `max_new_tokens` under `mode`: "auto" (the fastest
         predicted schedule, target-only unless another beats it by `margin`), or a forced
-        schedule ("hide" takes the best calibrated split)."""
+        schedule ("hide" takes the best calibrated split). `split` ({"draft_threads": n} or
+        {"draft_sms": n}) forces the lane split: hide is considered at that split only, and
+        every plan carries it (it is also where post-verify overlap grows)."""
         preds = self.predictions(self._expected_tokens(max_new_tokens))
+        if split:
+            forced = SplitCosts(0, 0, 0, **split).label
+            preds = {k: v for k, v in preds.items() if not k.startswith("hide@") or k == forced}
         if mode == "auto":
             if not preds:
-                return Plan("target-only", reason="no calibration of this pair on this machine: target-only "
+                plan = Plan("target-only", reason="no calibration of this pair on this machine: target-only "
                                                   "(run `phide calibrate`)")
-            return self._plan(*pick(preds, self.margin), preds)
-        if mode == "hide":
+            else:
+                plan = self._plan(*pick(preds, self.margin), preds)
+        elif mode == "hide":
             hides = {k: v for k, v in preds.items() if k.startswith("hide@")}
             if hides:
                 label = min(hides, key=hides.get)
-                return self._plan(label, f"forced; the best calibrated split, {label}", preds)
-            return Plan("hide", **self.default_split, reason="forced; no calibrated split, the default one")
-        return self._plan(mode, "forced", preds)
+                plan = self._plan(label, f"forced; the best calibrated split, {label}", preds)
+            else:
+                plan = Plan("hide", **(split or self.default_split),
+                            reason="forced; " + ("the given split, not calibrated" if split else
+                                                 "no calibrated split, the default one"))
+        else:
+            plan = self._plan(mode, "forced", preds)
+        return dataclasses.replace(plan, **split) if split else plan
 
     def _plan(self, label: str, reason: str, preds: dict) -> Plan:
         split = {}

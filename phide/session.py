@@ -34,12 +34,13 @@ class Session:
     key: dict | None = None          # what the calibration is keyed by (`pair_key`)
     calibration_path: Path | None = None  # where this session's calibration lives (loaded or not)
 
-    def generate(self, req: Request, mode: str = "auto") -> Result:
-        """Run one request: the planner decides the plan for `mode`, the engine runs it, the
-        planner learns from the result. stats["mode"] is `mode`; stats["plan"] says what ran."""
+    def generate(self, req: Request, mode: str = "auto", split: dict | None = None) -> Result:
+        """Run one request: the planner decides the plan for `mode` (with `split`, that lane
+        split: {"draft_threads": n} or {"draft_sms": n}), the engine runs it, the planner learns
+        from the result. stats["mode"] is `mode`; stats["plan"] says what ran."""
         if mode not in MODES:
             raise PhideError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
-        plan = self.planner.decide(req.max_new_tokens, mode)
+        plan = self.planner.decide(req.max_new_tokens, mode, split)
         result = self.engine.generate(req, plan)
         self.planner.observe(plan, result.stats)
         result.stats["mode"] = mode
@@ -51,11 +52,13 @@ class Session:
 
 def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None, use_head: bool = True,
                  use_adapter: bool = True, device: str = "cpu", dtype=None, spec: SpecConfig | None = None,
-                 shape: dict | None = None, overlap: bool = False, clip_dir=None, calibration="auto") -> Session:
+                 shape: dict | None = None, overlap: bool = False, draft_graph: bool = False, clip_dir=None,
+                 calibration="auto") -> Session:
     """head_dir / adapter_dir: explicit locations (must hold the files); None = the default places
     when present. use_head / use_adapter=False leave them out. spec: the SpecConfig, else one
     from the target directory's tree_shape.json (the shape the pair is run with, when present)
-    updated with `shape`, with post-verify `overlap` as asked. calibration: "auto" (this
+    updated with `shape`, with post-verify `overlap` and the CUDA-graph draft step (`draft_graph`)
+    as asked. calibration: "auto" (this
     machine's saved calibration for this pair, when there is one), a path, or None (none)."""
     from phide.models.draft_adapter import has_draft_adapter, load_draft_adapter
     from phide.models.eagle import has_eagle_head, load_eagle_head
@@ -72,7 +75,7 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
     elif head_dir is None and has_eagle_head(target_dir):
         head_dir = target_dir
     if spec is None:
-        spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})}, overlap=overlap)
+        spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})}, overlap=overlap, draft_graph=draft_graph)
     cal_path = Path(calibration) if calibration not in ("auto", None) else None
     cal = load_calibration(cal_path) if cal_path is not None else None  # a bad --calibration fails now
     target = load_frontend(target_dir, role="target", device=device, dtype=dtype)

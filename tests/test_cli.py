@@ -128,6 +128,17 @@ def test_bad_inputs(capsys, tiny_pair, tmp_path):
 
 
 
+def test_lane_split_and_draft_graph_flags(capsys, tiny_pair):
+    base = ["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
+            "--prompt", "What is moving?", "--max-new-tokens", "12", "--json"]
+    ref = json.loads(_run(capsys, *base, "--mode", "target-only")[1])["token_ids"]
+    code, out, err = _run(capsys, *base, "--mode", "hide", "--draft-threads", "1", "--draft-graph")
+    stats = json.loads(out)["stats"]
+    assert code == 0 and json.loads(out)["token_ids"] == ref
+    assert stats["plan"]["draft_threads"] == 1 and stats["window_lanes"].startswith("threads: draft 1")
+    assert "needs --device cuda" in _error(capsys, *base, "--mode", "hide", "--draft-sms", "16")
+
+
 def test_cuda_without_a_device_is_one_error(capsys, tiny_pair, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on a GPU machine
     assert "no CUDA device" in _error(capsys, "generate", "--target", str(tiny_pair["target"]), "--prompt", "x",

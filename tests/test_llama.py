@@ -104,3 +104,31 @@ def test_unsupported_rope_rejected():
         LlamaConfig.from_dict({"vocab_size": 10, "hidden_size": 8, "intermediate_size": 8,
                                "num_hidden_layers": 1, "num_attention_heads": 2,
                                "rope_parameters": {"rope_type": "yarn-ish", "rope_theta": 1.0}})
+
+
+def test_logits_are_fp32_from_the_gemm_for_half_weights_on_a_gpu():
+    """With bf16 weights on a GPU the LM head's GEMM writes fp32 (out_dtype) instead of rounding the
+    logits to bf16 first; the meta device runs the same dispatch without a GPU."""
+    from phide.models.llama import lm_head_fp32
+
+    w = torch.empty(11, 8, dtype=torch.bfloat16, device="meta")
+    h = torch.empty(2, 3, 8, dtype=torch.bfloat16, device="meta")
+    out = lm_head_fp32(h, w)
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 11)
+    # on a CPU: the product in the weight's dtype, then fp32 (exact for fp32 weights)
+    w32, h32 = torch.randn(11, 8), torch.randn(2, 3, 8)
+    torch.testing.assert_close(lm_head_fp32(h32, w32), h32 @ w32.T, rtol=0, atol=0)
+
+
+def test_causal_prefill_path_matches_the_dense_mask():
+    """ops.causal_attention (SDPA's fused causal path; flash-attn on a GPU when installed) is the
+    dense lower-triangular mask's attention, GQA included."""
+    from phide import ops
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 9, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    mask = torch.ones(9, 9, dtype=torch.bool).tril()
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(ops.causal_attention(q, k, v), dense, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="as many keys"):
+        ops.causal_attention(q, torch.randn(2, 2, 10, 16), torch.randn(2, 2, 10, 16))

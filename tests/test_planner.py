@@ -190,3 +190,16 @@ def test_plan_command_projects_the_real_pair(capsys, tmp_path):
     assert obj["plans"]["with_head"]["predictions"]["head-only"] == pytest.approx((90 + 8 * 18.4) * MS)
     assert main(["plan", "--calibration", str(tmp_path / "nope.json")]) == 2
     assert "phide: error:" in capsys.readouterr().err
+
+
+def test_a_forced_split_is_the_only_hide_candidate_and_every_plan_carries_it():
+    c = _costs(splits=[_split(120, 30, 12, threads=1), _split(100, 30, 12, threads=2)])
+    p = _planner(c)
+    hide = p.decide(30, "hide", {"draft_threads": 1})
+    assert (hide.schedule, hide.draft_threads) == ("hide", 1)  # not the faster 2-thread split
+    assert hide.predicted_s == pytest.approx(predict(c, Acceptance(4.0, 0.5), new_tokens=30)["hide@1t"])
+    head = p.decide(30, "head-only", {"draft_threads": 1})
+    assert (head.schedule, head.draft_threads) == ("head-only", 1)
+    uncalibrated = p.decide(30, "hide", {"draft_sms": 16})  # a split the calibration never measured
+    assert (uncalibrated.draft_sms, uncalibrated.predicted_s) == (16, None)
+    assert "not calibrated" in uncalibrated.reason

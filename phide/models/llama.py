@@ -177,6 +177,10 @@ class TreeAttention:
     n_nodes: torch.Tensor
 
 
+# attn_mask value for a prefill of cache rows 0..T-1 (see LlamaModel.forward): no mask tensor.
+CAUSAL = "causal"
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -221,7 +225,9 @@ class Attention(nn.Module):
         k_cache[b_idx, :, slots] = k.transpose(1, 2).to(k_cache.dtype)
         v_cache[b_idx, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
         keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
-        if tree is not None:
+        if attn_mask is CAUSAL:  # a prefill from row 0: the fused causal path, no mask tensor
+            out = ops.causal_attention(q, keys, values)
+        elif tree is not None:
             out = ops.tree_attention(q, keys, values, tree.prefix_len, tree.tree_start, tree.ancestors,
                                      tree.n_nodes)
         else:
@@ -297,12 +303,15 @@ class LlamaModel(nn.Module):
 
         input_ids [B,T] int64 or inputs_embeds [B,T,hidden]; positions [B,T] (RoPE positions,
         tree depth for tree nodes); slots [B,T] cache rows to write; attn_mask [B,T,kv_len] bool
-        over cache rows [0, kv_len) (must include each token's own slot). `tree`: a tree-verify
-        batch described by a TreeAttention over rows [0, kv_len); attn_mask is then not read
-        (pass None).
+        over cache rows [0, kv_len) (must include each token's own slot), or CAUSAL for a prefill
+        of rows 0..T-1 (T == kv_len: SDPA's fused causal path, or flash-attn, instead of a dense
+        mask). `tree`: a tree-verify batch described by a TreeAttention over rows [0, kv_len);
+        attn_mask is then not read (pass None).
         """
         if attn_mask is None and tree is None:
             raise ValueError("LlamaModel.forward needs attn_mask or tree")
+        if attn_mask is CAUSAL and kv_len != positions.shape[-1]:
+            raise ValueError("a CAUSAL forward covers cache rows 0..T-1: kv_len must equal T")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for i, layer in enumerate(self.layers):
@@ -310,4 +319,18 @@ class LlamaModel(nn.Module):
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        """fp32 logits [..., V] (see `lm_head_fp32`)."""
+        return lm_head_fp32(hidden, self.lm_head.weight, self.lm_head.bias)
+
+
+def lm_head_fp32(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """hidden [..., H] @ weight[V, H].T in fp32. With half-precision weights on a GPU the GEMM
+    writes its fp32 accumulator (`out_dtype`) instead of rounding the logits to bf16 first, which
+    would merge near-ties (and the argmax among them) differently per GEMM shape; elsewhere the
+    product is computed in the weight's dtype and upcast."""
+    if weight.dtype in (torch.float16, torch.bfloat16) and weight.device.type in ("cuda", "meta"):
+        out = torch.mm(hidden.reshape(-1, hidden.shape[-1]).to(weight.dtype), weight.t(), out_dtype=torch.float32)
+        if bias is not None:
+            out = out + bias.float()
+        return out.view(*hidden.shape[:-1], weight.shape[0])
+    return F.linear(hidden.to(weight.dtype), weight, bias).float()

@@ -124,3 +124,32 @@ def tree_topk(logits, parent_scores, k: int):
     from phide.ops.reference.tree_topk import tree_topk_torch
 
     return tree_topk_torch(logits, parent_scores, k)
+
+
+def causal_attention(q, k, v):
+    """Causal attention of a prefill: q [B, Hq, T, D] over k, v [B, Hkv, T, D] (rows 0..T-1, GQA
+    when Hq > Hkv). flash-attn when installed (`pip install phide[gpu]`) for half-precision CUDA
+    tensors, else torch SDPA's fused causal path (flash / memory-efficient / cuDNN as torch
+    picks), which is also the reference."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _flash_attn() is not None:
+        # flash-attn takes [B, T, H, D] and handles GQA itself
+        out = _flash_attn()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        return out.transpose(1, 2)
+    from phide.ops.reference.causal_attention import causal_attention_torch
+
+    return causal_attention_torch(q, k, v)
+
+
+def _flash_attn():
+    """flash_attn_func, or None when flash-attn is not installed (imported once)."""
+    global _FLASH
+    if _FLASH is False:
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError:
+            flash_attn_func = None
+        _FLASH = flash_attn_func
+    return _FLASH
+
+
+_FLASH = False  # not looked up yet

@@ -12,7 +12,7 @@ import threading
 
 import torch
 
-from phide.models.llama import LlamaModel
+from phide.models.llama import CAUSAL, LlamaModel
 from phide import ops
 from phide.speculation.static_step import StaticStep
 from phide.speculation.tree import (MAX_TREE_NODES, Tree, TreeGrower, adopt_subtree, tree_attention_layout,
@@ -20,8 +20,11 @@ from phide.speculation.tree import (MAX_TREE_NODES, Tree, TreeGrower, adopt_subt
 
 
 def causal_inputs(start: int, n: int, device):
-    """positions/slots [1,n] = start..start+n-1 and the causal mask [1, n, start+n]."""
+    """positions/slots [1,n] = start..start+n-1 and the causal mask [1, n, start+n]; from row 0
+    the mask is CAUSAL (the fused causal attention path, no mask tensor)."""
     pos = torch.arange(start, start + n, device=device).unsqueeze(0)
+    if start == 0:
+        return pos, CAUSAL
     mask = torch.ones(n, start + n, dtype=torch.bool, device=device)
     mask[:, start:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
     return pos, mask.unsqueeze(0)
