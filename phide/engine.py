@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.modes import SCHEDULES
 from phide.models.eagle import EagleHead
@@ -26,12 +25,23 @@ from phide.models.vocab import TextBridge
 from phide.runtime.cpu_lanes import CpuLane
 from phide.runtime.signals import DeviceClock, Window
 from phide.runtime.timeline import Timeline
+from phide.runtime.transfers import Transfers
 from phide.runtime.window_lanes import WindowLanes
 from phide.speculation.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft
 from phide.speculation.drafters import Drafters
 from phide.speculation.eagle_runner import EagleRunner
 from phide.speculation.runners import DraftRunner, TargetRunner
+from phide.speculation.static_step import StaticStep
 from phide.speculation.tree import Tree
+
+
+# Rows of the draft's cache behind the CUDA-graph step (SpecConfig.draft_graph; one cache per
+# engine, so the graph's addresses stay fixed): an EventGPT prompt (~641 tokens) with a long answer
+# and the trees' scratch rows fit. A request that needs more runs dynamic draft steps.
+DRAFT_GRAPH_ROWS = 2048
+# A verify commits the accepted path (at most depth + 1 nodes) in one tile of the KV-commit kernel
+# (phide.triton_kernels.kv_commit.MAX_PATH = 64 nodes).
+MAX_TREE_DEPTH = 63
 
 
 @dataclass
@@ -58,6 +68,10 @@ class SpecConfig:
         for name in ("topk", "depth", "budget", "window_depth", "window_budget"):
             if getattr(self, name) < 1:
                 raise PhideError(f"{name} must be >= 1")
+        for name in ("depth", "window_depth"):
+            if getattr(self, name) > MAX_TREE_DEPTH:
+                raise PhideError(f"{name} must be <= {MAX_TREE_DEPTH} (an accepted path is one tile of the KV-commit "
+                                 "kernel)")
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,13 @@ class Engine:
         self.head = head  # EAGLE continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
         self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
+        # SpecConfig.draft_graph: the draft's static-shape tree step over a cache of this engine,
+        # made (and on a GPU captured as a CUDA graph) here, outside any request's window.
+        self._draft_step = None
+        if self.spec.draft_graph and self.draft is not None:
+            rows = min(self.draft.cfg.max_position_embeddings, DRAFT_GRAPH_ROWS)
+            self._draft_step = StaticStep(self.draft, self.draft.new_cache(1, rows + 1), self.spec.topk,
+                                          graph=self.draft.device.type == "cuda")
 
     def validate(self, req: Request, plan: Plan) -> None:
         if req.prompt is not None and not req.prompt.strip():
@@ -172,10 +193,11 @@ class Engine:
         if self.target.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.target.device)
         stats = {"mode": plan.schedule, "plan": plan.as_stats(), "faults": 0, "draft_tokens_in_window": 0}
-        target, prepared, first_tree, draft = self._prefill(req, plan, tl, clock, stats)
+        transfers = Transfers(self.target.device)  # every host<->device copy of the request, counted
+        target, prepared, first_tree, draft = self._prefill(req, plan, tl, clock, transfers, stats)
         head = None
         if plan.schedule != "target-only" and self.head is not None:
-            head = self._head_runner(req, target, prepared)
+            head = self._head_runner(req, target, prepared, transfers)
         drafters = Drafters(self, stats, tl, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms,
                             draft=draft, head=head, first_tree=first_tree)
         out: list[int] = []
@@ -186,11 +208,8 @@ class Engine:
             while len(out) < req.max_new_tokens:
                 tree = drafters.next_tree(root)
                 ahead = drafters.grow_ahead(tree)  # post-verify overlap: the next tree, beside the verify
-                with tl.phase("verify", "target"):
-                    logits = target.verify(tree)
-                    nodes, tokens, n_acc = self._accept(tree, logits, req.temperature, int(req.seed), len(out))
-                with tl.phase("commit", "target"):
-                    target.commit(nodes, n_acc)
+                with tl.phase("verify", "target"):  # forward, acceptance walk and KV commit
+                    n_acc, path, tokens = target.verify(tree, req.temperature, int(req.seed), len(out))
                 if verifies == 0:  # how good the first tree was (the planner learns from it)
                     stats["first_verify_accepted"] = n_acc
                     stats["first_tree_depth"] = tree.max_depth() if len(tree) > 1 else 0
@@ -206,7 +225,7 @@ class Engine:
                 if done:
                     break
                 root = tokens[n_acc]  # the bonus token
-                drafters.advance(tree, nodes.tolist()[: n_acc + 1], root, ahead)
+                drafters.advance(tree, path, root, ahead)
                 ahead = None
         finally:
             drafters.abandon(ahead)
@@ -227,6 +246,8 @@ class Engine:
             new_tokens=len(out),
             wall_s=round(wall, 6),
             tokens_per_s=round(len(out) / wall, 3) if wall > 0 else 0.0,
+            h2d_copies=transfers.h2d,
+            d2h_reads=transfers.d2h,
             phases=tl.totals(),
             **({"phases_host": tl.host_totals()} if tl.clock is not None else {}),
             **self._memory_stats(),
@@ -255,26 +276,25 @@ class Engine:
             raise PhideError(f"the prompt ({n} tokens) plus --max-new-tokens ({req.max_new_tokens}) exceed the "
                              f"target's max_position_embeddings ({limit}); ask for at most {limit - n} new tokens")
 
-    def _prepare_target(self, req, tl, stats) -> tuple[TargetRunner, Prepared]:
+    def _prepare_target(self, req, tl, transfers, stats) -> tuple[TargetRunner, Prepared]:
         """Target lane: input preparation, then the prefill of the prompt minus its last token."""
         with tl.phase("target_prepare", "target"):
             prepared = self.target_side.prepare(req)
-        return self._prefill_target(req, prepared, tl, stats), prepared
+        return self._prefill_target(req, prepared, tl, transfers, stats), prepared
 
-    def _prefill_target(self, req, prepared: Prepared, tl, stats) -> TargetRunner:
+    def _prefill_target(self, req, prepared: Prepared, tl, transfers, stats) -> TargetRunner:
         self._check_positions(self.target, prepared, req, "target")
         runner = TargetRunner(self.target, len(prepared.ids) + req.max_new_tokens
-                              + max(self.spec.budget, self.spec.window_budget) + 1)
+                              + max(self.spec.budget, self.spec.window_budget) + 1, transfers)
         with tl.phase("target_prefill", "target"):
             if prepared.embeds is not None:
                 runner.prefill_hidden = runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
             else:
-                runner.prefill_hidden = runner.prefill(
-                    torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=self.target.device))
+                runner.prefill_hidden = runner.prefill(prepared.ids[:-1])
         stats.update({f"target_{k}": v for k, v in prepared.info.items()})
         return runner
 
-    def _prepare_draft(self, req, tl, stats) -> DraftRunner:
+    def _prepare_draft(self, req, tl, transfers, stats) -> DraftRunner:
         """Draft lane: input preparation and prefill; the draft's last prompt token is its root."""
         spec = self.spec
         with tl.phase("draft_prepare", "draft"):
@@ -284,17 +304,19 @@ class Engine:
         cross = self.bridge is not None
         # Across tokenizers the draft may need several ids per target token: room for that.
         room = (4 if cross else 1) * req.max_new_tokens + scratch + max(spec.budget, spec.window_budget) + 2
-        runner = DraftRunner(self.draft, len(prepared.ids) + room,
-                             self.draft.cfg.vocab_size if cross else self.shared_vocab, adapter=self.draft_adapter,
-                             static_rows=spec.topk if spec.draft_graph else 0,
-                             graph=spec.draft_graph and self.draft.device.type == "cuda")
+        need = len(prepared.ids) + room
+        static = self._draft_step
+        if static is not None and need > static.trash:
+            stats["draft_graph"] = f"off: the request needs {need} draft cache rows, the graph's cache holds {static.trash}"
+            static = None
+        runner = DraftRunner(self.draft, need, self.draft.cfg.vocab_size if cross else self.shared_vocab,
+                             adapter=self.draft_adapter, static=static, transfers=transfers)
         with tl.phase("draft_prefill", "draft"):
             device = self.draft.device
             if prepared.embeds is not None:
                 runner.prefill(embeds=prepared.embeds[:, :-1].to(device), last_token=prepared.ids[-1])
             else:
-                runner.prefill(torch.tensor([prepared.ids[:-1]], dtype=torch.int64, device=device),
-                               last_token=prepared.ids[-1])
+                runner.prefill(prepared.ids[:-1], last_token=prepared.ids[-1])
         stats.update({f"draft_{k}": v for k, v in prepared.info.items()})
         return CrossVocabDraft(runner, self.bridge, prepared.ids) if cross else runner
 
@@ -305,11 +327,11 @@ class Engine:
         return draft.grow(budget=spec.window_budget, topk=spec.topk, max_depth=spec.window_depth,
                           max_expansions=spec.window_depth * spec.topk, stop=stop, on_step=on_step)
 
-    def _head_runner(self, req, target: TargetRunner, prepared: Prepared) -> EagleRunner:
+    def _head_runner(self, req, target: TargetRunner, prepared: Prepared, transfers) -> EagleRunner:
         """The continuation head's runner, primed with the prompt's (embedding, feature) pairs."""
         with torch.inference_mode():
             embeds = (prepared.embeds[0].to(self.target.device) if prepared.embeds is not None else
-                      self.target.embed_tokens(torch.tensor(prepared.ids, device=self.target.device)))
+                      self.target.embed_tokens(transfers.upload(torch.tensor(prepared.ids, dtype=torch.int64))[0]))
         spec = self.spec
         max_len = len(prepared.ids) + req.max_new_tokens + spec.depth * spec.topk + max(spec.budget, spec.window_budget) + 2
         runner = EagleRunner(self.head, self.target, target, max_len)
@@ -317,19 +339,19 @@ class Engine:
         runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
         return runner
 
-    def _prefill(self, req, plan: Plan, tl, clock, stats):
+    def _prefill(self, req, plan: Plan, tl, clock, transfers, stats):
         """Input preparation and prefills for the schedule.
 
         Returns (target runner, target Prepared, first tree or None, draft runner or None when
         the schedule runs no draft or the draft failed).
         """
         if plan.schedule in ("target-only", "head-only"):
-            target, prepared = self._prepare_target(req, tl, stats)
+            target, prepared = self._prepare_target(req, tl, transfers, stats)
             return target, prepared, None, None
         if plan.schedule == "sequential":
-            target, prepared = self._prepare_target(req, tl, stats)
+            target, prepared = self._prepare_target(req, tl, transfers, stats)
             try:
-                draft = self._prepare_draft(req, tl, stats)
+                draft = self._prepare_draft(req, tl, transfers, stats)
                 if self.head is None:  # the draft drafts every round: no separate first tree
                     return target, prepared, None, draft
                 # With a continuation head the draft only grows the first tree: the same work
@@ -356,7 +378,7 @@ class Engine:
         def draft_lane():
             try:
                 with lanes.draft():
-                    lane["runner"] = runner = self._prepare_draft(req, tl, stats)
+                    lane["runner"] = runner = self._prepare_draft(req, tl, transfers, stats)
                     with tl.phase("draft_grow", "draft"):
                         lane["tree"] = self._grow_first_tree(
                             runner, stop=window, on_step=lambda n: progress.append((clock.record(), n)))
@@ -368,7 +390,7 @@ class Engine:
             with lanes.target():
                 with tl.phase("target_prepare", "target"):
                     prepared = self.target_side.prepare(req)
-                target = self._prefill_target(req, prepared, tl, stats)
+                target = self._prefill_target(req, prepared, tl, transfers, stats)
                 window.arm(clock.record())  # on the target's stream, after its prefill
         finally:
             window.close()  # the target lane failed before arming it: end the window now
@@ -408,18 +430,3 @@ class Engine:
         stats["faults"] += 1
         stats.setdefault("fault_messages", []).append(f"{type(exc).__name__}: {exc}")
         return False
-
-    @staticmethod
-    def _accept(tree: Tree, logits: torch.Tensor, temperature: float, seed: int, produced: int):
-        """Run the acceptance walk; returns (accept_nodes [N], out_tokens list, n_accepted).
-        Each node's choice is the target's argmax (greedy) or its Gumbel-max sample with noise
-        keyed by (seed, the output position the node predicts; `produced` tokens are out
-        already), so sampled tokens are exactly target-only sampling's with the same seed,
-        whatever the draft proposed. A child is accepted iff it equals its parent's choice."""
-        tokens = torch.tensor([tree.tokens], dtype=torch.int64)
-        parents = torch.tensor([tree.parents], dtype=torch.int64)
-        positions = torch.tensor([produced + d for d in tree.depths()], dtype=torch.int64, device=logits.device)
-        choice = ops.gumbel_choices(logits, temperature, seed, positions).cpu().view(1, -1)
-        nodes, out, n = ops.tree_accept_greedy(tokens, parents, choice)
-        n_acc = int(n[0])
-        return nodes[0], out[0, : n_acc + 1].tolist(), n_acc

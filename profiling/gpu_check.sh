@@ -12,7 +12,9 @@
 #      tree step top-k,
 #   4. the planner's projection (`phide plan`),
 #   5. an Nsight Systems trace of one toy request, when nsys is installed.
-#   6. the lane-overlap sweep: the toy pair's hide window with the draft on 8/16/24/32 SMs.
+#   6. the lane-overlap sweep: the toy pair's hide window with the draft on 8/16/24/32 SMs,
+#   7. how often greedy answers in bf16 are token-for-token target-only's, per schedule
+#      (profiling/identity.py).
 #
 # A failing step prints "FAILED: <step> (exit N)" and the next one runs. Without the CUDA build
 # (no nvcc, an nvcc that is not torch's CUDA major.minor, a driver too old for torch's CUDA, a
@@ -139,6 +141,10 @@ step_nsys() {
 
 step_sweep_lanes() {
     "$PY" profiling/sweep_lanes.py --draft-sms 8 16 24 32
+}
+
+step_identity_bf16() {
+    "$PY" profiling/identity.py --dtype bfloat16 --scenes 32
 }
 
 summary() {

@@ -186,6 +186,7 @@ STEPS = [
     ("plan", "4. planner projection for the real pair (phide plan)", False),
     ("nsys", "5. Nsight Systems trace", False),
     ("sweep_lanes", "6. lane-overlap sweep (draft on 8/16/24/32 SMs of a green-context split)", False),
+    ("identity_bf16", "7. greedy answers identical to target-only in bf16 (profiling/identity.py)", False),
 ]
 
 

@@ -92,8 +92,8 @@ def test_cross_vocab_plumbing_accepts_a_right_draft(tiny_pair):
                     vocab_bridge=bridge, spec=SpecConfig(depth=6, budget=7))
     orig = engine._prepare_draft
 
-    def prepare_with_oracle(req, tl, stats):
-        wrapper = orig(req, tl, stats)
+    def prepare_with_oracle(req, tl, transfers, stats):
+        wrapper = orig(req, tl, transfers, stats)
         assert isinstance(wrapper, CrossVocabDraft)
         wrapper.runner = _OracleRunner(future, ref)
         ref[0] = wrapper

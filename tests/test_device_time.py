@@ -49,7 +49,7 @@ def sim(monkeypatch):
 
 def test_the_window_ends_when_the_prefill_is_done_not_when_it_returns(tiny_pair, sim):
     target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
-    spec = SpecConfig(topk=2, depth=4, budget=12, window_depth=64, window_budget=64)
+    spec = SpecConfig(topk=2, depth=4, budget=12, window_depth=63, window_budget=64)
     ids = [1] + [(7 * i) % 300 + 3 for i in range(40)]
     ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=8), "target-only")
     engine = Engine(AsyncPrefill(target, sim, PREFILL_S), _Paced(near), eos_token_ids=[], spec=spec)
@@ -130,3 +130,33 @@ def test_host_signals_on_a_cpu_and_event_signals_on_a_gpu(monkeypatch):
     assert sig.event.stream == "the target stream" and not sig.is_set()  # queued, not done
     sig.event.ms = 250.0  # the device reached it 250 ms after the origin
     assert sig.done_at() == pytest.approx(gpu.origin_host + 0.25) and sig.is_set()
+
+
+def test_host_traffic_budgets(tiny_pair):
+    """Per verify ONE packed upload and ONE read (the outcome); per draft step ONE read (its top-k);
+    counted by the one helper every transfer goes through (phide.runtime.transfers), on a CPU."""
+    from phide.runtime.transfers import Transfers
+    from phide.speculation.runners import DraftRunner, TargetRunner
+    from phide.speculation.tree import Tree
+
+    target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    ids = [1, 17, 42, 99, 5, 23]
+    alone = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=10), "target-only")
+    st = alone.stats
+    assert st["d2h_reads"] == st["verifies"] == 10 and st["h2d_copies"] == st["verifies"] + 1  # + the prefill
+
+    xfer = Transfers(torch.device("cpu"))
+    runner = TargetRunner(target, 64, xfer)
+    runner.prefill(ids[:-1])
+    tree = Tree([ids[-1], 7, 8, 9, 8], [-1, 0, 1, 0, 3])
+    before = (xfer.h2d, xfer.d2h)
+    n, path, tokens = runner.verify(tree, 0.0, 0, 0)
+    assert (xfer.h2d - before[0], xfer.d2h - before[1]) == (1, 1)
+    assert len(path) == len(tokens) == n + 1 and path[0] == 0
+
+    draft = DraftRunner(near, 128, near.cfg.vocab_size, transfers=Transfers(torch.device("cpu")))
+    draft.prefill(ids[:-1], last_token=ids[-1])
+    steps = []
+    draft.grow(budget=16, topk=2, max_depth=5, max_expansions=8, on_step=steps.append)
+    # one read for the root's children, then one per step
+    assert draft.transfers.d2h == len(steps) and len(steps) - 1 == draft.forwards - 2 >= 3

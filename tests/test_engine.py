@@ -191,7 +191,8 @@ def test_bad_requests(models):
     ]:
         with pytest.raises(PhideError, match=msg):
             eng.generate(req, plan)
-    for bad, msg in [(dict(topk=0), "topk"), (dict(window_budget=0), "window_budget")]:
+    for bad, msg in [(dict(topk=0), "topk"), (dict(window_budget=0), "window_budget"),
+                     (dict(window_depth=64), "window_depth must be <= 63")]:
         with pytest.raises(PhideError, match=msg):
             SpecConfig(**bad)
     with pytest.raises(PhideError, match=">= 0"):

@@ -8,6 +8,7 @@ import torch
 
 from phide.models.eagle import EagleHead
 from phide.models.loading import load_llama
+from phide.runtime.transfers import Transfers
 from phide.speculation.eagle_runner import EagleRunner
 from phide.speculation.overlap import best_path, full_path_probability
 from phide.speculation.runners import DraftRunner
@@ -60,7 +61,7 @@ def test_draft_settles_where_a_commit_leaves_it(tiny_pair, accepted):
     """Speculate from a grown tree, then settle on an outcome: the next growth equals the one
     after a plain commit of that outcome (the speculation left no trace)."""
     model = load_llama(tiny_pair["near"])
-    ids = torch.tensor([[1, 17, 42, 99]])
+    ids = [1, 17, 42, 99]
 
     def fresh():
         r = DraftRunner(model, 200, model.cfg.vocab_size)
@@ -88,8 +89,14 @@ def test_head_settles_where_a_commit_leaves_it_and_adopts_on_a_hit(tiny_pair):
     head = EagleHead(target.cfg).eval()
     H = target.cfg.hidden_size
 
-    class FakeTarget:  # what the head reads from the target's verify: the features of the nodes
+    class FakeTarget:  # what the head reads from the target's verify: the accepted nodes' features
         last_hidden = torch.randn(40, H)
+        transfers = Transfers(torch.device("cpu"))
+        path: list[int] = []
+
+        @classmethod
+        def accepted_hidden(cls):
+            return cls.last_hidden[torch.tensor(cls.path)]
 
     def fresh():
         r = EagleRunner(head, target, FakeTarget, 300)
@@ -100,6 +107,7 @@ def test_head_settles_where_a_commit_leaves_it_and_adopts_on_a_hit(tiny_pair):
     a, tree = fresh()
     b, _ = fresh()
     path = best_path(tree)
+    FakeTarget.path = path  # the verify accepted the whole best path
     spec = a.grow_assuming(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
     # The target accepted the whole path and emitted the head's own first guess after it: a hit.
     bonus = spec.tokens[[n for n in range(1, len(spec)) if spec.parents[n] == 0][0]]

@@ -20,8 +20,9 @@ def _grow_both(model, prompt, topk, device="cpu", graph=False):
     through both; returns the per-step hidden states of each and the two caches."""
     out = {}
     for static in (False, True):
-        r = DraftRunner(model, 64, model.cfg.vocab_size, static_rows=topk if static else 0, graph=graph)
-        r.prefill(torch.tensor([prompt[:-1]], device=device), last_token=prompt[-1])
+        step = StaticStep(model, model.new_cache(1, 65), topk, graph=graph) if static else None
+        r = DraftRunner(model, 64, model.cfg.vocab_size, static=step)
+        r.prefill(prompt[:-1], last_token=prompt[-1])
         hs = []
         pos, mask = causal_inputs(r.length, 1, device)
         h = model(torch.tensor([[prompt[-1]]], device=device), positions=pos, cache=r.cache, slots=pos,
@@ -31,13 +32,12 @@ def _grow_both(model, prompt, topk, device="cpu", graph=False):
         base = r.length
         while grower.can_grow():
             chosen = grower.next_frontier()
-            p, s, m, kv = grower.expansion_inputs(chosen, base, device)
-            tok = torch.tensor([[grower.cands[c].token for c in chosen]], device=device)
+            tok, p, s, m, kv = grower.expansion_inputs(chosen, base)
             hid = r.static.run(tok, p, s, m) if static else model(tok, positions=p, cache=r.cache, slots=s,
                                                                    attn_mask=m, kv_len=kv)
             hs.append(hid.clone())
             grower.frontier = []
-            grower._add_children(chosen, model.logits(hid[0]))
+            grower._add_children(chosen, model.logits(hid[0]), grower._parent_scores)
             grower.expanded += len(chosen)
         out[static] = (hs, r)
     return out
@@ -88,3 +88,64 @@ def test_cuda_graph_step_matches_the_dynamic_step(tiny_pair):
     assert out[True][1].static.graph is not None
     for a, b in zip(out[False][0], out[True][0]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_the_graph_step_is_made_once_per_engine_outside_any_window(tiny_pair, monkeypatch):
+    """The draft's static step (a CUDA graph on a GPU) is built when the engine is, on the
+    engine's thread, over one cache of the engine; requests (their hide windows on the draft
+    lane's thread) reuse it and never build one."""
+    import threading
+
+    from phide.engine import DRAFT_GRAPH_ROWS
+
+    target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    made = []
+    init = StaticStep.__init__
+
+    def recording_init(self, *a, **kw):
+        made.append(threading.current_thread().name)
+        init(self, *a, **kw)
+
+    monkeypatch.setattr(StaticStep, "__init__", recording_init)
+    engine = Engine(target, near, spec=SpecConfig(topk=3, depth=4, budget=10, draft_graph=True), eos_token_ids=[])
+    assert made == [threading.current_thread().name]
+    step = engine._draft_step
+    assert step.trash == min(near.cfg.max_position_embeddings, DRAFT_GRAPH_ROWS)
+    ids = load_tokenizer(tiny_pair["target"])("Describe the scene.")["input_ids"]
+    for mode in ("hide", "sequential", "hide"):
+        res = engine.generate(Request(prompt_ids=ids, max_new_tokens=12), mode)
+        assert res.stats["faults"] == 0 and "draft_graph" not in res.stats
+    assert len(made) == 1 and engine._draft_step is step
+
+
+def test_graph_capture_is_thread_local(tiny_pair, monkeypatch):
+    """Capture uses thread-local mode: the target lane's allocations on another thread must not be
+    captured (global mode would break them). torch.cuda's graph API is faked: no GPU here."""
+    model = load_llama(tiny_pair["target"])
+    captured = {}
+
+    class FakeGraph:
+        def replay(self):
+            pass
+
+    class FakeGraphCtx:
+        def __init__(self, graph, **kw):
+            captured.update(kw)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: FakeGraphCtx(None))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", FakeGraphCtx)
+    step = StaticStep(model, model.new_cache(1, 17), 2, graph=True)
+    assert captured == {"capture_error_mode": "thread_local"} and step.graph is not None

@@ -21,8 +21,7 @@ from phide.runtime.trace import (
 )
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-HIDE_PHASES = {"target_prepare", "target_prefill", "draft_prepare", "draft_prefill", "draft_grow", "verify",
-               "commit"}
+HIDE_PHASES = {"target_prepare", "target_prefill", "draft_prepare", "draft_prefill", "draft_grow", "verify"}
 
 
 def make_timeline(*spans) -> Timeline:

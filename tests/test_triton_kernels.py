@@ -334,3 +334,28 @@ def test_engine_with_triton_kernels_matches_the_torch_twins(tiny_pair, monkeypat
             got = engine.generate(Request(prompt_ids=ids, max_new_tokens=10, temperature=temperature,
                                           seed=4), mode).token_ids
             assert got == ref[mode] == ref["target-only"], (temperature, mode)
+
+
+def test_a_tree_wider_than_a_kernel_tile_commits_only_its_path(tiny_pair, monkeypatch):
+    """A first tree of 96 nodes (more than the KV-commit kernel's 64-wide path tile): the verify
+    commits only the accepted path (at most the tree's depth + 1 nodes), so PHIDE_OPS=triton runs
+    it, and the tokens are target-only's."""
+    from phide.engine import Engine, Request, SpecConfig
+    from phide.models.loading import load_llama
+
+    from phide.models.eagle import EagleHead
+    from phide.speculation.runners import TargetRunner
+
+    target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    ids = [1, 17, 42, 99, 5]
+    ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=10), "target-only")
+    monkeypatch.setenv("PHIDE_OPS", "triton")
+    sizes = []
+    verify = TargetRunner.verify
+    monkeypatch.setattr(TargetRunner, "verify", lambda self, tree, *a: sizes.append(len(tree)) or verify(self, tree, *a))
+    # with a head, sequential grows the draft's whole first tree (its window shape) after the prefill
+    engine = Engine(target, near, eos_token_ids=[], head=EagleHead(target.cfg),
+                    spec=SpecConfig(topk=8, depth=4, budget=12, window_depth=12, window_budget=96))
+    res = engine.generate(Request(prompt_ids=ids, max_new_tokens=10), "sequential")
+    assert res.token_ids == ref.token_ids and res.stats["faults"] == 0
+    assert sizes[0] == 96

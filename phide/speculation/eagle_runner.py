@@ -21,10 +21,9 @@ from phide.speculation.tree import Tree, TreeGrower, adopt_subtree
 
 def accepted_pairs(target_runner, tree: Tree, accept_nodes: list[int], bonus: int) -> tuple[list[int], torch.Tensor]:
     """The head's next pairs after a verify: the accepted tokens (root excluded) and the bonus,
-    and the target's features [k, H] at the accepted nodes (root included) from that verify."""
-    hidden = target_runner.last_hidden
-    feats = hidden[torch.tensor(accept_nodes, device=hidden.device)]
-    return [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], feats
+    and the target's features [k, H] at the accepted nodes (root included) from that verify
+    (gathered on the device: `TargetRunner.accepted_hidden`)."""
+    return [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], target_runner.accepted_hidden()
 
 
 class EagleRunner:
@@ -69,14 +68,14 @@ class EagleRunner:
         self.length += n
         base = self.length
         root_hidden = out[0, -1]
-        grower = TreeGrower(self.root_token, self._logits(root_hidden), topk=topk, max_depth=max_depth)
+        grower = TreeGrower(self.root_token, self._logits(root_hidden), topk=topk, max_depth=max_depth,
+                            transfers=self.target.transfers)
         hidden_of: dict[int, torch.Tensor] = {}  # head output at each expanded candidate
 
         def expand(chosen: list[int]) -> torch.Tensor:
-            pos, slots, m, kv_len = grower.expansion_inputs(chosen, base, device)
-            toks = torch.tensor([grower.cands[ci].token for ci in chosen], device=device)
+            toks, pos, slots, m, kv_len = grower.expansion_inputs(chosen, base)
             feats = torch.stack([hidden_of.get(grower.cands[ci].parent, root_hidden) for ci in chosen])
-            h = self.head(self.lm.embed_tokens(toks).unsqueeze(0), feats.unsqueeze(0), positions=pos,
+            h = self.head(self.lm.embed_tokens(toks[0]).unsqueeze(0), feats.unsqueeze(0), positions=pos,
                           cache=self.cache, slots=slots, attn_mask=m, kv_len=kv_len)[0]
             self.forwards += 1
             for row, ci in enumerate(chosen):
@@ -139,7 +138,7 @@ class EagleRunner:
     def queue(self, tokens: list[int], feats: torch.Tensor) -> None:
         """Pairs (embedding of tokens[i], feats[i]) [k, H]; the last token becomes the root."""
         with torch.inference_mode():
-            emb = self.lm.embed_tokens(torch.tensor(tokens, device=self.lm.device))
+            emb = self.lm.embed_tokens(self.target.transfers.upload(torch.tensor(tokens, dtype=torch.int64))[0])
         self._embeds.append(emb.to(self.head.device))
         self._feats.append(feats.to(self.head.device))
         self.root_token = int(tokens[-1])

@@ -12,11 +12,12 @@ import threading
 
 import torch
 
-from phide.models.llama import CAUSAL, LlamaModel
 from phide import ops
+from phide.models.llama import CAUSAL, LlamaModel, TreeAttention
+from phide.ops.reference.tree_attention import ancestor_bits
+from phide.runtime.transfers import Transfers
 from phide.speculation.static_step import StaticStep
-from phide.speculation.tree import (MAX_TREE_NODES, Tree, TreeGrower, adopt_subtree, tree_attention_layout,
-                              verify_layout, verify_rows)
+from phide.speculation.tree import MAX_TREE_NODES, Tree, TreeGrower, adopt_subtree, verify_layout
 
 
 def causal_inputs(start: int, n: int, device):
@@ -31,57 +32,87 @@ def causal_inputs(start: int, n: int, device):
 
 
 class TargetRunner:
-    """The target model for one request: prefill, verify a tree, commit the accepted path."""
+    """The target model for one request: prefill, then rounds of `verify` (one forward over a
+    tree, the acceptance walk and the KV commit, all on the device)."""
 
-    def __init__(self, model: LlamaModel, max_len: int):
+    def __init__(self, model: LlamaModel, max_len: int, transfers: Transfers | None = None):
         self.model = model
         self.cache = model.new_cache(1, max_len)
+        self.transfers = transfers or Transfers(model.device)
         self.length = 0
         self.forwards = 0
 
         self.last_hidden: torch.Tensor | None = None  # [N, H] of the last verify (EAGLE features)
+        self.last_path: torch.Tensor | None = None  # [n_acc + 1] accepted nodes of the last verify (device)
         self.prefill_hidden: torch.Tensor | None = None  # [1, P-1, H], kept by the engine
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Cache the prompt minus its last token (ids [1,P-1] or embeds [1,P-1,H]); returns the
-        final hidden states [1, P-1, H] (the features a continuation head drafts from)."""
-        n = (ids if embeds is None else embeds).shape[1]
+    def prefill(self, ids: list[int] | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Cache the prompt minus its last token (ids: P-1 token ids, or embeds [1,P-1,H]);
+        returns the final hidden states [1, P-1, H] (the features a continuation head drafts from)."""
+        n = len(ids) if embeds is None else embeds.shape[1]
         if n == 0:
             return None
         pos, mask = causal_inputs(self.length, n, self.model.device)
-        hidden = self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
+        ids_dev = None if embeds is not None else self.transfers.upload(torch.tensor([ids], dtype=torch.int64))[0]
+        hidden = self.model(ids_dev, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
                             attn_mask=mask, kv_len=self.length + n)
         self.length += n
         self.forwards += 1
         return hidden
 
     @torch.inference_mode()
-    def verify(self, tree: Tree) -> torch.Tensor:
-        """Target logits [N, V] for every tree node, in one forward. Trees of up to
-        MAX_TREE_NODES nodes are described to the decoder (`ops.tree_attention`: the prefix
-        unmasked, the tree under ancestor bitmasks); larger ones take the dense mask."""
-        if self.length + len(tree) > self.cache.max_len:
+    def verify(self, tree: Tree, temperature: float, seed: int, produced: int) -> tuple[int, list[int], list[int]]:
+        """Verify `tree` (its root: the last committed token) in one forward, walk it, and commit
+        the accepted path's KV rows. Returns (accepted drafts n, the accepted path's nodes root
+        first [n + 1], the emitted tokens: the accepted drafts, then the bonus [n + 1]).
+
+        Each node's choice is the target's argmax (greedy) or its Gumbel-max sample with noise
+        keyed by (seed, the output position the node predicts; `produced` tokens are out
+        already), so sampled tokens are exactly target-only sampling's with the same seed,
+        whatever the draft proposed; a child is accepted iff it equals its parent's choice.
+        Host traffic: ONE packed upload of the tree (tokens, positions, cache rows, parents,
+        ancestor bitmasks, noise positions) and ONE packed read of the outcome; the walk
+        (`ops.tree_accept_greedy`: the CUDA kernel on a GPU) and the commit run on the device.
+        Trees of up to MAX_TREE_NODES nodes are described to the decoder (`ops.tree_attention`);
+        larger ones take the dense mask."""
+        N = len(tree)
+        if self.length + N > self.cache.max_len:
             raise RuntimeError("target KV cache too small for this tree")
-        device = self.model.device
-        if len(tree) <= MAX_TREE_NODES:
-            pos, slots = verify_rows(tree, self.length, device)
-            mask, tree_attn = None, tree_attention_layout([tree], [self.length], len(tree), device)
+        depths = tree.depths()
+        width = max(depths) + 1  # the longest path the walk can accept: the commit moves no more
+        rows = torch.arange(self.length, self.length + N, dtype=torch.int64)
+        host = [torch.tensor(tree.tokens, dtype=torch.int64), torch.tensor(depths) + self.length, rows,
+                torch.tensor(tree.parents, dtype=torch.int64), torch.tensor(depths) + produced,
+                torch.tensor([self.length, N], dtype=torch.int64)]
+        if N <= MAX_TREE_NODES:
+            host.append(torch.tensor(ancestor_bits(tree.parents), dtype=torch.int64))
         else:
-            (pos, slots, mask), tree_attn = verify_layout(tree, self.length, device), None
-        ids = torch.tensor([tree.tokens], dtype=torch.int64, device=device)
-        hidden = self.model(ids, positions=pos, cache=self.cache, slots=slots, attn_mask=mask,
-                            kv_len=self.length + len(tree), tree=tree_attn)
+            host.append(verify_layout(tree, self.length)[2])  # [1, N, prefix + N] bool
+        tokens, pos, slots, parents, noise_pos, meta, layout = self.transfers.upload(*host)
+        if N <= MAX_TREE_NODES:
+            mask = None
+            tree_attn = TreeAttention(prefix_len=meta[:1], tree_start=meta[:1], ancestors=layout.view(1, N),
+                                      n_nodes=meta[1:])
+        else:
+            mask, tree_attn = layout, None
+        hidden = self.model(tokens.view(1, N), positions=pos.view(1, N), cache=self.cache, slots=slots.view(1, N),
+                            attn_mask=mask, kv_len=self.length + N, tree=tree_attn)
         self.forwards += 1
         self.last_hidden = hidden[0]
-        return self.model.logits(hidden)[0]
+        choice = ops.gumbel_choices(self.model.logits(hidden)[0], temperature, seed, noise_pos)
+        nodes, out, n_acc = ops.tree_accept_greedy(tokens.view(1, N), parents.view(1, N), choice.view(1, N))
+        ops.kv_commit(self.cache.k, self.cache.v, meta[:1], nodes[:, :width], n_acc)
+        n_host, path, emitted = self.transfers.download(n_acc, nodes[0, :width], out[0, : width + 1])
+        n = int(n_host[0])
+        self.last_path = nodes[0, : n + 1]
+        self.length += n + 1
+        return n, path[: n + 1].tolist(), emitted[: n + 1].tolist()
 
-    def commit(self, accept_nodes: torch.Tensor, accept_len: int) -> None:
-        """Keep the accepted path's KV rows (root first) contiguous after the prefix."""
-        base = torch.tensor([self.length], device=self.cache.k.device)
-        ops.kv_commit(self.cache.k, self.cache.v, base, accept_nodes.view(1, -1).to(base.device),
-                      torch.tensor([accept_len], device=base.device))
-        self.length += accept_len + 1
+    def accepted_hidden(self) -> torch.Tensor:
+        """The target's features [n + 1, H] at the last verify's accepted nodes (root first), on
+        the device (no transfer)."""
+        return self.last_hidden.index_select(0, self.last_path)
 
 
 class DraftRunner:
@@ -96,14 +127,19 @@ class DraftRunner:
     can_grow_ahead = True  # post-verify overlap: grow_assuming / settle (phide.speculation.overlap)
 
     def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int, adapter=None, *,
-                 static_rows: int = 0, graph: bool = False):
-        """static_rows > 0: tree steps of up to that many candidates run with static shapes
-        (`phide.speculation.static_step`; captured as a CUDA graph with graph=True on a GPU)."""
+                 static: StaticStep | None = None, transfers: Transfers | None = None):
+        """static: the engine's static-shape tree step (`phide.speculation.static_step`, a CUDA
+        graph on a GPU): tree steps of up to `static.rows` candidates run through it, over its
+        cache (which then is this runner's, `static.trash` usable rows >= max_len); else a cache
+        of max_len rows for this request and dynamic steps."""
         self.model = model
+        self.transfers = transfers or Transfers(model.device)
         self.head = adapter if adapter is not None else model
-        self.capacity = max_len  # usable cache rows (a static step adds one trash row past them)
-        self.cache = model.new_cache(1, max_len + (1 if static_rows else 0))
-        self.static = StaticStep(model, self.cache, static_rows, graph=graph) if static_rows else None
+        if static is not None and static.trash < max_len:
+            raise ValueError(f"the static step's cache holds {static.trash} rows, this request needs {max_len}")
+        self.static = static
+        self.cache = static.cache if static is not None else model.new_cache(1, max_len)
+        self.capacity = static.trash if static is not None else max_len  # usable rows (past them: the trash row)
         self.length = 0
         self.pending: list[int] = []
         self.vocab_limit = vocab_limit
@@ -111,13 +147,15 @@ class DraftRunner:
         self._assumed = None  # `grow_assuming`'s (state before, speculated tokens, tree) until `settle`
 
     @torch.inference_mode()
-    def prefill(self, ids: torch.Tensor | None = None, embeds: torch.Tensor | None = None,
+    def prefill(self, ids: list[int] | None = None, embeds: torch.Tensor | None = None,
                 last_token: int | None = None) -> None:
-        """Cache the prompt minus its last token; that token becomes the first root."""
-        n = (ids if embeds is None else embeds).shape[1]
+        """Cache the prompt minus its last token (ids, or embeds [1, n, H]); that token becomes
+        the first root."""
+        n = len(ids) if embeds is None else embeds.shape[1]
         if n:
             pos, mask = causal_inputs(0, n, self.model.device)
-            self.model(ids, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
+            ids_dev = None if embeds is not None else self.transfers.upload(torch.tensor([ids], dtype=torch.int64))[0]
+            self.model(ids_dev, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
                        attn_mask=mask, kv_len=n)
             self.forwards += 1
         self.length = n
@@ -137,19 +175,19 @@ class DraftRunner:
         device = self.model.device
         n = len(self.pending)
         pos, mask = causal_inputs(self.length, n, device)
-        ids = torch.tensor([self.pending], dtype=torch.int64, device=device)
+        ids = self.transfers.upload(torch.tensor([self.pending], dtype=torch.int64))[0]
         hidden = self.model(ids, positions=pos, cache=self.cache, slots=pos, attn_mask=mask,
                             kv_len=self.length + n)
         self.forwards += 1
         self.length += n
         root_token, root_slot = self.pending[-1], self.length - 1
         self.pending = []
-        grower = TreeGrower(root_token, self._logits(hidden[0, -1]), topk=topk, max_depth=max_depth)
+        grower = TreeGrower(root_token, self._logits(hidden[0, -1]), topk=topk, max_depth=max_depth,
+                            transfers=self.transfers)
         base = self.length
 
         def expand(chosen: list[int]) -> torch.Tensor:
-            pos, slots, mask, kv_len = grower.expansion_inputs(chosen, base, device)
-            tok = torch.tensor([[grower.cands[ci].token for ci in chosen]], device=device)
+            tok, pos, slots, mask, kv_len = grower.expansion_inputs(chosen, base)
             if self.static is not None and len(chosen) <= self.static.rows:
                 h = self.static.run(tok, pos, slots, mask)
             else:
@@ -196,7 +234,7 @@ class DraftRunner:
         if src:
             k, v = self.cache.k, self.cache.v
             dst = torch.arange(self.length, self.length + len(src), device=k.device)
-            src_t = torch.tensor(src, device=k.device)
+            src_t = self.transfers.upload(torch.tensor(src, dtype=torch.int64))[0]
             k[:, :, :, dst] = k[:, :, :, src_t].clone()
             v[:, :, :, dst] = v[:, :, :, src_t].clone()
             self.length += len(src)

@@ -9,7 +9,9 @@ whole cache (rows past the valid length masked off). Padding rows write their K/
 On a CPU it runs eagerly: the static-shape twin of the dynamic step, and what the tests compare
 against it. On a GPU with `graph=True` the forward is captured once as a CUDA graph (after two
 warm-up runs on a side stream, as torch.cuda.graphs requires) and each step copies its inputs into
-the buffers and replays the graph on the current stream.
+the buffers and replays the graph on the current stream. The engine makes one per engine, with the
+draft's cache, when it is built: capture synchronises the device and must never run inside a hide
+window, and it uses thread-local capture mode, so allocations on other threads are not captured.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ class StaticStep:
                 self._forward()
         torch.cuda.current_stream(self.model.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"), torch.inference_mode():
             self.out = self._forward()
 
     @torch.inference_mode()

@@ -18,6 +18,7 @@ from phide import ops
 from phide.errors import DraftFault
 from phide.models.llama import TreeAttention
 from phide.ops.reference.tree_attention import MAX_TREE_NODES, ancestor_bits
+from phide.runtime.transfers import Transfers
 
 
 @dataclass
@@ -218,25 +219,30 @@ class TreeGrower:
     row's log-softmax, ties to the lower token id, scored by cumulative log-prob (fp32).
     """
 
-    def __init__(self, root_token: int, root_logits: torch.Tensor, *, topk: int, max_depth: int):
+    def __init__(self, root_token: int, root_logits: torch.Tensor, *, topk: int, max_depth: int,
+                 transfers: Transfers | None = None):
         self.root_token = root_token
         self.topk = max(1, topk)
         self.max_depth = max_depth
+        self.transfers = transfers or Transfers(root_logits.device)
         self.cands: list[_Candidate] = []
         self.frontier: list[int] = []
         self.expanded = 0
+        self._parent_scores: torch.Tensor | None = None  # the expanding candidates' scores, on the device
         self._add_children([-1], root_logits.unsqueeze(0))
 
-    def _add_children(self, parents: list[int], logits: torch.Tensor):
-        """Children of `parents` (candidate indices, -1 = the root) from their logits [F, V]."""
+    def _add_children(self, parents: list[int], logits: torch.Tensor, parent_scores: torch.Tensor | None = None):
+        """Children of `parents` (candidate indices, -1 = the root) from their logits [F, V] and
+        their cumulative scores [F] on the device (the root's: zeros). ONE read of the top-k."""
         depths = [self.cands[p].depth if p >= 0 else 0 for p in parents]
         if min(depths) + 1 > self.max_depth:
             return
-        parent_scores = torch.tensor([self.cands[p].score if p >= 0 else 0.0 for p in parents],
-                                     dtype=torch.float32, device=logits.device)
+        if parent_scores is None:
+            parent_scores = torch.zeros(len(parents), dtype=torch.float32, device=logits.device)
         k = min(self.topk, logits.shape[-1])
         tokens, scores, row_lse = ops.tree_topk(logits, parent_scores, k)
-        if not bool(torch.isfinite(row_lse).all()):
+        tokens, scores, finite = self.transfers.download(tokens, scores, torch.isfinite(row_lse).all().view(1))
+        if not bool(finite[0]):
             raise DraftFault("draft produced NaN or all -inf log-probs")
         for p, depth, toks, vals in zip(parents, depths, tokens.tolist(), scores.tolist()):
             if depth + 1 > self.max_depth:
@@ -267,15 +273,23 @@ class TreeGrower:
         chosen = self.next_frontier()
         # Only the newest level stays on the frontier (EAGLE-2 expands level by level).
         self.frontier = []
-        self._add_children(chosen, expand(chosen))
+        self._parent_scores = None
+        logits = expand(chosen)
+        scores = self._parent_scores  # uploaded with the expansion's inputs (expansion_inputs)
+        if scores is None:  # an expand that did not ask for its inputs (tests): upload them now
+            scores = self.transfers.upload(torch.tensor([self.cands[ci].score for ci in chosen],
+                                                        dtype=torch.float32))[0].to(logits.device)
+        self._add_children(chosen, logits, scores)
         self.expanded += len(chosen)
         return len(chosen)
 
-    def expansion_inputs(self, chosen: list[int], base: int, device="cpu"):
+    def expansion_inputs(self, chosen: list[int], base: int):
         """Assign KV slots to the `chosen` candidates (scratch rows after the `base` committed rows,
-        in expansion order) and build their inputs: positions [1,F] (base - 1 + depth), slots [1,F]
-        and the mask [1, F, kv_len] (all committed rows, then each node's expanded ancestors and
-        itself). Returns (positions, slots, mask, kv_len)."""
+        in expansion order) and build their inputs on the device in ONE packed upload: tokens
+        [1,F], positions [1,F] (base - 1 + depth), slots [1,F] and the mask [1, F, kv_len] (all
+        committed rows, then each node's expanded ancestors and itself); the chosen candidates'
+        scores travel with them (for their children). Returns (tokens, positions, slots, mask,
+        kv_len)."""
         first = base + self.expanded
         for k, ci in enumerate(chosen):
             self.cands[ci].slot = first + k
@@ -285,9 +299,13 @@ class TreeGrower:
         for row, ci in enumerate(chosen):
             for anc in self.ancestors(ci):
                 mask[0, row, self.cands[anc].slot] = True
-        positions = torch.tensor([[base - 1 + self.cands[ci].depth for ci in chosen]])
-        slots = torch.arange(first, kv_len).unsqueeze(0)
-        return positions.to(device), slots.to(device), mask.to(device), kv_len
+        tokens = torch.tensor([[self.cands[ci].token for ci in chosen]], dtype=torch.int64)
+        positions = torch.tensor([[base - 1 + self.cands[ci].depth for ci in chosen]], dtype=torch.int64)
+        slots = torch.arange(first, kv_len, dtype=torch.int64).unsqueeze(0)
+        scores = torch.tensor([self.cands[ci].score for ci in chosen], dtype=torch.float32)
+        tokens, positions, slots, mask, self._parent_scores = self.transfers.upload(tokens, positions, slots, mask,
+                                                                                    scores)
+        return tokens, positions, slots, mask, kv_len
 
     def grow(self, expand: ExpandFn, *, max_expansions: int, stop=None, on_step=None) -> None:
         """Step until the frontier is exhausted, `stop` (anything with `is_set()`: a
