@@ -24,10 +24,12 @@ for the P @ V dot, as flash attention does. Split count and block sizes depend o
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from phide.triton_kernels.formats import MAX_TREE_NODES
+from phide.triton_kernels.launch import Launch
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton
     import triton
@@ -35,7 +37,8 @@ try:  # guarded: `import phide` (and this module) must work on machines without 
 except ImportError:  # pragma: no cover - exercised only on triton-less installs
     triton = None
 
-__all__ = ["MAX_HEAD_DIM", "MAX_TREE_NODES", "tree_attention_triton"]
+__all__ = ["MAX_HEAD_DIM", "MAX_TREE_NODES", "AttentionConfig", "attention_config", "tree_attention_launches",
+           "tree_attention_triton"]
 
 MAX_HEAD_DIM = 256  # q, the accumulator and a K/V tile of BLOCK_D columns stay in registers
 
@@ -63,7 +66,9 @@ if triton is not None:
         ptrs = q_ptr + b * sq_b + head[:, None] * sq_h + node[:, None] * sq_n + offs_d[None, :] * sq_d
         return tl.load(ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
-    @triton.jit
+    # Per-call sizes (N, S, split count and rows) are not specialised on (== 1, % 16): one compiled
+    # variant serves every tree and cache length, so precompile.py can build them all up front.
+    @triton.jit(do_not_specialize=["N", "split_rows"])
     def _prefix_partial_kernel(
         q_ptr,  # [B, Hq, N, D] (any strides)
         k_ptr,  # [B, Hkv, S, D] one layer's cache (any strides)
@@ -126,7 +131,7 @@ if triton is not None:
         lse = tl.where(seen, m_i + tl.log2(l_safe), float("-inf"))
         tl.store(lse_part_ptr + part, lse, mask=row_ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["N", "S", "n_splits"])
     def _tail_merge_kernel(
         q_ptr,  # [B, Hq, N, D]
         k_ptr,  # [B, Hkv, S, D]
@@ -211,10 +216,102 @@ if triton is not None:
     _INTERPRETED = not isinstance(_prefix_partial_kernel, triton.runtime.JITFunction)
 
 
+class AttentionConfig(NamedTuple):
+    """What the launcher picks for one call: tile sizes, prefix split-K and launch options."""
+
+    block_m: int  # query rows (node x head) per program
+    block_n: int  # prefix K/V rows per loop step
+    block_d: int  # head dim, padded to a power of two
+    block_t: int  # tree rows of the tail (>= N, >= 16 for tl.dot)
+    splits: int  # prefix chunks (grid axis 2 of the prefix kernel)
+    split_rows: int  # rows per chunk, a multiple of block_n: chunk i is [i * split_rows, ...)
+    prefix_warps: int
+    prefix_stages: int
+    tail_warps: int
+    tail_stages: int
+
+
 def _default_splits(S: int, programs: int) -> int:
     """Enough programs to fill the GPU, no split shorter than _MIN_SPLIT_ROWS cache rows."""
     want = triton.cdiv(_TARGET_PROGRAMS, max(1, programs))
     return max(1, min(_MAX_SPLITS, want, triton.cdiv(S, _MIN_SPLIT_ROWS)))
+
+
+def attention_config(dtype: torch.dtype, D: int, N: int, S: int, *, G: int = 1, batch_heads: int = 1,
+                     num_splits: int | None = None) -> AttentionConfig:
+    """The launcher's choices for q [B, G * Hkv, N, D] over a cache of S rows (batch_heads =
+    B * Hkv): a pure function of shapes and dtype (no tensors, no device), so precompile.py and
+    the tests call it too. num_splits overrides the split count."""
+    M = N * G
+    block_d = max(16, triton.next_power_of_2(D))
+    block_m = min(64 if block_d <= 128 else 32, max(16, triton.next_power_of_2(M)))
+    block_n = 64 if block_d <= 128 else 32
+    m_blocks = triton.cdiv(M, block_m)
+    splits = num_splits or _default_splits(S, batch_heads * m_blocks)
+    split_rows = triton.cdiv(triton.cdiv(S, splits), block_n) * block_n
+    return AttentionConfig(
+        block_m=block_m, block_n=block_n, block_d=block_d, block_t=max(16, triton.next_power_of_2(N)),
+        splits=splits, split_rows=split_rows,
+        prefix_warps=4, prefix_stages=2 if dtype == torch.float32 else 3,  # fp32 tiles: 3 stages pass A100's smem
+        tail_warps=4, tail_stages=3,
+    )
+
+
+def _check(q, k_cache, v_cache, ancestors) -> None:
+    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+        raise ValueError("q must be [B, Hq, N, D] and k_cache, v_cache [B, Hkv, S, D] of one shape")
+    B, Hq, N, D = q.shape
+    _, Hkv, _, Dk = k_cache.shape
+    if k_cache.shape[0] != B or Dk != D or Hq % Hkv:
+        raise ValueError(f"q {tuple(q.shape)} does not fit the cache {tuple(k_cache.shape)}")
+    if N > MAX_TREE_NODES:
+        raise ValueError(f"{N} tree nodes: the ancestor bitmask holds at most {MAX_TREE_NODES}")
+    if D > MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} > {MAX_HEAD_DIM}: use tree_attention_torch")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k_cache.dtype != q.dtype:
+        raise ValueError(f"q and the cache must share one of fp32/fp16/bf16, got {q.dtype}, {k_cache.dtype}")
+    if ancestors.shape != (B, N):
+        raise ValueError(f"ancestors must be [B, N] = {(B, N)}, got {tuple(ancestors.shape)}")
+
+
+def tree_attention_launches(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nodes, scale=None, *,
+                            num_splits=None) -> tuple[torch.Tensor, list[Launch]]:
+    """(out, launches) of tree_attention_triton without running them (arguments as there):
+    `out` is filled once every launch has run. Works on meta tensors (precompile.py)."""
+    _check(q, k_cache, v_cache, ancestors)
+    B, Hq, N, D = q.shape
+    _, Hkv, S, _ = k_cache.shape
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    if out.numel() == 0:
+        return out, []
+    dev = q.device
+    prefix_len, tree_start, n_nodes = (t.to(device=dev, dtype=torch.int64).reshape(-1).contiguous()
+                                       for t in (prefix_len, tree_start, n_nodes))
+    ancestors = ancestors.to(device=dev, dtype=torch.int64).contiguous()
+
+    G = Hq // Hkv
+    M = N * G
+    cfg = attention_config(q.dtype, D, N, S, G=G, batch_heads=B * Hkv, num_splits=num_splits)
+    m_blocks = triton.cdiv(M, cfg.block_m)
+    o_part = torch.empty(B * Hkv, cfg.splits, M, D, dtype=torch.float32, device=dev)
+    lse_part = torch.empty(B * Hkv, cfg.splits, M, dtype=torch.float32, device=dev)
+    qk_scale = (1.0 / math.sqrt(D) if scale is None else float(scale)) * _LOG2E
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32 is ignored for fp16/bf16
+    upcast = q.dtype == torch.bfloat16 and _INTERPRETED
+    strides = (*q.stride(), *k_cache.stride(), *v_cache.stride())
+    blocks = dict(BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, DOT_PRECISION=precision, UPCAST=upcast)
+    prefix = Launch(
+        _prefix_partial_kernel, (B * Hkv, m_blocks, cfg.splits),
+        (q, k_cache, v_cache, prefix_len, o_part, lse_part, Hkv, G, N, D, cfg.split_rows, qk_scale, *strides),
+        dict(blocks, BLOCK_N=cfg.block_n, num_warps=cfg.prefix_warps, num_stages=cfg.prefix_stages),
+    )
+    tail = Launch(
+        _tail_merge_kernel, (B * Hkv, m_blocks),
+        (q, k_cache, v_cache, out, tree_start, ancestors, n_nodes, o_part, lse_part,
+         Hkv, G, N, D, S, cfg.splits, qk_scale, *strides, *out.stride()),
+        dict(blocks, BLOCK_T=cfg.block_t, num_warps=cfg.tail_warps, num_stages=cfg.tail_stages),
+    )
+    return out, [prefix, tail]
 
 
 def tree_attention_triton(
@@ -236,54 +333,8 @@ def tree_attention_triton(
     (tests use it to force several splits on short caches). Two launches, no host sync."""
     if triton is None:
         raise RuntimeError("tree_attention_triton needs triton; use tree_attention_torch")
-    if q.dim() != 4 or k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
-        raise ValueError("q must be [B, Hq, N, D] and k_cache, v_cache [B, Hkv, S, D] of one shape")
-    B, Hq, N, D = q.shape
-    _, Hkv, S, Dk = k_cache.shape
-    if k_cache.shape[0] != B or Dk != D or Hq % Hkv:
-        raise ValueError(f"q {tuple(q.shape)} does not fit the cache {tuple(k_cache.shape)}")
-    if N > MAX_TREE_NODES:
-        raise ValueError(f"{N} tree nodes: the ancestor bitmask holds at most {MAX_TREE_NODES}")
-    if D > MAX_HEAD_DIM:
-        raise ValueError(f"head dim {D} > {MAX_HEAD_DIM}: use tree_attention_torch")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k_cache.dtype != q.dtype:
-        raise ValueError(f"q and the cache must share one of fp32/fp16/bf16, got {q.dtype}, {k_cache.dtype}")
-    if ancestors.shape != (B, N):
-        raise ValueError(f"ancestors must be [B, N] = {(B, N)}, got {tuple(ancestors.shape)}")
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
-    if out.numel() == 0:
-        return out
-    dev = q.device
-    prefix_len, tree_start, n_nodes = (t.to(device=dev, dtype=torch.int64).reshape(-1).contiguous()
-                                       for t in (prefix_len, tree_start, n_nodes))
-    ancestors = ancestors.to(device=dev, dtype=torch.int64).contiguous()
-
-    G = Hq // Hkv
-    M = N * G
-    block_d = max(16, triton.next_power_of_2(D))
-    block_m = min(64 if block_d <= 128 else 32, max(16, triton.next_power_of_2(M)))
-    block_n = 64 if block_d <= 128 else 32
-    m_blocks = triton.cdiv(M, block_m)
-    splits = num_splits or _default_splits(S, B * Hkv * m_blocks)
-    split_rows = triton.cdiv(triton.cdiv(S, splits), block_n) * block_n
-    o_part = torch.empty(B * Hkv, splits, M, D, dtype=torch.float32, device=dev)
-    lse_part = torch.empty(B * Hkv, splits, M, dtype=torch.float32, device=dev)
-    qk_scale = (1.0 / math.sqrt(D) if scale is None else float(scale)) * _LOG2E
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32 is ignored for fp16/bf16
-    upcast = q.dtype == torch.bfloat16 and _INTERPRETED
-    strides = (*q.stride(), *k_cache.stride(), *v_cache.stride())
-
-    _prefix_partial_kernel[(B * Hkv, m_blocks, splits)](
-        q, k_cache, v_cache, prefix_len, o_part, lse_part,
-        Hkv, G, N, D, split_rows, qk_scale, *strides,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, DOT_PRECISION=precision,
-        UPCAST=upcast, num_warps=4,
-        num_stages=2 if q.dtype == torch.float32 else 3,  # fp32 tiles: 3 stages pass A100's smem
-    )
-    _tail_merge_kernel[(B * Hkv, m_blocks)](
-        q, k_cache, v_cache, out, tree_start, ancestors, n_nodes, o_part, lse_part,
-        Hkv, G, N, D, S, splits, qk_scale, *strides, *out.stride(),
-        BLOCK_M=block_m, BLOCK_T=max(16, triton.next_power_of_2(N)), BLOCK_D=block_d,
-        DOT_PRECISION=precision, UPCAST=upcast, num_warps=4,
-    )
+    out, launches = tree_attention_launches(q, k_cache, v_cache, prefix_len, tree_start, ancestors, n_nodes,
+                                            scale, num_splits=num_splits)
+    for launch in launches:
+        launch()
     return out
