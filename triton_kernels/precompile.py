@@ -95,10 +95,9 @@ def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads:
         if size is not None:
             seen[op, dt, config].covers.append(size)
 
-    G = n_heads // n_kv_heads
     if head_dim <= MAX_HEAD_DIM:
         for n in range(1, min(max_tree_nodes, MAX_TREE_NODES) + 1):
-            cfg = attention_config(dtype, head_dim, n, prefix_len + n, G=G, batch_heads=n_kv_heads)
+            cfg = attention_config(dtype, head_dim, n, prefix_len + n)
             # The split count and rows are runtime arguments: they do not make another kernel.
             add("tree_attention", dtype, dict(B=1, Hq=n_heads, Hkv=n_kv_heads, N=n, D=head_dim, prefix=prefix_len),
                 cfg._replace(splits=0, split_rows=0), n)
@@ -126,8 +125,10 @@ def precompile(device, dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_hea
                    topk=spec.topk, draft_vocab=draft.cfg.vocab_size)
 
     kwargs as `kernel_variants` (topk, draft_vocab, logits_dtype, prefix_len). On CUDA each
-    variant runs once on zero tensors (a few MB, synchronised before returning); elsewhere (a
-    CPU, the interpreter, no triton) nothing runs. Returns the variants either way."""
+    variant runs once on zero tensors (tens of MB for a 7B model, freed on return; synchronised
+    before returning), taking seconds per kernel on a cold Triton cache and well under a second
+    on a warm one; elsewhere (a CPU, the interpreter, no triton) nothing runs. Returns the
+    variants either way."""
     variants = kernel_variants(dtype, head_dim, n_heads, n_kv_heads, vocab, max_tree_nodes, **kwargs)
     device = torch.device(device)
     if device.type != "cuda" or triton is None or not _compiles():
