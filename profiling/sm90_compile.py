@@ -58,7 +58,7 @@ HALF = (torch.bfloat16, torch.float16)
 # Constexprs that are not tile sizes: shown elsewhere or implied by the dtype.
 _HIDDEN = {"DOT_PRECISION", "UPCAST"}
 
-_JOBS: list = []  # (launch, ...) per unique kernel: read by the forked workers
+_JOBS: list = []  # one dict per distinct kernel (launch, variant, cases): read by the forked workers
 
 
 def collect() -> list[dict]:
@@ -132,6 +132,20 @@ def _cover(cases: set) -> tuple[str, str]:
                           for name, values in others.items())
 
 
+def _ensure_ptxas() -> None:
+    """Triton's bundled ptxas (what a GPU run uses too); if a build of triton lacks it, a CUDA
+    toolkit's (nvcc 13 on PATH), through TRITON_PTXAS_PATH."""
+    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if os.environ.get("TRITON_PTXAS_PATH") or bundled.exists():
+        return
+    nvcc = shutil.which("nvcc")
+    for cand in (shutil.which("ptxas"), nvcc and str(Path(os.path.realpath(nvcc)).parent / "ptxas"),
+                 "/usr/local/cuda/bin/ptxas"):
+        if cand and Path(cand).exists():
+            os.environ["TRITON_PTXAS_PATH"] = cand
+            return
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--csv", action="store_true", help=f"append the rows to {CSV_PATH.relative_to(ROOT)}")
@@ -141,12 +155,15 @@ def main() -> None:
     args = ap.parse_args()
 
     start = time.perf_counter()
+    _ensure_ptxas()
     from triton import knobs
 
     ptxas = knobs.nvidia.ptxas
     meta = {**run_context(), "triton_version": triton.__version__, "target": "sm_90a", "ptxas": ptxas.version}
     print(f"# sm_90a offline compile: triton {triton.__version__}, ptxas {ptxas.version} ({ptxas.path}), "
           f"torch {torch.__version__}, git {meta['git_sha']}{'-dirty' if meta['dirty'] else ''}")
+    if args.csv and meta["dirty"] and not args.allow_dirty:  # before minutes of compiling, not after
+        sys.exit(f"not writing to {args.csv_path}: the tree has uncommitted changes (commit, or pass --allow-dirty)")
     _JOBS.extend(sorted(collect(), key=_order))
     print(f"# {len(_JOBS)} distinct kernels, {args.jobs} parallel compiles")
     if args.jobs > 1:
@@ -168,7 +185,8 @@ def main() -> None:
         name = launch.name.strip("_").removesuffix("_kernel")
         warps, stages = launch.options["num_warps"], launch.options["num_stages"]
         if "error" in res:
-            print(f"{name:<24} {dtype:<9} {dims:<9} {case:<34} {blocks:<36} {warps:>5} {stages:>6}  FAILED {res['error']}")
+            print(f"{name:<24} {dtype:<9} {dims:<9} {case:<34} {blocks:<36} {warps:>5} {stages:>6}  "
+                  f"FAILED {res['error']}")
             failed.append(f"{name} {dtype} {blocks}: {res['error']}")
             continue
         print(f"{name:<24} {dtype:<9} {dims:<9} {case:<34} {blocks:<36} {warps:>5} {stages:>6} "
