@@ -8,7 +8,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from phide.speculation.tree import Tree, stack_trees, tree_attention_layout, verify_batch_layout  # noqa: E402
-from phide.ops.reference.tree_attention import ancestor_bits, tree_attention_torch, tree_visibility  # noqa: E402
+from phide.ops.reference.tree_attention import (MAX_TREE_NODES, ancestor_bits, tree_attention_torch,  # noqa: E402
+                                                tree_visibility)
 
 
 # Kernel vs twin, per dtype (atol, rtol): fp32 differs by summation order only; fp16/bf16 also
@@ -238,3 +239,94 @@ def test_engine_greedy_tokens_same_with_triton_attention_and_topk(tiny_pair, mon
             assert calls == {"attention": 0, "topk": 0}
     assert got == ref and ref["sequential"] == ref["target-only"]
     assert calls["attention"] > 0 and calls["topk"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# A node's row does not depend on the size of the tree it is verified in (issue 14, item 3): a
+# decode (N = 1) and a tree verify over the same prefix reduce the prefix in the same chunks with
+# the same tiles, so greedy tokens match across modes as often as the arithmetic allows.
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("D", [64, 80, 128, 256])
+def test_split_plan_and_tiles_do_not_depend_on_tree_size(dtype, D):
+    from phide.triton_kernels.tree_attention import attention_config
+
+    for prefix in (0, 1, 255, 256, 257, 2048, 4095, 4097, 8192, 100_000):
+        configs = {n: attention_config(dtype, D, n, prefix + n) for n in (1, 24, 64)}
+        assert configs[1] == configs[24] == configs[64], prefix  # splits, rows, tiles, warps, stages
+        cfg = configs[1]
+        assert cfg.split_rows % cfg.block_n == 0 and cfg.splits * cfg.split_rows >= prefix
+        assert cfg.block_t == MAX_TREE_NODES
+    assert attention_config(dtype, D, 1, 2049).splits == 8  # 256-row chunks of a 2048-row prefix
+
+
+@needs_triton
+def test_launches_for_a_decode_and_a_tree_match():
+    """What the launcher hands Triton for N = 1 and N = 24 over one prefix: the same grid split
+    axis, chunk rows and compiled variant (constexprs, warps, stages)."""
+    from phide.triton_kernels.precompile import _attention_inputs
+    from phide.triton_kernels.tree_attention import tree_attention_launches
+
+    for dtype in (torch.bfloat16, torch.float32):
+        plans = {}
+        for n in (1, 24):
+            inputs = _attention_inputs(torch.device("meta"), dtype, 1, 32, 8, n, 128, 2048)
+            prefix, tail = tree_attention_launches(**inputs)[1]
+            split_rows = prefix.args[10]
+            plans[n] = (prefix.grid[2], split_rows, prefix.options, tail.options, tail.args[14])  # tail: n_splits
+        assert plans[1] == plans[24], dtype
+        assert plans[1][:2] == (8, 256)
+
+
+def _root_alone_and_in_tree(dtype, N, prefix, Hq=8, Hkv=2, D=80, seed=3):
+    """Outputs of the root node verified alone (N = 1) and as node 0 of an N-node tree, with the
+    same prefix, q and KV rows: [B=1, Hq, D] each."""
+    from phide.triton_kernels.tree_attention import tree_attention_triton
+
+    gen = torch.Generator().manual_seed(seed)
+    S = prefix + N
+    k = torch.randn(1, Hkv, S, D, generator=gen).to(dtype)
+    v = torch.randn(1, Hkv, S, D, generator=gen).to(dtype)
+    q = torch.randn(1, Hq, N, D, generator=gen).to(dtype)
+    parents = _random_parents(N, gen)
+    pos = dict(prefix_len=torch.tensor([prefix]), tree_start=torch.tensor([prefix]))
+    tree = tree_attention_triton(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), **{n: t.to(DEVICE) for n, t in pos.items()},
+                                 ancestors=torch.tensor([ancestor_bits(parents)]).to(DEVICE),
+                                 n_nodes=torch.tensor([N]).to(DEVICE))
+    # Alone: the cache ends right after the root's row (the decoder slices it to kv_len).
+    alone = tree_attention_triton(q[:, :, :1].to(DEVICE), k[:, :, : prefix + 1].to(DEVICE),
+                                  v[:, :, : prefix + 1].to(DEVICE), **{n: t.to(DEVICE) for n, t in pos.items()},
+                                  ancestors=torch.tensor([[1]]).to(DEVICE), n_nodes=torch.tensor([1]).to(DEVICE))
+    return alone[:, :, 0], tree[:, :, 0]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_node_alone_and_in_a_tree_is_bitwise_identical(dtype):
+    # 600 prefix rows: three 256-row chunks (the last partial); G = 4, so 24 nodes are 96 rows in
+    # two or three M blocks while the decode has 4 rows in one.
+    for N in (24, 64):
+        alone, in_tree = _root_alone_and_in_tree(dtype, N, prefix=600)
+        assert torch.equal(alone, in_tree), N
+    # Chunks sized from S = prefix + N would split 560 prefix rows at 192 for the decode and at
+    # 256 for the tree; sized from the prefix, both split at 256.
+    alone, in_tree = _root_alone_and_in_tree(dtype, 24, prefix=560, seed=4)
+    assert torch.equal(alone, in_tree)
+
+
+@needs_triton
+def test_kernel_prefix_past_the_planned_chunks():
+    """Padding nodes may lie past S, so a request's prefix can reach past S - N (the rows the
+    split plan covers): the last chunk takes the rest."""
+    from phide.triton_kernels.tree_attention import attention_config, tree_attention_triton
+
+    gen = torch.Generator().manual_seed(11)
+    N, S = 13, 512 + 13
+    cfg = attention_config(torch.float32, 32, N, S)
+    assert cfg.splits * cfg.split_rows == 512  # request 0's prefix is 520 rows
+    batch = _batch(2, N, 4, 2, 32, gen, sizes=[5, 13], prefixes=[520, 300])
+    batch["k_cache"], batch["v_cache"] = (t[:, :, :S].contiguous() for t in (batch["k_cache"], batch["v_cache"]))
+    args = _args(batch, DEVICE)
+    torch.testing.assert_close(tree_attention_triton(**args), tree_attention_torch(**args), atol=2e-5, rtol=2e-5)

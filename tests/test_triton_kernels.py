@@ -359,3 +359,31 @@ def test_a_tree_wider_than_a_kernel_tile_commits_only_its_path(tiny_pair, monkey
     res = engine.generate(Request(prompt_ids=ids, max_new_tokens=10), "sequential")
     assert res.token_ids == ref.token_ids and res.stats["faults"] == 0
     assert sizes[0] == 96
+
+
+# ---------------------------------------------------------------------------------------------
+# precompile: the variant list the engine warms at load time (and profiling/sm90_compile.py
+# compiles for sm_90a)
+
+
+@needs_triton
+def test_precompile_lists_every_kernel_and_each_variant_runs():
+    from phide.triton_kernels.precompile import kernel_variants, precompile
+
+    kw = dict(topk=(3, 1), prefix_len=40)
+    compiled = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+    device = "cuda" if compiled else "cpu"
+    # On a GPU this compiles and runs every variant; on a CPU it only lists them.
+    variants = precompile(device, torch.float32, 16, 4, 2, 300, 8, **kw)
+    assert variants == kernel_variants(torch.float32, 16, 4, 2, 300, 8, **kw)
+    names = {launch.name for v in variants for launch in v.launches("meta")}
+    assert names == {"_prefix_partial_kernel", "_tail_merge_kernel", "_tree_topk_kernel", "_gumbel_argmax_kernel",
+                     "_kv_commit_kernel"}
+    # Every tree size and path width up to max_tree_nodes is served by exactly one listed variant.
+    for op, sizes in (("tree_attention", range(1, 9)), ("kv_commit", range(2, 9))):
+        assert sorted(n for v in variants if v.op == op for n in v.covers) == list(sizes), op
+    assert sorted(v.shape["k"] for v in variants if v.op == "tree_topk") == [1, 3]
+    assert sorted(v.shape["greedy"] for v in variants if v.op == "gumbel_choices") == [False, True]
+    if not compiled:  # the interpreter: each variant's inputs fit its launcher
+        for variant in variants:
+            variant.run("cpu")

@@ -12,9 +12,12 @@ the platform's), and the launcher disables FMA contraction (enable_fp_fusion=Fal
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from phide.triton_kernels.formats import FMIX_M1, FMIX_M2, GOLDEN32, LOG_CONSTS, seed_key
+from phide.triton_kernels.launch import Launch
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton
     import triton
@@ -22,7 +25,7 @@ try:  # guarded: `import phide` (and this module) must work on machines without 
 except ImportError:  # pragma: no cover - exercised only on triton-less installs
     triton = None
 
-__all__ = ["gumbel_choices_triton"]
+__all__ = ["GumbelConfig", "gumbel_choices_launches", "gumbel_choices_triton", "gumbel_config"]
 
 _MAX_BLOCK_V = 4096
 
@@ -114,14 +117,22 @@ if triton is not None:
         tl.store(out_ptr + row_id, tl.min(cand, axis=0).to(tl.int64))
 
 
-def gumbel_choices_triton(
-    logits: torch.Tensor, temperature: float, seed: int, positions: torch.Tensor
-) -> torch.Tensor:
-    """Triton twin of gumbel_choices_torch: logits [N, V] (any float dtype), positions [N]
-    (int64 output positions) -> int64 [N] chosen tokens. temperature == 0 is greedy argmax;
-    NaN logits are never chosen; ties go to the lowest index. One launch, no host sync."""
-    if triton is None:
-        raise RuntimeError("gumbel_choices_triton needs triton; use gumbel_choices_torch")
+class GumbelConfig(NamedTuple):
+    block_v: int  # vocabulary lanes per loop step
+    num_warps: int
+    num_stages: int
+
+
+def gumbel_config(V: int) -> GumbelConfig:
+    """The launcher's choices for rows of V logits: a pure function of shapes (precompile.py and
+    the tests call it too)."""
+    block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(V))
+    return GumbelConfig(block_v=block_v, num_warps=8 if block_v >= 2048 else 4, num_stages=3)
+
+
+def gumbel_choices_launches(logits: torch.Tensor, temperature: float, seed: int, positions: torch.Tensor):
+    """(out, launches) of gumbel_choices_triton without running the launches (arguments as
+    there); `out` holds the choices once they have run. Works on meta tensors."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if logits.dim() != 2:
@@ -131,25 +142,37 @@ def gumbel_choices_triton(
         raise ValueError(f"positions must have {N} entries, got {positions.numel()}")
     out = torch.zeros(N, dtype=torch.int64, device=logits.device)
     if N == 0 or V == 0:
-        return out
+        return out, []
     if logits.stride(1) != 1:
         logits = logits.contiguous()
     positions = positions.to(device=logits.device, dtype=torch.int64).reshape(-1).contiguous()
     key = seed_key(seed)
     key_i32 = key - (1 << 32) if key >= (1 << 31) else key  # same 32 bits, as a signed scalar
     greedy = temperature == 0
-    block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(V))
-    _gumbel_argmax_kernel[(N,)](
-        logits,
-        positions,
-        out,
-        logits.stride(0),
-        V,
-        key_i32,
-        1.0 if greedy else float(temperature),
-        BLOCK_V=block_v,
-        GREEDY=greedy,
-        num_warps=8 if block_v >= 2048 else 4,
-        enable_fp_fusion=False,  # no FMA contraction: keep the torch twin's rounding
+    cfg = gumbel_config(V)
+    launch = Launch(
+        _gumbel_argmax_kernel, (N,),
+        (logits, positions, out, logits.stride(0), V, key_i32, 1.0 if greedy else float(temperature)),
+        dict(
+            BLOCK_V=cfg.block_v,
+            GREEDY=greedy,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+            enable_fp_fusion=False,  # no FMA contraction: keep the torch twin's rounding
+        ),
     )
+    return out, [launch]
+
+
+def gumbel_choices_triton(
+    logits: torch.Tensor, temperature: float, seed: int, positions: torch.Tensor
+) -> torch.Tensor:
+    """Triton twin of gumbel_choices_torch: logits [N, V] (any float dtype), positions [N]
+    (int64 output positions) -> int64 [N] chosen tokens. temperature == 0 is greedy argmax;
+    NaN logits are never chosen; ties go to the lowest index. One launch, no host sync."""
+    if triton is None:
+        raise RuntimeError("gumbel_choices_triton needs triton; use gumbel_choices_torch")
+    out, launches = gumbel_choices_launches(logits, temperature, seed, positions)
+    for launch in launches:
+        launch()
     return out

@@ -13,7 +13,11 @@ store slot 2 before another warp has read it (kernels.md 5.3).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+from phide.triton_kernels.launch import Launch
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton
     import triton
@@ -21,7 +25,7 @@ try:  # guarded: `import phide` (and this module) must work on machines without 
 except ImportError:  # pragma: no cover - exercised only on triton-less installs
     triton = None
 
-__all__ = ["MAX_PATH", "kv_commit_triton"]
+__all__ = ["MAX_PATH", "CommitConfig", "commit_config", "kv_commit_launches", "kv_commit_triton"]
 
 MAX_PATH = 64  # accept_nodes width bound: the whole path of a request is one register tile
 _TILE_ELEMS = 4096  # BLOCK_M * BLOCK_D cap, keeps the tile in registers
@@ -44,7 +48,9 @@ if triton is not None:
         tl.debug_barrier()  # every source row read before any destination row is written
         tl.store(head + dst[:, None] * s_s + col, tile, mask=mask)
 
-    @triton.jit
+    # S (the cache's length) and W (the tree's size) change per request: not specialised on, so
+    # one compiled variant per BLOCK_M serves them all (precompile.py builds them up front).
+    @triton.jit(do_not_specialize=["S", "W"])
     def _kv_commit_kernel(
         k_ptr,  # [L, B, H, S, Dk]
         v_ptr,  # [L, B, H, S, Dv] (may be k_ptr with grid axis 2 == 1: one cache only)
@@ -80,22 +86,57 @@ if triton is not None:
             _move_rows(v_ptr, l, b, h, src, dst, move, offs_d, Dv, sv_l, sv_b, sv_h, sv_s, sv_d)
 
 
-def _launch(k, v, base, nodes, alen, n_caches: int) -> None:
+class CommitConfig(NamedTuple):
+    block_m: int  # path rows: next_pow2(W) <= MAX_PATH
+    block_d: int  # head-dim columns per program
+    num_warps: int
+    num_stages: int
+
+
+def commit_config(W: int, D: int) -> CommitConfig:
+    """The launcher's choices for a path width W and head dim D (the larger of k's and v's): a
+    pure function of shapes (precompile.py and the tests call it too)."""
+    block_m = triton.next_power_of_2(W)
+    block_d = min(triton.next_power_of_2(D), max(16, _TILE_ELEMS // block_m))
+    return CommitConfig(block_m=block_m, block_d=block_d, num_warps=4, num_stages=3)
+
+
+def _launch(k, v, base, nodes, alen, n_caches: int) -> Launch:
     L, B, H, S, _ = k.shape
     W = nodes.shape[1]
     d_max = max(k.shape[4], v.shape[4])
-    block_m = triton.next_power_of_2(W)
-    block_d = min(triton.next_power_of_2(d_max), max(16, _TILE_ELEMS // block_m))
-    grid = (L * B * H, triton.cdiv(d_max, block_d), n_caches)
-    _kv_commit_kernel[grid](
-        k, v, base, nodes, alen,
-        B, H, S, W,
-        k.shape[4], *k.stride(),
-        v.shape[4], *v.stride(),
-        BLOCK_M=block_m,
-        BLOCK_D=block_d,
-        num_warps=4,
+    cfg = commit_config(W, d_max)
+    grid = (L * B * H, triton.cdiv(d_max, cfg.block_d), n_caches)
+    return Launch(
+        _kv_commit_kernel, grid,
+        (k, v, base, nodes, alen, B, H, S, W, k.shape[4], *k.stride(), v.shape[4], *v.stride()),
+        dict(BLOCK_M=cfg.block_m, BLOCK_D=cfg.block_d, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
     )
+
+
+def kv_commit_launches(k_cache, v_cache, base, accept_nodes, accept_len) -> list[Launch]:
+    """The launches of kv_commit_triton without running them (arguments as there). Works on
+    meta tensors (precompile.py)."""
+    if k_cache.dim() != 5 or v_cache.dim() != 5:
+        raise ValueError("k_cache and v_cache must be [L, B, H, S, D]")
+    if accept_nodes.dim() != 2:
+        raise ValueError(f"accept_nodes must be [B, W], got {tuple(accept_nodes.shape)}")
+    B, W = accept_nodes.shape
+    if W > MAX_PATH:
+        raise ValueError(f"accept_nodes width {W} exceeds MAX_PATH={MAX_PATH}")
+    if k_cache.shape[1] != B or v_cache.shape[1] != B:
+        raise ValueError("cache batch dim must match accept_nodes")
+    if B == 0 or W <= 1:
+        return []  # nothing can move: the root is already in place
+    dev = k_cache.device
+    nodes = accept_nodes.to(device=dev, dtype=torch.int64).contiguous()
+    base = base.to(device=dev, dtype=torch.int64).contiguous()
+    alen = accept_len.to(device=dev, dtype=torch.int64).contiguous()
+    if k_cache.shape[:4] == v_cache.shape[:4] and k_cache.numel() and v_cache.numel():
+        return [_launch(k_cache, v_cache, base, nodes, alen, n_caches=2)]
+    # Differing L/H/S (or an empty cache): one launch per cache; with grid axis 2 == 1 only the
+    # k branch runs, so each cache is passed as both pointers.
+    return [_launch(cache, cache, base, nodes, alen, n_caches=1) for cache in (k_cache, v_cache) if cache.numel()]
 
 
 def kv_commit_triton(
@@ -114,26 +155,5 @@ def kv_commit_triton(
     (out-of-range moves are skipped rather than raising)."""
     if triton is None:
         raise RuntimeError("kv_commit_triton needs triton; use commit_accepted_path")
-    if k_cache.dim() != 5 or v_cache.dim() != 5:
-        raise ValueError("k_cache and v_cache must be [L, B, H, S, D]")
-    if accept_nodes.dim() != 2:
-        raise ValueError(f"accept_nodes must be [B, W], got {tuple(accept_nodes.shape)}")
-    B, W = accept_nodes.shape
-    if W > MAX_PATH:
-        raise ValueError(f"accept_nodes width {W} exceeds MAX_PATH={MAX_PATH}")
-    if k_cache.shape[1] != B or v_cache.shape[1] != B:
-        raise ValueError("cache batch dim must match accept_nodes")
-    if B == 0 or W <= 1:
-        return  # nothing can move: the root is already in place
-    dev = k_cache.device
-    nodes = accept_nodes.to(device=dev, dtype=torch.int64).contiguous()
-    base = base.to(device=dev, dtype=torch.int64).contiguous()
-    alen = accept_len.to(device=dev, dtype=torch.int64).contiguous()
-    if k_cache.shape[:4] == v_cache.shape[:4] and k_cache.numel() and v_cache.numel():
-        _launch(k_cache, v_cache, base, nodes, alen, n_caches=2)
-        return
-    # Differing L/H/S (or an empty cache): one launch per cache; with grid axis 2 == 1 only the
-    # k branch runs, so each cache is passed as both pointers.
-    for cache in (k_cache, v_cache):
-        if cache.numel():
-            _launch(cache, cache, base, nodes, alen, n_caches=1)
+    for launch in kv_commit_launches(k_cache, v_cache, base, accept_nodes, accept_len):
+        launch()

@@ -14,7 +14,11 @@ twin's; scores differ only by the rounding of the sum of exp.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+from phide.triton_kernels.launch import Launch
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton
     import triton
@@ -22,7 +26,7 @@ try:  # guarded: `import phide` (and this module) must work on machines without 
 except ImportError:  # pragma: no cover - exercised only on triton-less installs
     triton = None
 
-__all__ = ["MAX_K", "tree_topk_triton"]
+__all__ = ["MAX_K", "TopkConfig", "topk_config", "tree_topk_launches", "tree_topk_triton"]
 
 MAX_K = 64  # the list lives in registers and each chunk costs K selections
 _MAX_BLOCK_V = 2048
@@ -105,14 +109,22 @@ if triton is not None:
         tl.store(scores_ptr + out, tl.load(parent_ptr + row) + logp, mask=keep)
 
 
-def tree_topk_triton(
-    logits: torch.Tensor, parent_scores: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton twin of tree_topk_torch: logits [..., V] (fp32/fp16/bf16), parent_scores [...],
-    1 <= k <= min(V, MAX_K) -> tokens [..., k] int64, scores [..., k] fp32, row_lse [...] fp32.
-    One launch, no host sync."""
-    if triton is None:
-        raise RuntimeError("tree_topk_triton needs triton; use tree_topk_torch")
+class TopkConfig(NamedTuple):
+    block_v: int  # vocabulary lanes per loop step
+    num_warps: int
+    num_stages: int
+
+
+def topk_config(V: int, k: int) -> TopkConfig:
+    """The launcher's choices for rows of V logits and k children: a pure function of shapes
+    (precompile.py and the tests call it too)."""
+    block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(V))
+    return TopkConfig(block_v=block_v, num_warps=8 if block_v >= 2048 else 4, num_stages=3)
+
+
+def tree_topk_launches(logits: torch.Tensor, parent_scores: torch.Tensor, k: int):
+    """(tokens, scores, row_lse, launches) of tree_topk_triton without running the launches
+    (arguments as there); the outputs are filled once they have run. Works on meta tensors."""
     lead, V = logits.shape[:-1], logits.shape[-1]
     if not 1 <= k <= min(V, MAX_K):
         raise ValueError(f"k must be in [1, min(V={V}, {MAX_K})], got {k}")
@@ -126,12 +138,28 @@ def tree_topk_triton(
     tokens = torch.empty(R, k, dtype=torch.int64, device=dev)
     scores = torch.empty(R, k, dtype=torch.float32, device=dev)
     row_lse = torch.empty(R, dtype=torch.float32, device=dev)
+    launches = []
     if R:
         parents = parent_scores.to(device=dev, dtype=torch.float32).reshape(-1).contiguous()
-        block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(V))
-        _tree_topk_kernel[(R,)](
-            rows, parents, tokens, scores, row_lse, rows.stride(0), V,
-            K=k, K_PAD=triton.next_power_of_2(k), BLOCK_V=block_v,
-            num_warps=8 if block_v >= 2048 else 4,
-        )
-    return tokens.view(*lead, k), scores.view(*lead, k), row_lse.view(lead)
+        cfg = topk_config(V, k)
+        launches.append(Launch(
+            _tree_topk_kernel, (R,),
+            (rows, parents, tokens, scores, row_lse, rows.stride(0), V),
+            dict(K=k, K_PAD=triton.next_power_of_2(k), BLOCK_V=cfg.block_v, num_warps=cfg.num_warps,
+                 num_stages=cfg.num_stages),
+        ))
+    return tokens.view(*lead, k), scores.view(*lead, k), row_lse.view(lead), launches
+
+
+def tree_topk_triton(
+    logits: torch.Tensor, parent_scores: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton twin of tree_topk_torch: logits [..., V] (fp32/fp16/bf16), parent_scores [...],
+    1 <= k <= min(V, MAX_K) -> tokens [..., k] int64, scores [..., k] fp32, row_lse [...] fp32.
+    One launch, no host sync."""
+    if triton is None:
+        raise RuntimeError("tree_topk_triton needs triton; use tree_topk_torch")
+    tokens, scores, row_lse, launches = tree_topk_launches(logits, parent_scores, k)
+    for launch in launches:
+        launch()
+    return tokens, scores, row_lse
