@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.modes import SCHEDULES
 from phide.models.eagle import EagleHead
@@ -51,7 +52,7 @@ class SpecConfig:
     target finishes; sequential: after it) is bounded by `window_depth` levels and `window_budget`
     nodes. Two switches of the design's GPU path, off by default:
     `draft_graph`: the draft's tree steps with static shapes (phide.speculation.static_step),
-    captured as a CUDA graph on a GPU (once per request, for now) and run eagerly on a CPU;
+    captured as a CUDA graph on a GPU (once per engine, when it is built) and run eagerly on a CPU;
     `overlap`: post-verify overlap (phide.speculation.overlap), the drafter grows the next tree
     while the target verifies (a side stream on a GPU; on a CPU a thread lane, which measured no
     gain on 2 cores)."""
@@ -157,6 +158,12 @@ class Engine:
         self.head = head  # EAGLE continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
         self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
+        # Every Triton kernel variant the requests will launch, compiled now, not inside one
+        # (a GPU; nothing to do on a CPU with the torch references).
+        cfg = self.target.cfg
+        self.kernels = ops.prepare_kernels(self.target.device, self.target.dtype, cfg.head_dim,
+                                           cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size,
+                                           topk=self.spec.topk, draft_vocab=self.shared_vocab or None)
         # SpecConfig.draft_graph: the draft's static-shape tree step over a cache of this engine,
         # made (and on a GPU captured as a CUDA graph) here, outside any request's window.
         self._draft_step = None

@@ -387,3 +387,17 @@ def test_precompile_lists_every_kernel_and_each_variant_runs():
     if not compiled:  # the interpreter: each variant's inputs fit its launcher
         for variant in variants:
             variant.run("cpu")
+
+
+def test_the_engine_prepares_its_kernels_at_load_only_when_it_launches_them(tiny_pair, monkeypatch):
+    """Engine construction asks ops for every Triton variant its requests will launch (compiled
+    at load on a GPU, never inside a request); on a CPU with the torch references there are none."""
+    from phide.engine import Engine
+    from phide.models.loading import load_llama
+
+    target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    monkeypatch.setenv("PHIDE_OPS", "torch")
+    assert Engine(target, near).kernels == []
+    monkeypatch.setenv("PHIDE_OPS", "triton")
+    ops_listed = {v.op for v in Engine(target, near).kernels}
+    assert {"tree_attention", "tree_topk", "gumbel_choices", "kv_commit"} <= ops_listed
