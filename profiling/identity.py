@@ -43,6 +43,8 @@ def main() -> int:
 
     from phide.tools.bench import bundled_session, eval_samples, toy_request
 
+    if args.csv and run_context()["dirty"] and not args.allow_dirty:  # refuse before the run, not after
+        raise SystemExit("identity.py: the tree has uncommitted changes (commit first, or --allow-dirty)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     session = bundled_session(calibration=None, device=device, dtype=getattr(torch, args.dtype))
     samples = eval_samples(args.scenes)

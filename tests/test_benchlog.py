@@ -44,3 +44,26 @@ def test_dirty_rows_need_allow_dirty_and_stay_marked(tmp_path):
     assert not path.exists()
     append_csv(path, [dirty], COLUMNS, allow_dirty=True)
     assert _read(path)[1][:2] == ["abc", "1"]
+
+
+def test_appending_results_leaves_the_tree_clean(tmp_path, monkeypatch):
+    """A results row must not make the next measurement's tree dirty: changes under
+    profiling/results/ do not count, any other tracked change does."""
+    import subprocess
+
+    from phide.tools import benchlog
+
+    repo = tmp_path / "repo"
+    (repo / "profiling" / "results").mkdir(parents=True)
+    (repo / "profiling" / "results" / "bench.csv").write_text("a\n")
+    (repo / "code.py").write_text("x = 1\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "init"], check=True)
+    monkeypatch.setattr(benchlog, "ROOT", repo)
+    assert benchlog.git_state()[1] is False
+    (repo / "profiling" / "results" / "bench.csv").write_text("a\nb\n")
+    assert benchlog.git_state()[1] is False
+    (repo / "code.py").write_text("x = 2\n")
+    assert benchlog.git_state()[1] is True

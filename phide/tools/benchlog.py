@@ -19,17 +19,20 @@ from pathlib import Path
 from phide.errors import PhideError
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root in a source checkout
+RESULTS = "profiling/results"  # where the measurements' CSV rows live, relative to ROOT
 CONTEXT_COLUMNS = ["device", "torch_version", "git_sha", "dirty", "timestamp"]
 
 
 def git_state() -> tuple[str, bool]:
-    """(short sha of HEAD, whether tracked files differ from it); ("unknown", False) outside a
-    git checkout (an installed package)."""
+    """(short sha of HEAD, whether tracked files other than the results differ from it);
+    ("unknown", False) outside a git checkout (an installed package)."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
+        # The results files themselves do not count: appending a row must not make the next
+        # measurement's tree "dirty".
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                f":(exclude){RESULTS}"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         return sha, bool(dirty)
     except (OSError, subprocess.CalledProcessError):
         return "unknown", False
