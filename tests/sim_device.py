@@ -98,14 +98,12 @@ class SimLanes:
         pass
 
 
-class AsyncPrefill(torch.nn.Module):
-    """A model whose prefill (its first forward) is an asynchronous launch of `seconds` of device
-    work: the call returns at once (its result is already computed, as a GPU's would be by the
-    time anything reads it) and the stream stays busy for `seconds`."""
+class ModelStandIn(torch.nn.Module):
+    """A model stand-in for tests: every attribute but `forward` is the wrapped model's."""
 
-    def __init__(self, inner, device: SimDevice, seconds: float):
+    def __init__(self, inner):
         super().__init__()
-        self.inner, self.sim, self.seconds, self.calls = inner, device, seconds, 0
+        self.inner, self.calls = inner, 0
         self.cfg = inner.cfg
 
     def __getattr__(self, name):
@@ -113,6 +111,16 @@ class AsyncPrefill(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.inner, name)
+
+
+class AsyncPrefill(ModelStandIn):
+    """A model whose prefill (its first forward) is an asynchronous launch of `seconds` of device
+    work: the call returns at once (its result is already computed, as a GPU's would be by the
+    time anything reads it) and the stream stays busy for `seconds`."""
+
+    def __init__(self, inner, device: SimDevice, seconds: float):
+        super().__init__(inner)
+        self.sim, self.seconds = device, seconds
 
     def forward(self, *a, **kw):
         self.calls += 1

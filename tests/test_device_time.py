@@ -14,25 +14,14 @@ from phide.models.loading import load_llama
 from phide.planner import Costs, SplitCosts, window_draft_steps
 from phide.runtime.signals import DeviceClock, HostSignal, Window
 from phide.runtime.window_lanes import WindowLanes
-from sim_device import AsyncPrefill, SimClock, SimDevice, SimLanes
+from sim_device import AsyncPrefill, ModelStandIn, SimClock, SimDevice, SimLanes
 
 PREFILL_S = 0.25  # the target's prefill, in (simulated) device time
 STEP_S = 0.01     # each draft forward, paced so the count does not hang on the machine's speed
 
 
-class _Paced(torch.nn.Module):
+class _Paced(ModelStandIn):
     """A draft whose every forward takes STEP_S more (a sleep: the draft lane's real work)."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.cfg = inner.cfg
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
 
     def forward(self, *a, **kw):
         time.sleep(STEP_S)

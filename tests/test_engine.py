@@ -15,6 +15,7 @@ from phide.errors import PhideError
 from phide.models.loading import load_llama, load_tokenizer
 from phide.models.tiny import tiny_llama_config
 from phide.speculation import drafters
+from sim_device import ModelStandIn
 
 MODES = ("target-only", "sequential", "hide")  # the schedules a pair without a head runs
 
@@ -91,22 +92,7 @@ def test_good_draft_saves_target_forwards(models):
     assert only.token_ids == res.token_ids
 
 
-class _Wrapped(torch.nn.Module):
-    """A model stand-in: every attribute but `forward` is the wrapped model's."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner, self.calls = inner, 0
-        self.cfg = inner.cfg
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
-
-
-class _Slow(_Wrapped):
+class _Slow(ModelStandIn):
     """A model whose first forward (its prefill) takes `delay` seconds longer."""
 
     def __init__(self, inner, delay):
@@ -145,7 +131,7 @@ def test_hide_window_counts_what_the_draft_made_before_the_prefill_ended(models)
     assert seq.stats["draft_tokens_in_window"] == 0 and seq.token_ids == ref.token_ids
 
 
-class _Exploding(_Wrapped):
+class _Exploding(ModelStandIn):
     """A draft whose forward raises or returns NaN after a few calls."""
 
     def __init__(self, inner, kind, after):
