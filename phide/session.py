@@ -32,7 +32,6 @@ class Session:
     target: Any                      # the target frontend (tokenizer, prompt building)
     draft: Any = None                # the draft frontend, or None
     key: dict | None = None          # what the calibration is keyed by (`pair_key`)
-    calibration_path: Path | None = None  # where this session's calibration lives (loaded or not)
 
     def generate(self, req: Request, mode: str = "auto", split: dict | None = None) -> Result:
         """Run one request: the planner decides the plan for `mode` (with `split`, that lane
@@ -98,7 +97,7 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
         cal = load_calibration(cal_path) if cal_path.is_file() else None
     planner = Planner(cal, has_draft=draft is not None, has_head=head is not None, depth=spec.depth,
                       budget=spec.budget, window_steps=spec.window_depth, default_split=default_split(device))
-    return Session(engine, planner, target, draft, key, cal_path)
+    return Session(engine, planner, target, draft, key)
 
 
 TREE_SHAPE_FILE = "tree_shape.json"
@@ -169,6 +168,5 @@ def save_session_calibration(session: Session, cal: Calibration) -> Path:
     cal.key = session.key or {}
     path = calibration_dir() / f"{key_digest(cal.key)}.json"
     save_calibration(cal, path)
-    session.calibration_path = path
     session.planner = session.planner.with_calibration(cal)
     return path

@@ -79,11 +79,11 @@ class TargetRunner:
         N = len(tree)
         if self.length + N > self.cache.max_len:
             raise RuntimeError("target KV cache too small for this tree")
-        depths = tree.depths()
-        width = max(depths) + 1  # the longest path the walk can accept: the commit moves no more
+        depths = torch.tensor(tree.depths(), dtype=torch.int64)
+        width = int(depths.max()) + 1  # the longest path the walk can accept: the commit moves no more
         rows = torch.arange(self.length, self.length + N, dtype=torch.int64)
-        host = [torch.tensor(tree.tokens, dtype=torch.int64), torch.tensor(depths) + self.length, rows,
-                torch.tensor(tree.parents, dtype=torch.int64), torch.tensor(depths) + produced,
+        host = [torch.tensor(tree.tokens, dtype=torch.int64), depths + self.length, rows,
+                torch.tensor(tree.parents, dtype=torch.int64), depths + produced,
                 torch.tensor([self.length, N], dtype=torch.int64)]
         if N <= MAX_TREE_NODES:
             host.append(torch.tensor(ancestor_bits(tree.parents), dtype=torch.int64))

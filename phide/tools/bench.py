@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 from phide.errors import PhideError
+from phide.tools.benchlog import CONTEXT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,11 @@ VARIANTS = {
 }
 DEMO_CONFIGS = ("target-only", "sequential", "hide", "auto")
 
-BENCH_COLUMNS = ["device", "torch_version", "git_sha", "dirty", "timestamp", "bench", "config", "ran", "scenes",
-                 "repeats", "max_new_tokens", "median_wall_s", "p25_wall_s", "p75_wall_s", "median_predicted_s",
-                 "median_prediction_error", "tau", "mean_draft_tokens_in_window", "target_forwards", "faults",
-                 "identical_scenes", "speedup_vs_target-only", "speedup_vs_target-only_worst",
-                 "speedup_vs_sequential", "speedup_vs_sequential_worst"]
+BENCH_COLUMNS = CONTEXT_COLUMNS + [
+    "bench", "config", "ran", "scenes", "repeats", "max_new_tokens", "median_wall_s", "p25_wall_s", "p75_wall_s",
+    "median_predicted_s", "median_prediction_error", "tau", "mean_draft_tokens_in_window", "target_forwards", "faults",
+    "identical_scenes", "speedup_vs_target-only", "speedup_vs_target-only_worst", "speedup_vs_sequential",
+    "speedup_vs_sequential_worst"]
 
 
 # ----------------------------------------------------------------------------- the bundled pair

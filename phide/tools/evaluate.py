@@ -17,9 +17,11 @@ import os
 import sys
 import time
 
+from phide.tools.benchlog import CONTEXT_COLUMNS
 
-EVALUATE_COLUMNS = ["device", "torch_version", "git_sha", "dirty", "timestamp", "scenes", "target_correct",
-                    "target_motion", "target_colour", "draft_motion", "draft_colour"]
+
+EVALUATE_COLUMNS = CONTEXT_COLUMNS + ["scenes", "target_correct", "target_motion", "target_colour", "draft_motion",
+                                      "draft_colour"]
 
 
 def evaluate(pair_dir, scenes: int, max_new_tokens: int = 48) -> dict:
