@@ -25,7 +25,7 @@ $(VENV)/.torch-installed: | $(BIN)/python
 # --no-build-isolation: the extension must be built against the torch installed above, not a
 # different one that pip would fetch into an isolated build environment.
 $(VENV)/.phide-installed: $(VENV)/.torch-installed pyproject.toml setup.py $(EXT_SOURCES)
-	$(BIN)/pip install --no-build-isolation -e ".[dev]"
+	$(BIN)/pip install --no-build-isolation -e ".[dev,quant]"
 	touch $@
 
 demo: setup

@@ -18,6 +18,8 @@ import sys
 from phide.errors import PhideError
 from phide.modes import MODES
 
+QUANT_SCHEMES = ("none", "int8", "nf4", "int4")  # phide.models.quant.SCHEMES (not imported: the CLI starts light)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one `phide: error:` line (no usage dump)."""
@@ -33,6 +35,13 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be a number > 0")
     return value
 
 
@@ -64,6 +73,13 @@ def _add_pair_args(p: argparse.ArgumentParser, *, required: bool = True) -> None
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto = float32 on cpu, bfloat16 on cuda")
+    p.add_argument("--draft-quant", choices=["auto", *QUANT_SCHEMES], default="auto",
+                   help="weight format of the draft's language model: int8 (torchao), nf4 (bitsandbytes), int4 "
+                   "(torchao, CUDA only); the answer stays the target's. auto (default): on a GPU the memory "
+                   "planner's pick for the card (`phide plan`), on a CPU none. Needs pip install 'phide[quant]'")
+    p.add_argument("--target-quant", choices=list(QUANT_SCHEMES), default="none",
+                   help="weight format of the target's language model (default none). Quantized, the answer "
+                   "is the quantized target's own and may differ from the exact model's (stats say so)")
     _add_spec_args(p)
 
 
@@ -157,8 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write rows measured on a tree with uncommitted changes (marked dirty)")
     bench.add_argument("--json", action="store_true")
 
-    plan = sub.add_parser("plan", help="the planner's predicted time per schedule and its choice (default: the "
+    plan = sub.add_parser("plan", help="with --gpu-memory: the memory plans of a pair (config files only) and the "
+                          "fastest that fits; without: the predicted time per schedule and its choice (default: the "
                           "real 7B pair on an H100, projected)")
+    plan.add_argument("--gpu-memory", type=_positive_float, metavar="GB",
+                      help="plan the pair's memory for a card of this size (GB as the card is sold: 24, 40, 80)")
+    plan.add_argument("--target", help="target checkpoint directory (config.json is enough)")
+    plan.add_argument("--draft", help="draft checkpoint directory (config.json is enough)")
+    plan.add_argument("--head", help="EAGLE head directory (eagle_head.json); default: the target directory's own")
+    plan.add_argument("--no-head", action="store_true", help="plan without an EAGLE head")
+    plan.add_argument("--clip-dir", help="CLIP directory of an EventGPT draft (see generate)")
+    plan.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                      help="the unquantized weights' dtype (default bfloat16)")
     plan.add_argument("--calibration", help="plan from a calibration file written by `phide calibrate` (its costs; --tau and the rest as given)")
     plan.add_argument("--new-tokens", type=_positive_int, default=64)
     plan.add_argument("--tau", type=_nonneg_float, default=3.5, help="tokens per verify of the round drafter")
@@ -202,10 +228,14 @@ def session_from_args(args, *, calibration="auto"):
     device, dtype = _resolve_device(args.device, args.dtype)
     shape = {k: getattr(args, k) for k in SHAPE_FIELDS if getattr(args, k, None) is not None}
     alone = getattr(args, "mode", None) == "target-only"
+    if args.target_quant != "none":
+        print(f"phide: the target is quantized ({args.target_quant}): the answer is the quantized target's own and "
+              "may differ from the exact model's", file=sys.stderr)
     return load_session(args.target, None if alone else args.draft, head_dir=args.head, adapter_dir=args.adapter,
                         use_head=not (args.no_head or alone), use_adapter=not args.no_adapter, device=device,
                         dtype=dtype, shape=shape, overlap=args.overlap, draft_graph=args.draft_graph,
-                        clip_dir=args.clip_dir, calibration=calibration)
+                        clip_dir=args.clip_dir, calibration=calibration, draft_quant=args.draft_quant,
+                        target_quant=args.target_quant)
 
 
 def _run_request(args):
@@ -310,9 +340,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_distill(args)
         if args.command == "plan":
-            from phide.tools.plan import run_plan
+            from phide.tools.plan import run_memory_plan, run_plan
 
-            return run_plan(args)
+            return run_memory_plan(args) if args.gpu_memory is not None else run_plan(args)
         if args.command == "bench":
             from phide.tools.bench import run_bench
 

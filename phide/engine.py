@@ -45,6 +45,25 @@ DRAFT_GRAPH_ROWS = 2048
 MAX_TREE_DEPTH = 63
 
 
+# KV cache rows a request allocates, per model; the memory planner (phide.memory_plan) prices
+# the same numbers from the configs alone.
+def target_cache_rows(prompt_len: int, max_new: int, spec: "SpecConfig") -> int:
+    """The prompt, the answer and the largest tree verified on top of them."""
+    return prompt_len + max_new + max(spec.budget, spec.window_budget) + 1
+
+
+def draft_cache_rows(prompt_len: int, max_new: int, spec: "SpecConfig", cross_vocab: bool) -> int:
+    """The draft's prompt, its answer (across tokenizers, up to 4 draft ids per target token),
+    the trees' expansion scratch and the largest tree."""
+    scratch = max(spec.window_depth, spec.depth) * spec.topk
+    return prompt_len + (4 if cross_vocab else 1) * max_new + scratch + max(spec.budget, spec.window_budget) + 2
+
+
+def head_cache_rows(target_prompt_len: int, max_new: int, spec: "SpecConfig") -> int:
+    """The EAGLE head runs over the target's sequence plus one round's expansions."""
+    return target_prompt_len + max_new + spec.depth * spec.topk + max(spec.budget, spec.window_budget) + 2
+
+
 @dataclass
 class SpecConfig:
     """Tree shape. Round trees: `topk` children per expanded node, `depth` levels, `budget` nodes
@@ -291,8 +310,8 @@ class Engine:
 
     def _prefill_target(self, req, prepared: Prepared, tl, transfers, stats) -> TargetRunner:
         self._check_positions(self.target, prepared, req, "target")
-        runner = TargetRunner(self.target, len(prepared.ids) + req.max_new_tokens
-                              + max(self.spec.budget, self.spec.window_budget) + 1, transfers)
+        runner = TargetRunner(self.target, target_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec),
+                              transfers)
         with tl.phase("target_prefill", "target"):
             if prepared.embeds is not None:
                 runner.prefill_hidden = runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
@@ -307,11 +326,8 @@ class Engine:
         with tl.phase("draft_prepare", "draft"):
             prepared = self.draft_side.prepare(req)
         self._check_positions(self.draft, prepared, req, "draft")
-        scratch = max(spec.window_depth, spec.depth) * spec.topk
         cross = self.bridge is not None
-        # Across tokenizers the draft may need several ids per target token: room for that.
-        room = (4 if cross else 1) * req.max_new_tokens + scratch + max(spec.budget, spec.window_budget) + 2
-        need = len(prepared.ids) + room
+        need = draft_cache_rows(len(prepared.ids), req.max_new_tokens, spec, cross)
         static = self._draft_step
         if static is not None and need > static.trash:
             stats["draft_graph"] = f"off: the request needs {need} draft cache rows, the graph's cache holds {static.trash}"
@@ -339,9 +355,8 @@ class Engine:
         with torch.inference_mode():
             embeds = (prepared.embeds[0].to(self.target.device) if prepared.embeds is not None else
                       self.target.embed_tokens(transfers.upload(torch.tensor(prepared.ids, dtype=torch.int64))[0]))
-        spec = self.spec
-        max_len = len(prepared.ids) + req.max_new_tokens + spec.depth * spec.topk + max(spec.budget, spec.window_budget) + 2
-        runner = EagleRunner(self.head, self.target, target, max_len)
+        runner = EagleRunner(self.head, self.target, target,
+                             head_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec))
         hidden = target.prefill_hidden
         runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
         return runner

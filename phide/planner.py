@@ -325,3 +325,32 @@ class Planner:
         steps = stats.get("first_tree_depth")
         if steps and plan.schedule in ("sequential", "hide"):
             self.draft_acc.update_window(min(1.0, stats.get("first_verify_accepted", 0) / steps))
+
+
+H100_SMS = 132
+
+
+def h100_projection(draft_sms=(8, 16, 24, 32)) -> "Costs":
+    """Costs of the real pair (Video-LLaVA-7B target, EventGPT-7B draft, an EAGLE head) on one
+    H100 SXM in bf16, projected from published roofline figures (stated, not measured here).
+
+    - 989 TFLOP/s dense bf16 peak, ~60% reached by a long prefill: target prefill 2,073 tokens x
+      2 x 7B ≈ 30 TFLOP ≈ 48 ms; draft prefill 641 tokens ≈ 10 TFLOP ≈ 16 ms;
+    - 3.35 TB/s HBM, ~65% reached by a decode step: 13.5 GB of bf16 weights ≈ 6.5 ms per step for
+      either 7B model; a verify of n tree nodes adds ~0.02 ms per node (still memory bound);
+    - EAGLE head: one decoder layer + the LM head ≈ 0.6 GB ≈ 0.3 ms per step;
+    - input preparation (decode 8 frames, resize, CLIP towers on the CPU side) ≈ 40 ms during which
+      the GPU is idle;
+    - an SM split gives the draft a fraction f of the 132 SMs: the target's prefill stretches by
+      1/(1-f), the draft's compute-bound prefill takes 16 ms / f, and its memory-bound step
+      6.5 ms / min(1, 2f) (about half the SMs saturate HBM bandwidth).
+    """
+    prefill_t, prefill_d, step = 0.048, 0.016, 0.0065
+    splits = []
+    for n in draft_sms:
+        f = n / H100_SMS
+        splits.append(SplitCosts(target_prefill_s=prefill_t / (1 - f), draft_prefill_s=prefill_d / f,
+                                 draft_step_s=step / min(1.0, 2 * f), draft_sms=n))
+    return Costs(target_prepare_s=0.040, prepare_idle=True, target_prefill_s=prefill_t, target_step_s=step,
+                 verify_extra_per_node_s=0.00002, draft_prefill_s=prefill_d, draft_step_s=step,
+                 head_step_s=0.0003, splits=splits)

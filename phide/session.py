@@ -32,6 +32,7 @@ class Session:
     target: Any                      # the target frontend (tokenizer, prompt building)
     draft: Any = None                # the draft frontend, or None
     key: dict | None = None          # what the calibration is keyed by (`pair_key`)
+    memory_plan: dict | None = None  # the weight formats loaded and their predicted memory (`memory_plan`)
 
     def generate(self, req: Request, mode: str = "auto", split: dict | None = None) -> Result:
         """Run one request: the planner decides the plan for `mode` (with `split`, that lane
@@ -43,6 +44,9 @@ class Session:
         result = self.engine.generate(req, plan)
         self.planner.observe(plan, result.stats)
         result.stats["mode"] = mode
+        if self.memory_plan is not None:  # predicted; the engine's peak_memory_mb is measured
+            result.stats["memory_plan"] = self.memory_plan
+            result.stats["target_exact"] = self.memory_plan["target_quant"] == "none"
         return result
 
     def decode(self, ids: list[int]) -> str:
@@ -52,18 +56,24 @@ class Session:
 def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None, use_head: bool = True,
                  use_adapter: bool = True, device: str = "cpu", dtype=None, spec: SpecConfig | None = None,
                  shape: dict | None = None, overlap: bool = False, draft_graph: bool = False, clip_dir=None,
-                 calibration="auto") -> Session:
+                 calibration="auto", draft_quant: str = "auto", target_quant: str = "none") -> Session:
     """head_dir / adapter_dir: explicit locations (must hold the files); None = the default places
     when present. use_head / use_adapter=False leave them out. spec: the SpecConfig, else one
     from the target directory's tree_shape.json (the shape the pair is run with, when present)
     updated with `shape`, with post-verify `overlap` and the CUDA-graph draft step (`draft_graph`)
     as asked. calibration: "auto" (this
-    machine's saved calibration for this pair, when there is one), a path, or None (none)."""
+    machine's saved calibration for this pair, when there is one), a path, or None (none).
+    draft_quant / target_quant: the weight format of each LM's decoder (phide.models.quant);
+    draft_quant "auto" lets the memory planner pick on a GPU (the fastest plan that fits with
+    the target exact; one error naming the card needed when none does) and is "none" on a CPU.
+    A quantized target answers as the quantized model (stats say so)."""
     from phide.models.draft_adapter import has_draft_adapter, load_draft_adapter
     from phide.models.eagle import has_eagle_head, load_eagle_head
     from phide.models.loading import read_config
     from phide.models.registry import load_frontend
     from phide.models.vocab import bridge_vocabularies
+
+    from phide.models import quant
 
     dtype = dtype or torch.float32
     read_config(target_dir)  # fail fast on a bad directory, before any loading
@@ -75,12 +85,24 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
         head_dir = target_dir
     if spec is None:
         spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})}, overlap=overlap, draft_graph=draft_graph)
+    if draft_dir is None:
+        draft_quant = "none"
+    quant.check_scheme(target_quant, device, "target")
+    if draft_quant != "auto":
+        quant.check_scheme(draft_quant, device, "draft")
+    memory = memory_plan_for(target_dir, draft_dir, head_dir=head_dir,
+                             adapter_dir=(adapter_dir or draft_dir) if use_adapter else None, clip_dir=clip_dir,
+                             device=device, dtype=dtype, spec=spec, draft_quant=draft_quant, target_quant=target_quant)
+    draft_quant = memory["draft_quant"] or "none"
+    quant.check_scheme(draft_quant, device, "draft")  # the planner's pick needs its library too
     cal_path = Path(calibration) if calibration not in ("auto", None) else None
     cal = load_calibration(cal_path) if cal_path is not None else None  # a bad --calibration fails now
     target = load_frontend(target_dir, role="target", device=device, dtype=dtype)
+    quant.quantize_decoder(target.lm, target_quant)
     draft = shared = bridge = head = adapter = None
     if draft_dir is not None:
         draft = load_frontend(draft_dir, role="draft", device=device, dtype=dtype, clip_dir=clip_dir)
+        quant.quantize_decoder(draft.lm, draft_quant)
         shared, bridge = bridge_vocabularies(target.tokenizer, draft.tokenizer, target.lm.cfg.vocab_size)
         if use_adapter:
             adapter_dir = adapter_dir or (draft_dir if has_draft_adapter(draft_dir) else None)
@@ -91,13 +113,40 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
     engine = Engine(target, draft, eos_token_ids=eos_ids(target.tokenizer, target.lm), shared_vocab=shared,
                     spec=spec, vocab_bridge=bridge, head=head, draft_adapter=adapter)
     key = pair_key(target_dir, draft_dir, head_dir, adapter_dir if adapter is not None else None,
-                   device=device, dtype=dtype, spec=spec)
+                   device=device, dtype=dtype, spec=spec, quant={"target": target_quant, "draft": draft_quant})
     if calibration == "auto":
         cal_path = calibration_dir() / f"{key_digest(key)}.json"
         cal = load_calibration(cal_path) if cal_path.is_file() else None
     planner = Planner(cal, has_draft=draft is not None, has_head=head is not None, depth=spec.depth,
                       budget=spec.budget, window_steps=spec.window_depth, default_split=default_split(device))
-    return Session(engine, planner, target, draft, key)
+    return Session(engine, planner, target, draft, key, memory)
+
+
+def memory_plan_for(target_dir, draft_dir, *, head_dir, adapter_dir, clip_dir, device: str, dtype, spec: SpecConfig,
+                    draft_quant: str, target_quant: str, max_new: int = 64) -> dict:
+    """The plan this session loads, with its predicted memory (config files only): the given
+    formats, or with draft_quant "auto" on a GPU the memory planner's choice for this card."""
+    from phide import memory_plan as mp
+
+    dtype_name = str(dtype).replace("torch.", "")
+    card_gb = torch.cuda.get_device_properties(torch.device(device)).total_memory / mp.GIB if device == "cuda" else None
+    pair = mp.PairShape.read(target_dir, draft_dir, head_dir=head_dir, adapter_dir=adapter_dir, clip_dir=clip_dir)
+    chosen_by = "flags"
+    if draft_quant == "auto":
+        chosen_by, draft_quant = "auto", "none"
+        if card_gb is not None and draft_dir is not None:
+            layouts = [(f"draft {dq}", target_quant, dq, 1) for dq in ("none", "int8", "nf4", "int4")]
+            candidates = mp.plans(pair, card_gb, cal=mp.default_calibration(), spec=spec, max_new=max_new,
+                                  dtype=dtype_name, device=device, layouts=layouts)
+            chosen = mp.choose(candidates)
+            if chosen is None:
+                raise PhideError(mp.shortfall(candidates, card_gb) + " (or pass --draft-quant / --target-quant)")
+            draft_quant = chosen.draft_quant
+    gb = mp.predicted_gb(pair, target_quant, draft_quant if draft_dir is not None else None, spec=spec,
+                         max_new=max_new, dtype=dtype_name, with_context=device == "cuda")
+    return {"target_quant": target_quant, "draft_quant": draft_quant if draft_dir is not None else None,
+            "predicted_gb": gb, "device_memory_gb": None if card_gb is None else round(card_gb, 2),
+            "chosen_by": chosen_by, "for_new_tokens": max_new}
 
 
 TREE_SHAPE_FILE = "tree_shape.json"
@@ -145,16 +194,21 @@ def _dir_identity(path) -> dict | None:
     return {"dir": str(p.resolve()), "files": {f.name: f.stat().st_size for f in files}}
 
 
-def pair_key(target_dir, draft_dir, head_dir, adapter_dir, *, device: str, dtype, spec: SpecConfig) -> dict:
-    """What a calibration depends on: the checkpoints, the machine (device, threads), the dtype and
-    the tree shape."""
+def pair_key(target_dir, draft_dir, head_dir, adapter_dir, *, device: str, dtype, spec: SpecConfig,
+             quant: dict | None = None) -> dict:
+    """What a calibration depends on: the checkpoints, the machine (device, threads), the dtype,
+    the tree shape and the weight formats (only when one is quantized: unquantized pairs keep
+    the keys they had)."""
     if device == "cuda":
         machine = torch.cuda.get_device_name()
     else:
         machine = f"cpu:{torch.get_num_threads()}t"
-    return {"target": _dir_identity(target_dir), "draft": _dir_identity(draft_dir), "head": _dir_identity(head_dir),
-            "adapter": _dir_identity(adapter_dir), "machine": machine, "dtype": str(dtype).replace("torch.", ""),
-            "spec": asdict(spec)}
+    key = {"target": _dir_identity(target_dir), "draft": _dir_identity(draft_dir), "head": _dir_identity(head_dir),
+           "adapter": _dir_identity(adapter_dir), "machine": machine, "dtype": str(dtype).replace("torch.", ""),
+           "spec": asdict(spec)}
+    if quant and any(v != "none" for v in quant.values()):
+        key["quant"] = quant
+    return key
 
 
 def key_digest(key: dict) -> str:

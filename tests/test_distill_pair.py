@@ -141,7 +141,9 @@ def _toy_configs(toy, monkeypatch, names):
 def test_distilled_pair_is_lossless_in_every_configuration(toy, monkeypatch):
     from phide.tools.bench import CONFIGS, eval_samples, run_scenes
 
-    configs = _toy_configs(toy, monkeypatch, list(CONFIGS))
+    # Quantized drafts: tests/test_quant.py, on the bundled pair (this toy's 32-wide layers are
+    # narrower than a 4-bit block).
+    configs = _toy_configs(toy, monkeypatch, [n for n in CONFIGS if "--draft-quant" not in n])
     session = configs["hide"][0]
     assert session.engine.head is not None and session.engine.draft_adapter is not None
     assert session.planner.calibration is not None  # load_configs calibrated it (saved under PHIDE_HOME)
@@ -149,7 +151,7 @@ def test_distilled_pair_is_lossless_in_every_configuration(toy, monkeypatch):
     for r in rows:
         assert all(r["identical"].values()), r["identical"]
         st = {name: res.stats for name, res in r["results"].items()}
-        for name in CONFIGS:
+        for name in configs:
             assert st[name]["faults"] == 0, (name, st[name].get("fault_messages"))
         # each row ran what it is named for
         assert st["hide"]["plan"]["schedule"] == "hide" and st["hide"]["draft_forwards"] > 0

@@ -313,6 +313,15 @@ def text_config(vl, where: str = "config.json text_config") -> LlamaConfig:
     return llama_config(d, where)
 
 
+def tower_config(vl):
+    """(CLIPVisionConfig of the video tower phide builds, the hidden-state indices it reads).
+    hidden_states[k] needs only the first k encoder layers: the tower is cut after the last."""
+    vcfg = copy.deepcopy(vl.vision_config)
+    layers = _feature_layers(vl.vision_feature_layer, vcfg.num_hidden_layers)
+    vcfg.num_hidden_layers = max(max(layers), 1)
+    return vcfg, layers
+
+
 def _feature_layers(layer, n_layers: int) -> list[int]:
     layers = [layer] if isinstance(layer, int) else list(layer)
     n_states = n_layers + 1  # hidden_states = (embeddings, layer 1 ... layer N)
@@ -354,10 +363,7 @@ def load_video_llava(model_dir: str | os.PathLike, device="cpu", dtype=torch.flo
     where = f"{Path(model_dir) / 'config.json'} text_config"
     vl = parse_config(read_config(model_dir))
     cfg = text_config(vl, where)  # config problems surface here, long before the tokenizer loads
-    vcfg = copy.deepcopy(vl.vision_config)
-    layers = _feature_layers(vl.vision_feature_layer, vcfg.num_hidden_layers)
-    # hidden_states[k] needs only the first k encoder layers: build (and load) just those.
-    vcfg.num_hidden_layers = max(max(layers), 1)
+    vcfg, layers = tower_config(vl)
     progress(f"loading Video-LLaVA target from {model_dir} ...")
     state = load_state_dict(model_dir)
 

@@ -18,6 +18,9 @@ exactly what `phide generate --mode MODE [FLAGS]` runs. Rows are named by what r
                                   target step's cost (the reason for the head)
   hide --no-head --no-adapter     the same without the draft's distilled adapter
   hide --overlap                  hide with post-verify overlap (not run by default)
+  hide [--no-head] --draft-quant int8|nf4
+                                  the draft's decoder in int8 (torchao) or NF4 (bitsandbytes):
+                                  acceptance and speed of a quantized draft (not run by default)
 Greedy outputs must be identical in every configuration; the bench counts the scenes where they
 are and fails when one is not.
 """
@@ -49,6 +52,10 @@ CONFIGS: dict[str, Config] = {
     "hide --no-head": Config("hide", "no-head"),
     "hide --no-head --no-adapter": Config("hide", "no-head-no-adapter"),
     "hide --overlap": Config("hide", "overlap", default=False),
+    "hide --draft-quant int8": Config("hide", "draft-int8", default=False),
+    "hide --draft-quant nf4": Config("hide", "draft-nf4", default=False),
+    "hide --no-head --draft-quant int8": Config("hide", "no-head-draft-int8", default=False),
+    "hide --no-head --draft-quant nf4": Config("hide", "no-head-draft-nf4", default=False),
 }
 # Session variants: load_session arguments (the CLI flags they stand for).
 VARIANTS = {
@@ -56,6 +63,10 @@ VARIANTS = {
     "no-head": {"use_head": False},                                   # --no-head
     "no-head-no-adapter": {"use_head": False, "use_adapter": False},  # --no-head --no-adapter
     "overlap": {"overlap": True},                                     # --overlap
+    "draft-int8": {"draft_quant": "int8"},                            # --draft-quant int8
+    "draft-nf4": {"draft_quant": "nf4"},                              # --draft-quant nf4
+    "no-head-draft-int8": {"use_head": False, "draft_quant": "int8"},  # --no-head --draft-quant int8
+    "no-head-draft-nf4": {"use_head": False, "draft_quant": "nf4"},   # --no-head --draft-quant nf4
 }
 DEMO_CONFIGS = ("target-only", "sequential", "hide", "auto")
 

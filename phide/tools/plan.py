@@ -1,48 +1,30 @@
 """`phide plan`: the planner's view of a deployment.
 
-Default: a projection for the real pair (Video-LLaVA-7B target, EventGPT-7B draft, an EAGLE head)
+With `--gpu-memory GB --target DIR --draft DIR`: the memory plans of the pair on a card of that
+size, from config files alone (phide.memory_plan), and the fastest that fits with the target
+exact. Without: the schedules. Default: a projection for the real pair (Video-LLaVA-7B target, EventGPT-7B draft, an EAGLE head)
 on one H100 SXM in bf16, from published roofline figures; `--calibration FILE` plans for a machine
 measured by `phide calibrate` instead. Both print every candidate schedule's predicted time
 and the choice.
 
-Roofline assumptions of the H100 projection (stated, not measured here):
-  - 989 TFLOP/s dense bf16 peak, ~60% reached by a long prefill: target prefill 2,073 tokens x
-    2 x 7B ≈ 30 TFLOP ≈ 48 ms; draft prefill 641 tokens ≈ 10 TFLOP ≈ 16 ms;
-  - 3.35 TB/s HBM, ~65% reached by a decode step: 13.5 GB of bf16 weights ≈ 6.5 ms per step for
-    either 7B model; a verify of n tree nodes adds ~0.02 ms per node (still memory bound);
-  - EAGLE head: one decoder layer + the LM head ≈ 0.6 GB ≈ 0.3 ms per step;
-  - input preparation (decode 8 frames, resize, CLIP towers on the CPU side) ≈ 40 ms during which
-    the GPU is idle;
-  - an SM split gives the draft a fraction f of the 132 SMs: the target's prefill stretches by
-    1/(1-f), the draft's compute-bound prefill takes 16 ms / f, and its memory-bound step
-    6.5 ms / min(1, 2f) (about half the SMs saturate HBM bandwidth).
+The H100 roofline assumptions are in phide.planner.h100_projection.
 """
 
 from __future__ import annotations
 
 import json
 
-H100_SMS = 132
-
-
-def h100_projection(draft_sms=(8, 16, 24, 32)):
-    from phide.planner import Costs, SplitCosts
-
-    prefill_t, prefill_d, step = 0.048, 0.016, 0.0065
-    splits = []
-    for n in draft_sms:
-        f = n / H100_SMS
-        splits.append(SplitCosts(target_prefill_s=prefill_t / (1 - f), draft_prefill_s=prefill_d / f,
-                                 draft_step_s=step / min(1.0, 2 * f), draft_sms=n))
-    return Costs(target_prepare_s=0.040, prepare_idle=True, target_prefill_s=prefill_t, target_step_s=step,
-                 verify_extra_per_node_s=0.00002, draft_prefill_s=prefill_d, draft_step_s=step,
-                 head_step_s=0.0003, splits=splits)
+from phide.errors import PhideError
 
 
 def run_plan(args) -> int:
     import dataclasses
 
-    from phide.planner import Acceptance, Calibration, Planner, load_calibration
+    given = [f for f in ("target", "draft", "head", "clip_dir") if getattr(args, f, None)]
+    if given:
+        raise PhideError(f"--{given[0].replace('_', '-')} plans memory: it needs --gpu-memory")
+
+    from phide.planner import Acceptance, Calibration, Planner, h100_projection, load_calibration
 
     acc = Acceptance(tau=args.tau, window_accept_rate=args.window_accept_rate, samples=1)
     if args.calibration:
@@ -50,7 +32,7 @@ def run_plan(args) -> int:
         cal = dataclasses.replace(cal, head=acc, draft=acc, mean_new_tokens=args.new_tokens)
     else:
         cal = Calibration(h100_projection(), head=acc, draft=acc, mean_new_tokens=args.new_tokens)
-        source = "H100 roofline projection (see phide/tools/plan.py)"
+        source = "H100 roofline projection (see phide.planner.h100_projection)"
     report = {"source": source, "new_tokens": args.new_tokens, "tau": args.tau,
               "window_accept_rate": args.window_accept_rate, "costs": dataclasses.asdict(cal.costs), "plans": {}}
     for name, has_head in (("with_head", True), ("draft_only", False)):
@@ -67,4 +49,54 @@ def run_plan(args) -> int:
         print(f"\n{name}: choose {plan['schedule']}{split} - {plan['reason']}")
         for label, t in sorted(plan["predictions"].items(), key=lambda kv: kv[1]):
             print(f"  {label:16} {t * 1e3:8.1f} ms")
+    return 0
+
+
+def run_memory_plan(args) -> int:
+    """Print every memory plan of the pair and the chosen one (exit 2 when none fits)."""
+    import dataclasses
+    import sys
+
+    from phide import memory_plan as mp
+    from phide.engine import SpecConfig
+    from phide.planner import load_calibration
+    from phide.session import tree_shape
+
+    if not args.target:
+        raise PhideError("--gpu-memory plans a pair: it needs --target (and --draft)")
+    spec = SpecConfig(**tree_shape(args.target))
+    head = None if args.no_head else (args.head or "auto")
+    pair = mp.PairShape.read(args.target, args.draft, head_dir=head, clip_dir=args.clip_dir)
+    cal = mp.default_calibration(args.tau, args.window_accept_rate, args.new_tokens)
+    source = "H100 roofline projection (phide.planner.h100_projection)"
+    if args.calibration:
+        cal = dataclasses.replace(load_calibration(args.calibration), head=cal.head, draft=cal.draft,
+                                  mean_new_tokens=args.new_tokens)
+        source = str(args.calibration)
+    candidates = mp.plans(pair, args.gpu_memory, cal=cal, spec=spec, max_new=args.new_tokens, dtype=args.dtype)
+    chosen = mp.choose(candidates)
+    missing = None if chosen is not None else mp.shortfall(candidates, args.gpu_memory)
+    if args.json:
+        print(json.dumps({"gpu_memory_gb": args.gpu_memory, "plans": [p.as_json() for p in candidates],
+                          "chosen": chosen.name if chosen else None, "new_tokens": args.new_tokens,
+                          "headroom": mp.HEADROOM, "speed_source": source, "speed_assumptions": mp.SPEED_SOURCES,
+                          **({"missing": missing} if missing else {})}))
+    else:
+        print(f"{args.gpu_memory:g} GB card (a plan fits in {1 - mp.HEADROOM:.0%} of it), {args.new_tokens} new tokens; "
+              f"speed: {source}, weight formats projected (see --json speed_assumptions)")
+        print(f"  {'plan':24} {'target':>7} {'draft':>7} {'GB':>7}  fits  speedup")
+        for p in candidates:
+            mark = "->" if p is chosen else "  "
+            fits = ("yes" if p.fits else "no") + ("" if p.runnable else "*")
+            print(f"{mark}{p.name:24} {p.target_quant:>7} {p.draft_quant or '-':>7} {p.predicted_gb:7.2f}  "
+                  f"{fits:4} {p.predicted_speedup:6.2f}x")
+        for note in sorted({p.note for p in candidates if p.note}):
+            print(f"  {'*' if any(not p.runnable and p.note == note for p in candidates) else ' '} {note}")
+        if chosen is not None:
+            why = "the fastest that fits" + (" with the target exact" if chosen.target_quant == "none" else
+                                              "; no plan with the target exact fits: the answer is the quantized target's")
+            print(f"chosen: {chosen.name} ({why})")
+    if missing:
+        print(f"phide: error: {missing}", file=sys.stderr)
+        return 2
     return 0
