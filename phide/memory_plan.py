@@ -51,7 +51,7 @@ SPEED_SOURCES = (
     "than 16-bit at K >= 4096; the rest of a step does not shrink). prefill: dequantizing per layer assumed "
     "+15% (int8) / +30% (4-bit), not measured. acceptance: int8 keeps the model's perplexity (torchao: Llama "
     "3.1 8B 7.33 -> 7.34), 4-bit loses some (int4wo-128 7.33 -> 8.25): assumed 100% / 90% of the bf16 "
-    "draft's. All projections; the toy pair's measured figures are in README (memory plans).")
+    "draft's. All projections; the toy pair's measured figures (CPU) are in README, Memory plans.")
 
 
 # ----------------------------------------------------------------------------- byte arithmetic
