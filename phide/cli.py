@@ -1,6 +1,6 @@
 """phide: lossless speculative decoding, the draft hidden inside the target's prefill.
 
-Commands: generate | trace | calibrate | demo | bench | plan | distill (the contract is in
+Commands: generate | trace | calibrate | demo | bench | eval | dsec-clips | plan | distill (the contract is in
 ARCHITECTURE.md). Every command that runs requests loads its pair through
 `phide.session.load_session` and runs them through `Session.generate`.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -159,6 +160,33 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--samples", type=_positive_int, default=4, help="requests per schedule (default 4)")
     cal.add_argument("--max-new-tokens", type=_positive_int, default=48)
     cal.add_argument("--json", action="store_true")
+
+    ev = sub.add_parser("eval", help="run a pair over a paired data set: results.jsonl (resumable), summary.json, "
+                        "summary.png")
+    ev.add_argument("data", metavar="DATA", help="paired directory (samples.jsonl: question, video, events)")
+    _add_pair_args(ev)
+    ev.add_argument("--out", required=True, help="run directory for results.jsonl, summary.json, summary.png")
+    ev.add_argument("--modes", default="auto,target-only", help="comma-separated modes per sample "
+                    "(default auto,target-only; target-only is the reference for speedup and identical tokens)")
+    ev.add_argument("--limit", type=_positive_int, help="the first N samples only")
+    ev.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    ev.add_argument("--temperature", type=_nonneg_float, default=0.0, help="0 = greedy")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--resume", action="store_true", help="keep the rows RUN_DIR already holds, run the rest")
+    ev.add_argument("--json", action="store_true", help="print the summary as one JSON object (no progress bar)")
+
+    dsec = sub.add_parser("dsec-clips", help="cut DSEC sequences into a paired directory (8 frames + the "
+                          "events each clip ends with, one sample per question) for eval and distill")
+    dsec.add_argument("sequences", nargs="+", metavar="SEQUENCE_DIR",
+                      help="DSEC sequence directory (events/left/events.h5, images/left/rectified/, "
+                      "images/timestamps.txt)")
+    dsec.add_argument("--out", required=True, help="paired directory to write")
+    dsec.add_argument("--questions", required=True, help="text file, one question per line (every clip gets each)")
+    dsec.add_argument("--clip-ms", type=_positive_int, default=1000, help="clip length (default 1000 ms)")
+    dsec.add_argument("--event-ms", type=_positive_int, default=50,
+                      help="the events the draft reads: the last N ms of each clip (default 50; EventGPT "
+                      "refuses 100 ms or more)")
+    dsec.add_argument("--json", action="store_true")
 
     bench = sub.add_parser("bench", help="the demo over many toy scenes: medians, spread, speedups, CSV")
     bench.add_argument("--scenes", type=_positive_int, default=24, help="held-out toy scenes (one question each)")
@@ -327,6 +355,9 @@ def cmd_calibrate(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models load from local directories only
+    # transformers imports torchao when it is installed (phide[quant]); torch then warns, on every
+    # run, that torchao registers Enums the old way. Not the user's concern: keep stderr for phide.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "generate":
@@ -343,6 +374,14 @@ def main(argv: list[str] | None = None) -> int:
             from phide.tools.plan import run_memory_plan, run_plan
 
             return run_memory_plan(args) if args.gpu_memory is not None else run_plan(args)
+        if args.command == "eval":
+            from phide.tools.eval_runs import run_eval
+
+            return run_eval(args, lambda: session_from_args(args))
+        if args.command == "dsec-clips":
+            from phide.tools.dsec_clips import run_dsec_clips
+
+            return run_dsec_clips(args)
         if args.command == "bench":
             from phide.tools.bench import run_bench
 

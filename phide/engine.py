@@ -229,6 +229,7 @@ class Engine:
         out: list[int] = []
         root = prepared.ids[-1]
         verifies = drafts_emitted = 0
+        accepted: list[tuple[int, int]] = []  # per verify: (drafts accepted, depth of the tree)
         ahead = None
         try:
             while len(out) < req.max_new_tokens:
@@ -236,9 +237,13 @@ class Engine:
                 ahead = drafters.grow_ahead(tree)  # post-verify overlap: the next tree, beside the verify
                 with tl.phase("verify", "target"):  # forward, acceptance walk and KV commit
                     n_acc, path, tokens = target.verify(tree, req.temperature, int(req.seed), len(out))
+                depth = tree.max_depth() if len(tree) > 1 else 0
                 if verifies == 0:  # how good the first tree was (the planner learns from it)
                     stats["first_verify_accepted"] = n_acc
-                    stats["first_tree_depth"] = tree.max_depth() if len(tree) > 1 else 0
+                    stats["first_tree_depth"] = depth
+                    # the first tokens reached the host: time to first token
+                    stats["first_token_s"] = round(time.perf_counter() - t_start, 6)
+                accepted.append((n_acc, depth))
                 verifies += 1
                 new = tokens[: n_acc + 1]
                 done = False
@@ -269,6 +274,7 @@ class Engine:
             # at EOS / max_new_tokens)
             accepted_per_verify=round(len(out) / max(verifies, 1), 4),
             accepted_drafts_per_verify=round(drafts_emitted / max(verifies, 1), 4),
+            accepted_by_verify=accepted,
             new_tokens=len(out),
             wall_s=round(wall, 6),
             tokens_per_s=round(len(out) / wall, 3) if wall > 0 else 0.0,

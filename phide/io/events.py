@@ -309,7 +309,7 @@ def _h5_events(f, path: Path):
     return ds, n, t_offset
 
 
-def _h5_span(path: Path) -> tuple[int, int]:
+def h5_span(path: Path) -> tuple[int, int]:
     """(first, last) absolute event time of a DSEC file, reading two elements."""
     with _open_h5(path) as f:
         ds, n, t_offset = _h5_events(f, path)
@@ -428,7 +428,7 @@ def load_event_frames(source: PathLike | EventStream | Mapping, n_frames: int = 
     else:
         path = Path(source)
         if duration_us is not None and path.suffix.lower() in _H5_SUFFIXES and path.is_file():
-            _, t_last = _h5_span(path)
+            _, t_last = h5_span(path)
             start, end = _last_window_bounds(t_last, duration_us)
             stream = load_events(path, t_start_us=start, t_end_us=end)
             return render_event_frames(stream, n_frames)
