@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--resume", action="store_true", help="keep the rows RUN_DIR already holds, run the rest")
     ev.add_argument("--json", action="store_true", help="print the summary as one JSON object (no progress bar)")
+    ev.add_argument("--ray", metavar="auto|ADDRESS", help="spread the samples over a Ray cluster: auto (the "
+                    "cluster RAY_ADDRESS or `ray start` names, else a local one) or its address; needs "
+                    "pip install 'phide[scale]'")
+    ev.add_argument("--workers", type=_positive_int, help="--ray: engines in the pool (default: one per GPU, "
+                    "else the CPUs less one)")
 
     dsec = sub.add_parser("dsec-clips", help="cut DSEC sequences into a paired directory (8 frames + the "
                           "events each clip ends with, one sample per question) for eval and distill")

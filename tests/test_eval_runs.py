@@ -28,10 +28,11 @@ def _cli(argv):
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     """Six held-out toy scenes, one question each, exported as a paired directory."""
-    from phide.toy.bundle import EVAL_SEED, export_distill_data
+    from phide.toy.bundle import EVAL_SEED
+    from phide.toy.export import export_scenes
 
     d = tmp_path_factory.mktemp("toy_eval") / "data"
-    assert export_distill_data(d, 6, seed=EVAL_SEED, questions_per_scene=1) == 6
+    assert export_scenes(d, 6, EVAL_SEED) == 6
     return d
 
 
@@ -74,6 +75,9 @@ def test_eval_writes_rows_summary_and_png(full_run):
     # no calibration in the tests' PHIDE_HOME: auto runs target-only, and says so
     assert summary["modes"]["auto"]["schedules"] == {"target-only": 6}
     assert summary["modes"]["target-only"]["tau"] == 1.0
+    # reference answers in the manifest: exact-match accuracy, the same wherever the tokens are
+    accuracy = {m: summary["modes"][m]["accuracy"] for m in MODES.split(",")}
+    assert len(set(accuracy.values())) == 1 and 0 < accuracy["target-only"] <= 1
     assert summary["modes"]["hide"]["schedules"] == {"hide": 6}
     assert (out / "summary.png").stat().st_size > 1000
     assert "identical" in stdout and "hide" in stdout

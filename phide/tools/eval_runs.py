@@ -72,10 +72,55 @@ def _open_run(out: Path, run: dict, resume: bool) -> list[dict]:
     return read_rows(results)
 
 
+class RowWriter:
+    """Appends rows to results.jsonl, each flushed and synced as it completes; a (sample, mode)
+    already written is dropped (a retried task's repeat), so no row is written twice."""
+
+    def __init__(self, path: Path, done: set):
+        self.path, self.done = path, set(done)
+
+    def __enter__(self):
+        self.f = open(self.path, "a")
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __call__(self, row: dict) -> bool:
+        key = (row["sample"], row["mode"])
+        if key in self.done:
+            return False
+        self.f.write(json.dumps(row) + "\n")
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.done.add(key)
+        return True
+
+
+def run_item(session, item: dict, request: dict):
+    """The rows of one work item: its sample under each of its modes (a sample with bad input
+    gives error rows; the run goes on)."""
+    from phide.engine import Request
+
+    req = Request(prompt=item["question"], video=item["video"], events=item["events"], **request)
+    for mode in item["modes"]:
+        try:
+            result = session.generate(req, mode)
+            yield {"sample": item["sample"], "mode": mode, "question": item["question"],
+                   "text": session.decode(result.token_ids), "token_ids": result.token_ids, "stats": result.stats}
+        except PhideError as exc:
+            yield {"sample": item["sample"], "mode": mode, "error": str(exc)}
+
+
+def run_serial(items: list[dict], request: dict, load_session):
+    session = load_session()
+    for item in items:
+        yield from run_item(session, item, request)
+
+
 def run_eval(args, load_session) -> int:
     """`load_session()`: the session the pair arguments describe (the CLI's loader), called only
-    when rows remain to run."""
-    from phide.engine import Request
+    when rows remain to run (with --ray, once per worker)."""
     from phide.io.paired import read_paired_dir
     from phide.modes import MODES
 
@@ -96,24 +141,24 @@ def run_eval(args, load_session) -> int:
            "seed": args.seed}
     rows = _open_run(out, run, args.resume)
     done = {(r["sample"], r["mode"]) for r in rows}
-    todo = [(sid, s, m) for sid, s in zip(ids, samples) for m in modes if (sid, m) not in done]
-    if todo:
-        session = load_session()
-        with open(out / RESULTS, "a") as f, _progress(len(ids) * len(modes), len(done), quiet=args.json) as bar:
-            for sid, s, mode in todo:
-                req = Request(prompt=s.question, video=str(s.video), events=str(s.events),
-                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-                try:
-                    result = session.generate(req, mode)
-                    row = {"sample": sid, "mode": mode, "question": s.question,
-                           "text": session.decode(result.token_ids), "token_ids": result.token_ids,
-                           "stats": result.stats}
-                except PhideError as exc:  # bad input in this sample: an error row, the run goes on
-                    row = {"sample": sid, "mode": mode, "error": str(exc)}
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                bar.update(1)
+    # One work item per sample: its modes still missing (a sample's rows run on one engine, so its
+    # speedups compare runs on one machine).
+    items = [{"sample": sid, "question": s.question, "video": str(s.video), "events": str(s.events),
+              "modes": [m for m in modes if (sid, m) not in done]} for sid, s in zip(ids, samples)]
+    items = [it for it in items if it["modes"]]
+    request = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
+    if items:
+        with RowWriter(out / RESULTS, done) as write, _progress(len(ids) * len(modes), len(done),
+                                                                quiet=args.json) as bar:
+            if getattr(args, "ray", None):
+                from phide.tools.eval_ray import run_on_ray
+
+                rows_out = run_on_ray(args.ray, items, request, load_session, workers=args.workers)
+            else:
+                rows_out = run_serial(items, request, load_session)
+            for row in rows_out:
+                if write(row):
+                    bar.update(1)
     rows = read_rows(out / RESULTS)
     references = {sid: s.extra.get("answer") for sid, s in zip(ids, samples)}
     summary = summarize(rows, modes, references)

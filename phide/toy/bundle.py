@@ -54,13 +54,12 @@ def bundled_dir() -> Path:
     return root
 
 
-def export_distill_data(out_dir, scenes: int, seed: int = DISTILL_SEED, questions_per_scene: int | None = None) -> int:
-    """Write `scenes` toy scenes (all their questions, or `questions_per_scene`) as a paired-sample
-    directory."""
+def export_distill_data(out_dir, scenes: int, seed: int = DISTILL_SEED) -> int:
+    """Write `scenes` toy scenes (all their questions) as a paired-sample directory."""
     from phide.io.paired import write_paired_dir
     from phide.toy.world import make_dataset
 
-    samples = make_dataset(scenes, seed=seed, questions_per_scene=questions_per_scene)
+    samples = make_dataset(scenes, seed=seed, questions_per_scene=None)
     by_scene: dict[int, list] = {}
     for s in samples:
         by_scene.setdefault(id(s._sensors), []).append(s)
