@@ -23,21 +23,19 @@ from phide.errors import PhideError
 class _EvalWorker:
     """One engine per actor; a batch is one work item (JSON), its rows come back as JSON."""
 
-    def __init__(self, load_session, request: dict, threads: int):
+    def __init__(self, load_session, run_item, request: dict, threads: int):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.session = load_session()
-        self.request = request
+        self.run_item, self.request = run_item, request
 
     def __call__(self, batch):
         import numpy as np
 
-        from phide.tools.eval_runs import run_item
-
-        rows = [json.dumps(row) for item in batch["item"] for row in run_item(self.session, json.loads(item),
-                                                                              self.request)]
+        rows = [json.dumps(row) for item in batch["item"]
+                for row in self.run_item(self.session, json.loads(item), self.request)]
         return {"row": np.array(rows, dtype=object)}
 
 
@@ -53,8 +51,10 @@ def worker_resources(cluster: dict, workers: int | None) -> tuple[int, dict, int
     return n, {"num_cpus": share}, max(1, int(share))
 
 
-def run_on_ray(address: str, items: list[dict], request: dict, load_session, *, workers: int | None = None):
-    """Rows of `items` (eval_runs' work items) computed on a Ray cluster, yielded as they arrive."""
+def run_on_ray(address: str, items: list[dict], request: dict, load_session, run_item, *,
+               workers: int | None = None):
+    """Rows of `items` (eval_runs' work items, each run by `run_item(session, item, request)` on a
+    worker) computed on a Ray cluster, yielded as they arrive."""
     try:
         import ray
         import ray.data
@@ -71,7 +71,8 @@ def run_on_ray(address: str, items: list[dict], request: dict, load_session, *, 
     n, resources, threads = worker_resources(ray.cluster_resources(), workers)
     ds = ray.data.from_items([{"item": json.dumps(it)} for it in items], override_num_blocks=len(items))
     rows = ds.map_batches(_EvalWorker, batch_size=1, concurrency=n, batch_format="numpy",
-                          fn_constructor_kwargs={"load_session": load_session, "request": request, "threads": threads},
+                          fn_constructor_kwargs={"load_session": load_session, "run_item": run_item,
+                                                 "request": request, "threads": threads},
                           **resources)
     for out in rows.iter_rows():
         yield json.loads(out["row"])

@@ -153,7 +153,7 @@ def run_eval(args, load_session) -> int:
             if getattr(args, "ray", None):
                 from phide.tools.eval_ray import run_on_ray
 
-                rows_out = run_on_ray(args.ray, items, request, load_session, workers=args.workers)
+                rows_out = run_on_ray(args.ray, items, request, load_session, run_item, workers=args.workers)
             else:
                 rows_out = run_serial(items, request, load_session)
             for row in rows_out:
