@@ -66,6 +66,9 @@ def run_on_ray(address: str, items: list[dict], request: dict, load_session, run
                      logging_level="WARNING")
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise PhideError(f"--ray {address}: cannot reach a Ray cluster ({exc})") from None
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown the rows' bar
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # phide's own bar counts rows
     n, resources, threads = worker_resources(ray.cluster_resources(), workers)
