@@ -4,7 +4,9 @@ measured, a CSV row per configuration).
 
 Every configuration is a session loaded by `phide.session.load_session` (the CLI's loader, with
 this machine's saved calibration) and a mode passed to `Session.generate` (the CLI's call):
-exactly what `phide generate --mode MODE [FLAGS]` runs. Rows are named by what ran:
+exactly what `phide generate --mode MODE [FLAGS]` runs. The scenes are exported as a paired
+directory and each request is built from its files by `phide eval`'s `item_request`, so the bench
+measures what `phide eval` over the same directory runs (frames and events read from disk). Rows are named by what ran:
   target-only                     the target alone
   sequential                      the draft's prepare + prefill + first tree AFTER the target's
                                   prefill, then the EAGLE head drafts the rounds
@@ -145,8 +147,28 @@ def run_scenes(configs: dict, samples, *, max_new_tokens: int, draft_alone: bool
     (interleaved, in an order that rotates, so slow spells of the machine and a cold cache hit
     all alike) and keeps its median-wall run.
     "identical" compares every run's tokens with the first configuration's first run."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="phide-scenes-") as data_dir:
+        return _run_scenes(configs, samples, export_scenes(samples, data_dir), max_new_tokens=max_new_tokens,
+                           draft_alone=draft_alone, log=log, repeats=repeats)
+
+
+def export_scenes(samples, data_dir) -> list[dict]:
+    """The toy samples written as a paired directory and read back as `phide eval` work items, so
+    the bench's requests are built and loaded from files exactly as eval's are (one path)."""
+    from phide.io.paired import write_paired_dir
+    from phide.tools.eval_runs import paired_items
+
+    write_paired_dir(data_dir, ((s.frames, s.events, [s.question], {"answer": s.answer}) for s in samples))
+    return paired_items(data_dir)
+
+
+def _run_scenes(configs: dict, samples, items: list[dict], *, max_new_tokens: int, draft_alone: bool, log,
+                repeats: int) -> list[dict]:
     from phide.engine import Engine
     from phide.session import eos_ids
+    from phide.tools.eval_runs import item_request
     from phide.toy.world import score_answer
 
     names = list(configs)
@@ -155,15 +177,15 @@ def run_scenes(configs: dict, samples, *, max_new_tokens: int, draft_alone: bool
     if draft_alone and main.draft is not None:  # the draft answering on its own, no adapter
         draft_engine = Engine(main.draft, eos_token_ids=eos_ids(main.draft.tokenizer, main.draft.lm))
     for session, mode in configs.values():  # warm-up: first calls allocate and pick kernels
-        session.generate(toy_request(samples[0], 4), mode)
+        session.generate(item_request(items[0], {"max_new_tokens": 4}), mode)
     rows = []
-    for i, s in enumerate(samples):
+    for i, (s, item) in enumerate(zip(samples, items)):
         runs: dict[str, list] = {name: [] for name in names}
         for rep in range(repeats):
             k = (i * repeats + rep) % len(names)  # rotate the order: no configuration always runs first
             for name in names[k:] + names[:k]:
                 session, mode = configs[name]
-                runs[name].append(session.generate(toy_request(s, max_new_tokens), mode))
+                runs[name].append(session.generate(item_request(item, {"max_new_tokens": max_new_tokens}), mode))
         base = runs[names[0]][0].token_ids
         identical = {name: all(r.token_ids == base for r in rs) for name, rs in runs.items()}
         results = {name: sorted(rs, key=lambda r: r.stats["wall_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
@@ -174,8 +196,8 @@ def run_scenes(configs: dict, samples, *, max_new_tokens: int, draft_alone: bool
             log(i, rows[-1])
     # The draft alone answers last: between timed runs its weights would evict the target's from
     # the CPU caches and slow the next scene's first configuration.
-    for row in rows if draft_engine is not None else ():
-        ids = draft_engine.generate(toy_request(row["sample"], max_new_tokens), "target-only").token_ids
+    for row, item in zip(rows, items) if draft_engine is not None else ():
+        ids = draft_engine.generate(item_request(item, {"max_new_tokens": max_new_tokens}), "target-only").token_ids
         row["draft_text"] = main.draft.tokenizer.decode(ids, skip_special_tokens=True)
         row["draft_score"] = score_answer(row["sample"].scene, row["sample"].question, row["draft_text"])
     return rows

@@ -97,12 +97,27 @@ class RowWriter:
         return True
 
 
+def paired_items(data_dir) -> list[dict]:
+    """A paired directory's samples as work items: {"sample" (id), "question", "video", "events",
+    "answer" (or None)}, with the files checked (phide.io.paired)."""
+    from phide.io.paired import read_paired_dir
+
+    return [{"sample": sample_id(i, s.extra), "question": s.question, "video": str(s.video), "events": str(s.events),
+             "answer": s.extra.get("answer")} for i, s in enumerate(read_paired_dir(data_dir))]
+
+
+def item_request(item: dict, request: dict):
+    """The request of a work item (`request`: max_new_tokens, temperature, seed): the sample's
+    files, read by the frontends as `phide generate --video --events` reads them."""
+    from phide.engine import Request
+
+    return Request(prompt=item["question"], video=item["video"], events=item["events"], **request)
+
+
 def run_item(session, item: dict, request: dict):
     """The rows of one work item: its sample under each of its modes (a sample with bad input
     gives error rows; the run goes on)."""
-    from phide.engine import Request
-
-    req = Request(prompt=item["question"], video=item["video"], events=item["events"], **request)
+    req = item_request(item, request)
     for mode in item["modes"]:
         try:
             result = session.generate(req, mode)
@@ -121,17 +136,14 @@ def run_serial(items: list[dict], request: dict, load_session):
 def run_eval(args, load_session) -> int:
     """`load_session()`: the session the pair arguments describe (the CLI's loader), called only
     when rows remain to run (with --ray, once per worker)."""
-    from phide.io.paired import read_paired_dir
     from phide.modes import MODES
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise PhideError(f"unknown mode {bad[0] if bad else '(none)'!r} in --modes (choose from {', '.join(MODES)})")
-    samples = read_paired_dir(args.data)
-    if args.limit:
-        samples = samples[: args.limit]
-    ids = [sample_id(i, s.extra) for i, s in enumerate(samples)]
+    samples = paired_items(args.data)[: args.limit or None]
+    ids = [s["sample"] for s in samples]
     if len(set(ids)) != len(ids):
         raise PhideError(f"{args.data}: sample ids repeat (\"id\" keys in samples.jsonl must be unique)")
     out = Path(args.out)
@@ -143,8 +155,7 @@ def run_eval(args, load_session) -> int:
     done = {(r["sample"], r["mode"]) for r in rows}
     # One work item per sample: its modes still missing (a sample's rows run on one engine, so its
     # speedups compare runs on one machine).
-    items = [{"sample": sid, "question": s.question, "video": str(s.video), "events": str(s.events),
-              "modes": [m for m in modes if (sid, m) not in done]} for sid, s in zip(ids, samples)]
+    items = [{**s, "modes": [m for m in modes if (s["sample"], m) not in done]} for s in samples]
     items = [it for it in items if it["modes"]]
     request = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
     if items:
@@ -160,7 +171,7 @@ def run_eval(args, load_session) -> int:
                 if write(row):
                     bar.update(1)
     rows = read_rows(out / RESULTS)
-    references = {sid: s.extra.get("answer") for sid, s in zip(ids, samples)}
+    references = {s["sample"]: s["answer"] for s in samples}
     summary = summarize(rows, modes, references)
     (out / SUMMARY).write_text(json.dumps(summary, indent=2))
     png = summary_png(rows, modes, out / PNG)
