@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "fastest that fits; without: the predicted time per schedule and its choice (default: the "
                           "real 7B pair on an H100, projected)")
     plan.add_argument("--gpu-memory", type=_positive_float, metavar="GB",
-                      help="plan the pair's memory for a card of this size (GB as the card is sold: 24, 40, 80)")
+                      help="plan the pair's memory for a card of this size, in GiB as nvidia-smi reports it "
+                      "(MiB / 1024: a '24 GB' card is 24, an '80 GB' H100 79.6); plans fit in 95%% of it")
     plan.add_argument("--target", help="target checkpoint directory (config.json is enough)")
     plan.add_argument("--draft", help="draft checkpoint directory (config.json is enough)")
     plan.add_argument("--head", help="EAGLE head directory (eagle_head.json); default: the target directory's own")

@@ -63,8 +63,10 @@ def linear_bytes(n_out: int, n_in: int, scheme: str, dtype_bytes: int, bias: boo
         return n * dtype_bytes + b
     if scheme == "int8":  # torchao Int8Tensor: int8 data, fp32 scale + int8 zero point per row
         return n + n_out * 5 + b
-    if scheme == "int4":  # torchao tile-packed int4: 2 per byte, bf16 (scale, zero) per group of 128
-        return n // 2 + math.ceil(n_in / quant.INT4_GROUP) * n_out * 4 + b
+    if scheme == "int4":  # torchao tile-packed int4 of the weight padded to [8k, 1024k]: 2 per byte,
+        # a bf16 (scale, zero) per group of 128
+        k_in, k_out = -(-n_in // 1024) * 1024, -(-n_out // 8) * 8
+        return k_out * k_in // 2 + k_in // quant.INT4_GROUP * k_out * 4 + b
     if scheme == "nf4":  # bitsandbytes NF4, double-quantized: uint8 absmax per block of 64, fp32 per 256 blocks
         blocks = math.ceil(n / quant.NF4_BLOCK)
         nested = math.ceil(blocks / quant.NF4_NESTED_BLOCK)
@@ -229,7 +231,8 @@ class PairShape:
         head = head_config(target_dir if head_dir == "auto" else head_dir)
         adapter = adapter_params(draft_dir if adapter_dir == "auto" else adapter_dir) if draft_dir else 0
         # The engine bridges vocabularies when the draft's is not a prefix of the target's; a
-        # config cannot show the tokenizers, so a different size is priced as a bridge.
+        # config cannot show the tokenizers, but a larger draft vocabulary cannot be a prefix:
+        # that is priced as a bridge (more draft cache rows), anything else as shared.
         cross = draft is not None and draft.lm.vocab_size > target.lm.vocab_size
         return cls(target, draft, head, adapter, cross)
 
@@ -398,15 +401,15 @@ def plans(pair: PairShape, gpu_memory_gb: float, *, cal, spec: SpecConfig, max_n
     return out
 
 
-def choose(candidates: list[MemoryPlan], *, exact_target_only: bool = False, margin: float = 0.03) -> MemoryPlan | None:
-    """The fastest runnable plan that fits, with the target exact when one such exists (with
-    `exact_target_only`, only those). Speedups within `margin` (the planner's) count as equal;
+def choose(candidates: list[MemoryPlan], *, margin: float = 0.03) -> MemoryPlan | None:
+    """The fastest runnable plan that fits, with the target exact when one such exists. Speedups
+    within `margin` (the planner's) count as equal;
     among equals the plan that keeps the most of the pair wins: the draft loaded, then its
     higher precision (memory that fits costs nothing, and a loaded draft leaves the runtime
     planner, calibrated on the machine, free to hide it), then the smaller plan."""
     ok = [p for p in candidates if p.fits and p.runnable]
     exact = [p for p in ok if p.target_quant == "none"]
-    pool = exact or ([] if exact_target_only else ok)
+    pool = exact or ok
     if not pool:
         return None
     best = max(p.predicted_speedup for p in pool)

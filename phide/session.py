@@ -67,13 +67,11 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
     draft_quant "auto" lets the memory planner pick on a GPU (the fastest plan that fits with
     the target exact; one error naming the card needed when none does) and is "none" on a CPU.
     A quantized target answers as the quantized model (stats say so)."""
+    from phide.models import quant
     from phide.models.draft_adapter import has_draft_adapter, load_draft_adapter
     from phide.models.eagle import has_eagle_head, load_eagle_head
     from phide.models.loading import read_config
-    from phide.models.registry import load_frontend
     from phide.models.vocab import bridge_vocabularies
-
-    from phide.models import quant
 
     dtype = dtype or torch.float32
     read_config(target_dir)  # fail fast on a bad directory, before any loading
@@ -87,22 +85,20 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
         spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})}, overlap=overlap, draft_graph=draft_graph)
     if draft_dir is None:
         draft_quant = "none"
-    quant.check_scheme(target_quant, device, "target")
+    quant.check_scheme(target_quant, device, "target", dtype)
     if draft_quant != "auto":
-        quant.check_scheme(draft_quant, device, "draft")
+        quant.check_scheme(draft_quant, device, "draft", dtype)
     memory = memory_plan_for(target_dir, draft_dir, head_dir=head_dir,
                              adapter_dir=(adapter_dir or draft_dir) if use_adapter else None, clip_dir=clip_dir,
                              device=device, dtype=dtype, spec=spec, draft_quant=draft_quant, target_quant=target_quant)
     draft_quant = memory["draft_quant"] or "none"
-    quant.check_scheme(draft_quant, device, "draft")  # the planner's pick needs its library too
+    quant.check_scheme(draft_quant, device, "draft", dtype)
     cal_path = Path(calibration) if calibration not in ("auto", None) else None
     cal = load_calibration(cal_path) if cal_path is not None else None  # a bad --calibration fails now
-    target = load_frontend(target_dir, role="target", device=device, dtype=dtype)
-    quant.quantize_decoder(target.lm, target_quant)
+    target = _load_quantized(target_dir, "target", target_quant, device=device, dtype=dtype)
     draft = shared = bridge = head = adapter = None
     if draft_dir is not None:
-        draft = load_frontend(draft_dir, role="draft", device=device, dtype=dtype, clip_dir=clip_dir)
-        quant.quantize_decoder(draft.lm, draft_quant)
+        draft = _load_quantized(draft_dir, "draft", draft_quant, device=device, dtype=dtype, clip_dir=clip_dir)
         shared, bridge = bridge_vocabularies(target.tokenizer, draft.tokenizer, target.lm.cfg.vocab_size)
         if use_adapter:
             adapter_dir = adapter_dir or (draft_dir if has_draft_adapter(draft_dir) else None)
@@ -122,11 +118,33 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
     return Session(engine, planner, target, draft, key, memory)
 
 
+def _load_quantized(model_dir, role: str, scheme: str, *, device: str, dtype, clip_dir=None):
+    """A frontend with its decoder in `scheme`. Quantized for a GPU, it loads on the CPU and each
+    decoder linear reaches the GPU already quantized: the unquantized model never sits whole on
+    the card (on a 24 GB card the bf16 draft beside the target is what does not fit)."""
+    from torch import nn
+
+    from phide.models import quant
+    from phide.models.registry import load_frontend
+
+    staged = scheme != "none" and device != "cpu"
+    frontend = load_frontend(model_dir, role=role, device="cpu" if staged else device, dtype=dtype,
+                             clip_dir=clip_dir)
+    quant.quantize_decoder(frontend.lm, scheme, device)
+    if staged:
+        for name in ("tower", "projector", "adaptor"):  # the frontends' other modules
+            module = getattr(frontend, name, None)
+            if isinstance(module, nn.Module):
+                setattr(frontend, name, module.to(device))
+    return frontend
+
+
 def memory_plan_for(target_dir, draft_dir, *, head_dir, adapter_dir, clip_dir, device: str, dtype, spec: SpecConfig,
                     draft_quant: str, target_quant: str, max_new: int = 64) -> dict:
     """The plan this session loads, with its predicted memory (config files only): the given
     formats, or with draft_quant "auto" on a GPU the memory planner's choice for this card."""
     from phide import memory_plan as mp
+    from phide.models import quant
 
     dtype_name = str(dtype).replace("torch.", "")
     card_gb = torch.cuda.get_device_properties(torch.device(device)).total_memory / mp.GIB if device == "cuda" else None
@@ -135,7 +153,9 @@ def memory_plan_for(target_dir, draft_dir, *, head_dir, adapter_dir, clip_dir, d
     if draft_quant == "auto":
         chosen_by, draft_quant = "auto", "none"
         if card_gb is not None and draft_dir is not None:
-            layouts = [(f"draft {dq}", target_quant, dq, 1) for dq in ("none", "int8", "nf4", "int4")]
+            # the formats this machine can load (their library installed)
+            layouts = [(f"draft {dq}", target_quant, dq, 1) for dq in ("none", "int8", "nf4", "int4")
+                       if quant.available(dq)]
             candidates = mp.plans(pair, card_gb, cal=mp.default_calibration(), spec=spec, max_new=max_new,
                                   dtype=dtype_name, device=device, layouts=layouts)
             chosen = mp.choose(candidates)

@@ -90,7 +90,8 @@ step_test_ext() {
 }
 
 step_test_gpu() {
-    "$PY" -m pytest -q -m gpu tests/test_green_ctx.py tests/test_window_lanes.py tests/test_static_step.py tests/test_overlap.py
+    "$PY" -m pytest -q -m gpu tests/test_green_ctx.py tests/test_window_lanes.py tests/test_static_step.py tests/test_overlap.py \
+        tests/test_quant.py
 }
 
 step_test_triton() {

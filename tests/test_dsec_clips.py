@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from phide.cli import main
+from phide.errors import PhideError
 from phide.io.dsec import EVENTS, IMAGES, TIMESTAMPS, cut_clips, read_sequence
 from phide.io.paired import read_paired_dir
 from test_io_events import _write_dsec_h5
@@ -53,13 +54,15 @@ def test_clips_take_8_frames_over_the_clip_and_the_events_it_ends_with(sequence)
     assert [c.index for c in clips] == [0, 1]  # 2.4 s of frames and events in common: two whole clips
     for c in clips:
         assert c.t_end_us - c.t_start_us == 1_000_000 and c.frames.shape == (8, 48, 64, 3)
-        assert c.events.t.min() >= c.t_end_us - 50_000 and c.events.t.max() < c.t_end_us
         in_clip = [i for i, t in enumerate(stamps) if c.t_start_us <= t < c.t_end_us]
+        last = int(stamps[in_clip[-1]])  # the events end at the target's last frame, its instant included
+        assert c.events.t.min() >= last + 1 - 50_000 and c.events.t.max() <= last
+        assert c.events.t.max() > last - 5_000  # ... and reach it (40,000 events over 2.7 s)
         first = np.asarray(Image.open(root / IMAGES / f"{in_clip[0]:06d}.png").convert("RGB"))
         last = np.asarray(Image.open(root / IMAGES / f"{in_clip[-1]:06d}.png").convert("RGB"))
         np.testing.assert_array_equal(c.frames[0], first)   # spread from the clip's first frame ...
         np.testing.assert_array_equal(c.frames[-1], last)   # ... to its last
-    with pytest.raises(Exception, match="EventGPT reads streams shorter than 100 ms"):
+    with pytest.raises(PhideError, match="EventGPT reads streams shorter than 100 ms"):
         list(cut_clips(seq, clip_ms=1000, event_ms=100))
 
 
@@ -79,6 +82,10 @@ def test_dsec_clips_then_eval_end_to_end(sequence, tmp_path):
         (1, "What is moving?")]
     rc, _, err = _cli(["dsec-clips", str(root), "--out", str(out), "--questions", str(questions)])
     assert rc == 2 and "already holds" in err  # never overwritten
+    bad = tmp_path / "bad"
+    rc, _, err = _cli(["dsec-clips", str(root), "--out", str(bad), "--questions", str(questions), "--event-ms", "100"])
+    assert rc == 2 and "shorter than 100 ms" in err
+    assert not bad.exists() and not (tmp_path / "bad.partial").exists()  # nothing half-written
     run = tmp_path / "run"
     pair = bundled_dir()
     rc, stdout, err = _cli(["eval", str(out), "--target", str(pair / "target"), "--draft", str(pair / "draft"),

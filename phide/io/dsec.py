@@ -9,9 +9,10 @@ A DSEC sequence directory (the layout of DSEC's train/test archives, as EventGPT
 
 `cut_clips` slices the time both streams cover into clips of `clip_ms`. Each clip gives the target
 8 frames spread uniformly over it (Video-LLaVA was trained on 8 frames per video), and gives the
-draft the LAST `event_ms` of events in the clip: EventGPT refuses streams of 100 ms or more and its
-README targets ~50 ms, so the draft sees the motion that ends where the target's last frame is,
-the moment a question about "what is happening" is about. The layout, the timestamps and every
+draft the `event_ms` of events that end at the target's last frame (its timestamp included):
+EventGPT refuses streams of 100 ms or more and its README targets ~50 ms, so the draft sees the
+motion leading up to the moment the target's video ends, the moment a question about "what is
+happening" is about. The layout, the timestamps and every
 frame (PNG structure and checksums) are checked before any clip is cut; a missing or damaged file
 is one PhideError naming it.
 """
@@ -19,9 +20,9 @@ is one PhideError naming it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -33,7 +34,6 @@ EVENTS = Path("events/left/events.h5")
 IMAGES = Path("images/left/rectified")
 TIMESTAMPS = Path("images/timestamps.txt")
 TARGET_FRAMES = 8
-DSEC_SENSOR = (480, 640)  # (height, width) of DSEC's event cameras
 
 
 @dataclass
@@ -103,21 +103,32 @@ class Clip:
     events: EventStream         # the clip's last event_ms
 
 
-def cut_clips(seq: DsecSequence, clip_ms: int, event_ms: int = 50, *, skipped: list | None = None) -> Iterator[Clip]:
-    """The sequence's clips of `clip_ms`, over the time both cameras cover. A clip with no frame or
-    no event in its event window is left out (appended to `skipped` as (index, why))."""
+def check_clip_args(clip_ms: int, event_ms: int) -> None:
     if clip_ms < 1 or event_ms < 1:
         raise PhideError("--clip-ms and --event-ms must be positive")
     if event_ms * 1000 >= EVENTGPT_MAX_SPAN_US:
         raise PhideError(f"--event-ms {event_ms}: EventGPT reads streams shorter than {EVENTGPT_MAX_SPAN_US // 1000} ms")
     if event_ms > clip_ms:
         raise PhideError(f"--event-ms {event_ms} is longer than the clip (--clip-ms {clip_ms})")
+
+
+def clip_span(seq: DsecSequence, clip_ms: int) -> tuple[int, int]:
+    """(start µs, number of whole clips) over the time both cameras cover; an error when not one fits."""
     start = max(int(seq.timestamps[0]), seq.event_span[0])
     end = min(int(seq.timestamps[-1]) + 1, seq.event_span[1] + 1)
-    n = (end - start) // (clip_ms * 1000)
+    n = max(0, end - start) // (clip_ms * 1000)
     if n < 1:
-        raise PhideError(f"{seq.root}: frames and events overlap for {(end - start) / 1000:.0f} ms, "
+        raise PhideError(f"{seq.root}: frames and events overlap for {max(0, end - start) / 1000:.0f} ms, "
                          f"less than one {clip_ms} ms clip")
+    return start, n
+
+
+def cut_clips(seq: DsecSequence, clip_ms: int, event_ms: int = 50, *, skipped: list | None = None) -> Iterator[Clip]:
+    """The sequence's clips of `clip_ms`, over the time both cameras cover. A clip with no frame or
+    no event in its event window is left out (appended to `skipped` as (index, why)). Call
+    `check_clip_args` and `clip_span` first to fail before anything is written."""
+    check_clip_args(clip_ms, event_ms)
+    start, n = clip_span(seq, clip_ms)
     for k in range(n):
         t0 = start + k * clip_ms * 1000
         t1 = t0 + clip_ms * 1000
@@ -130,10 +141,11 @@ def cut_clips(seq: DsecSequence, clip_ms: int, event_ms: int = 50, *, skipped: l
         frames = [_read_png(seq.images[i]) for i in picks]
         if len({f.shape for f in frames}) != 1:
             raise PhideError(f"{seq.root / IMAGES}: frames differ in size")
+        end = int(seq.timestamps[picks[-1]]) + 1  # up to the target's last frame, included
         try:
-            events = load_events(seq.events, t_start_us=t1 - event_ms * 1000, t_end_us=t1)
+            events = load_events(seq.events, t_start_us=end - event_ms * 1000, t_end_us=end)
         except PhideError as exc:
-            if "no events" not in str(exc):
+            if "no events" not in str(exc) and "outside the recording" not in str(exc):
                 raise
             if skipped is not None:
                 skipped.append((k, "no events"))

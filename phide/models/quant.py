@@ -5,7 +5,8 @@
   nf4   bitsandbytes `Linear4bit` (NF4, blocks of 64, double-quantized absmax: the QLoRA format);
         runs on a CPU (slowly) and a GPU.
   int4  torchao `Int4WeightOnlyConfig` in the tinygemm tile layout (groups of 128, bf16 scales and
-        zeros); its matmul kernel needs CUDA.
+        zeros; rows padded to a multiple of 1024, outputs to 8); its matmul kernel needs CUDA
+        (compute capability 8.0+) and bf16 weights.
 
 What is quantized: the decoder layers' q/k/v/o and gate/up/down projections, which hold ~96% of a
 7B model's weights. The embeddings, norms and the LM head stay in the model dtype: the LM head's
@@ -36,32 +37,50 @@ INT4_GROUP = 128        # torchao int4 weight-only group size (tinygemm)
 _INSTALL = "pip install 'phide[quant]'"
 
 
-def check_scheme(scheme: str, device: str, role: str) -> None:
-    """Fail before anything loads when `scheme` cannot run on `device` or its library is missing;
-    the error names what would work."""
+def check_scheme(scheme: str, device: str, role: str, dtype: torch.dtype | None = None) -> None:
+    """Fail before anything loads when `scheme` cannot run on `device` (with weights of `dtype`)
+    or its library is missing; the error names what would work."""
     if scheme not in SCHEMES:
         raise PhideError(f"unknown --{role}-quant {scheme!r} (choose from {', '.join(SCHEMES)})")
     if scheme == "none":
         return
-    if scheme == "int4" and device != "cuda":
-        raise PhideError(f"--{role}-quant int4 needs CUDA (torchao's int4 tinygemm kernel); on a {device} "
-                         f"use --{role}-quant int8 or nf4")
-    _library(scheme)
+    if scheme == "int4":
+        if device != "cuda":
+            raise PhideError(f"--{role}-quant int4 needs CUDA (torchao's int4 tinygemm kernel); on a {device} "
+                             f"use --{role}-quant int8 or nf4")
+        if dtype is not None and dtype != torch.bfloat16:
+            raise PhideError(f"--{role}-quant int4 (tinygemm) needs bfloat16 weights: run with --dtype bfloat16")
+        major, minor = torch.cuda.get_device_capability()
+        if major < 8:
+            raise PhideError(f"--{role}-quant int4 needs a GPU of compute capability 8.0 or newer (this one is "
+                             f"{major}.{minor}); use --{role}-quant nf4 or int8")
+    _library(scheme, role)
 
 
-def _library(scheme: str):
+def available(scheme: str) -> bool:
+    """Whether the library `scheme` needs is installed (no error)."""
+    if scheme == "none":
+        return True
+    try:
+        _library(scheme, "draft")
+    except PhideError:
+        return False
+    return True
+
+
+def _library(scheme: str, role: str):
     if scheme in ("int8", "int4"):
         try:
             with _quiet("torch.utils._pytree"):  # torchao registers an Enum torch now warns about
                 import torchao.quantization as tq
         except ImportError:
-            raise PhideError(f"--*-quant {scheme} needs torchao ({_INSTALL})") from None
+            raise PhideError(f"--{role}-quant {scheme} needs torchao ({_INSTALL})") from None
         return tq
     try:
         with _no_hub_kernels():
             import bitsandbytes as bnb
     except ImportError:
-        raise PhideError(f"--*-quant nf4 needs bitsandbytes ({_INSTALL})") from None
+        raise PhideError(f"--{role}-quant nf4 needs bitsandbytes ({_INSTALL})") from None
     return bnb
 
 
@@ -102,47 +121,53 @@ def quantized_linears(model: nn.Module):
                 yield module, name, child
 
 
-def quantize_decoder(model: nn.Module, scheme: str) -> nn.Module:
-    """Quantize `model`'s decoder linears in place (weight-only); `model` stays on its device.
-    Callers check the scheme first (`check_scheme`)."""
+def quantize_decoder(model: nn.Module, scheme: str, device=None) -> nn.Module:
+    """Quantize `model`'s decoder linears in place (weight-only) and leave the whole model on
+    `device` (default: where it is). Each linear moves to `device` and is quantized there before
+    the next one moves, and the unquantized one is dropped as it is replaced: a model loaded on
+    the CPU reaches the GPU already quantized, never whole in bf16 (which is what would not
+    fit). Callers check the scheme first (`check_scheme`)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     if scheme == "none":
-        return model
-    targets = list(quantized_linears(model))
-    if not targets:
+        return model.to(device)
+    slots = [(parent, name) for parent, name, _ in quantized_linears(model)]  # no reference to the linears
+    if not slots:
         raise PhideError("nothing to quantize: the model has no q/k/v/o or gate/up/down projections")
-    block = {"nf4": NF4_BLOCK, "int4": INT4_GROUP}.get(scheme)
-    odd = sorted({lin.in_features for _, _, lin in targets if block and lin.in_features % block})
-    if odd:  # bitsandbytes' CPU kernels and torchao's int4 groups tile each row in whole blocks
-        raise PhideError(f"{scheme} quantizes rows in blocks of {block}: this model has linear layers "
-                         f"{odd[0]} wide; use int8")
-    lib = _library(scheme)
     if scheme == "nf4":
-        for parent, name, linear in targets:
-            setattr(parent, name, _nf4_linear(lib, linear))
-        return model
+        odd = sorted({getattr(p, n).in_features for p, n in slots if getattr(p, n).in_features % NF4_BLOCK})
+        if odd:  # bitsandbytes' kernels tile each row in whole blocks
+            raise PhideError(f"nf4 quantizes rows in blocks of {NF4_BLOCK}: this model has linear layers "
+                             f"{odd[0]} wide; use int8")
+    lib = _library(scheme, "draft")
     if scheme == "int8":
         config = lib.Int8WeightOnlyConfig()
-    else:
+    elif scheme == "int4":
         from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
 
-        if targets[0][2].weight.dtype != torch.bfloat16:
+        if getattr(slots[0][0], slots[0][1]).weight.dtype != torch.bfloat16:
             raise PhideError("int4 (tinygemm) needs bfloat16 weights: run with --dtype bfloat16")
         config = lib.Int4WeightOnlyConfig(group_size=INT4_GROUP, int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D)
-    chosen = {id(linear) for _, _, linear in targets}
-    lib.quantize_(model, config, filter_fn=lambda m, _fqn: id(m) in chosen)
-    return model
+    for parent, name in slots:
+        linear = getattr(parent, name)
+        if scheme == "nf4":
+            setattr(parent, name, _nf4_linear(lib, linear, device))
+        else:
+            setattr(parent, name, linear.to(device))
+            lib.quantize_(parent, config, filter_fn=lambda m, _fqn, target=getattr(parent, name): m is target)
+        del linear
+    return model.to(device)  # the rest (embeddings, norms, LM head), unquantized
 
 
-def _nf4_linear(bnb, linear: nn.Linear) -> nn.Module:
+def _nf4_linear(bnb, linear: nn.Linear, device: torch.device) -> nn.Module:
     w = linear.weight.data
     q = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
                           compute_dtype=w.dtype, quant_type="nf4", compress_statistics=True, device="meta")
-    # The device move quantizes (bitsandbytes packs a Params4bit when it is moved).
-    q.weight = bnb.nn.Params4bit(w.cpu(), requires_grad=False, quant_type="nf4", compress_statistics=True,
+    # bitsandbytes packs a Params4bit when it is moved (on any device, from any device).
+    q.weight = bnb.nn.Params4bit(w, requires_grad=False, quant_type="nf4", compress_statistics=True,
                                  blocksize=NF4_BLOCK)
     if linear.bias is not None:
         q.bias = nn.Parameter(linear.bias.data.clone(), requires_grad=False)
-    return q.to(w.device).eval()
+    return q.to(device).eval()
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

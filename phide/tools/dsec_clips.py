@@ -27,14 +27,23 @@ def run_dsec_clips(args) -> int:
 
     from tqdm import tqdm
 
-    from phide.io.dsec import cut_clips, read_sequence
-    from phide.io.paired import MANIFEST, write_paired_dir
+    import shutil
+
+    from phide.io.dsec import check_clip_args, clip_span, cut_clips, read_sequence
+    from phide.io.paired import write_paired_dir
 
     questions = read_questions(args.questions)
     out = Path(args.out)
-    if (out / MANIFEST).exists():
-        raise PhideError(f"{out} already holds a paired directory ({MANIFEST}); choose another --out")
-    sequences = [read_sequence(d) for d in args.sequences]  # every layout checked before any clip is cut
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PhideError(f"{out} already holds files; choose another --out")
+    check_clip_args(args.clip_ms, args.event_ms)
+    sequences = [read_sequence(d) for d in args.sequences]  # every layout and frame checked first
+    for seq in sequences:
+        clip_span(seq, args.clip_ms)
+    # Written beside the destination and renamed when complete: an error half-way leaves no
+    # half-written data set behind.
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
     skipped: list = []
     bar = tqdm(desc="phide dsec-clips", unit="clip", file=sys.stderr, disable=args.json)
 
@@ -46,8 +55,16 @@ def run_dsec_clips(args) -> int:
                     "sequence": seq.root.name, "clip": clip.index, "t_start_us": clip.t_start_us,
                     "t_end_us": clip.t_end_us, "event_ms": args.event_ms}
 
-    n = write_paired_dir(out, clips())
-    bar.close()
+    try:
+        n = write_paired_dir(partial, clips())
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    partial.rename(out)
     report = {"out": str(out), "samples": n, "clips": bar.n, "questions": len(questions),
               "skipped_clips": [{"clip": k, "why": why} for k, why in skipped]}
     if args.json:

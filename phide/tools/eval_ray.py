@@ -43,8 +43,9 @@ def worker_resources(cluster: dict, workers: int | None) -> tuple[int, dict, int
     """(workers, Ray resources per worker, torch threads per worker) for a cluster's resources."""
     gpus = int(cluster.get("GPU", 0))
     if gpus:
-        n = workers or gpus
-        return n, {"num_gpus": 1, "num_cpus": 1}, 0
+        if workers and workers > gpus:  # a worker holds a GPU: the extra ones would never be scheduled
+            raise PhideError(f"--workers {workers}: the Ray cluster has {gpus} GPU(s), one per worker")
+        return workers or gpus, {"num_gpus": 1, "num_cpus": 1}, 0
     cpus = float(cluster.get("CPU", 1))
     n = workers or max(1, int(cpus) - 1)
     share = cpus / (n + 1)

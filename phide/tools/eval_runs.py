@@ -4,8 +4,9 @@ Every (sample, mode) runs through `Session.generate` (the CLI's path) and become
 RUN_DIR/results.jsonl, appended and flushed as it completes:
     {"sample", "mode", "question", "text", "token_ids", "stats"}  or  {"sample", "mode", "error"}
 so a crash loses at most the row in flight. `--resume` keeps the rows already there (a torn last
-line, from a kill mid-write, is cut off) and runs only the missing ones; RUN_DIR/run.json records
-what the run is (data, pair, modes, limits) and a resume must match it. RUN_DIR/summary.json and
+line, from a kill mid-write, is cut off) and runs only the missing ones (an error row is a row:
+delete its line to have it run again); RUN_DIR/run.json records what the run is (data, pair,
+modes, every loading and running argument) and a resume must match it. RUN_DIR/summary.json and
 summary.png are computed from results.jsonl alone, so a resumed run ends with the summary an
 uninterrupted one writes (`without_timings`: timings aside, and the acceptance of hide rows, which
 the window's length decides).
@@ -49,6 +50,21 @@ def read_rows(path: Path) -> list[dict]:
         except ValueError:
             raise PhideError(f"{path}:{n} is not a JSON row (the file was edited?)") from None
     return rows
+
+
+# What makes two runs the same run (a resume must match all of them): the data and requests, the
+# pair and every argument that changes what loads or how it runs.
+RUN_PATHS = ("data", "target", "draft", "head", "adapter", "clip_dir")
+RUN_ARGS = ("limit", "max_new_tokens", "temperature", "seed", "no_head", "no_adapter", "overlap", "draft_graph",
+            "device", "dtype", "draft_quant", "target_quant", "topk", "depth", "budget", "window_depth",
+            "window_budget")
+
+
+def run_identity(args, modes: list[str]) -> dict:
+    ident = {k: str(Path(getattr(args, k)).resolve()) if getattr(args, k, None) else None for k in RUN_PATHS}
+    ident.update({k: getattr(args, k, None) for k in RUN_ARGS})
+    ident["modes"] = modes
+    return ident
 
 
 def _open_run(out: Path, run: dict, resume: bool) -> list[dict]:
@@ -147,10 +163,7 @@ def run_eval(args, load_session) -> int:
     if len(set(ids)) != len(ids):
         raise PhideError(f"{args.data}: sample ids repeat (\"id\" keys in samples.jsonl must be unique)")
     out = Path(args.out)
-    run = {"data": str(Path(args.data).resolve()), "target": str(Path(args.target).resolve()),
-           "draft": str(Path(args.draft).resolve()) if args.draft else None, "modes": modes,
-           "limit": args.limit, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
-           "seed": args.seed}
+    run = run_identity(args, modes)
     rows = _open_run(out, run, args.resume)
     done = {(r["sample"], r["mode"]) for r in rows}
     # One work item per sample: its modes still missing (a sample's rows run on one engine, so its
