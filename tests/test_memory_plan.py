@@ -214,5 +214,8 @@ def test_draft_quant_auto_picks_what_the_card_holds(monkeypatch):
     _card(monkeypatch, 12)
     with pytest.raises(PhideError, match=r"nothing fits in 12 GB.*a card of at least [\d.]+ GB"):
         _auto(draft_quant="auto", target_quant="none")
-    given = _auto(draft_quant="int8", target_quant="none")  # flags are taken as given (and priced)
+    with pytest.raises(PhideError, match=r"needs [\d.]+ GB, this GPU has 12.0 GB"):
+        _auto(draft_quant="int8", target_quant="none")  # flags are priced too: no load that cannot fit
+    _card(monkeypatch, 24)
+    given = _auto(draft_quant="int8", target_quant="none")  # 23.2 GB: over the 95% auto keeps, under the card
     assert given["draft_quant"] == "int8" and given["chosen_by"] == "flags"
