@@ -114,11 +114,21 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_summary(full_run, toy_da
     assert {(r["sample"], r["mode"]): r["token_ids"] for r in rows} == full_tokens
 
 
-def test_resume_refuses_another_run(full_run, toy_data):
+def test_resume_refuses_another_run(full_run, toy_data, tmp_path):
     out = full_run[0]
     rc, _, err = _cli(["eval", str(toy_data), *_pair_args(), "--out", str(out), "--modes", "target-only",
                        "--max-new-tokens", "24", "--resume"])
     assert rc == 2 and "other modes" in err and err.count("\n") == 1
+    rc, _, err = _cli(_eval_args(toy_data, out, "--resume", "--no-head"))  # what loads is part of the run
+    assert rc == 2 and "other no_head" in err
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(out, edited)
+    with open(edited / RESULTS, "a") as f:
+        f.write("[1, 2]\n")
+    rc, _, err = _cli(_eval_args(toy_data, edited, "--resume"))
+    assert rc == 2 and f"{RESULTS}:19 is not a result row" in err
 
 
 def test_a_bad_sample_is_an_error_row_and_exit_1(toy_data, tmp_path):

@@ -46,9 +46,12 @@ def read_rows(path: Path) -> list[dict]:
     rows = []
     for n, line in enumerate(keep.decode().splitlines(), 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            raise PhideError(f"{path}:{n} is not a JSON row (the file was edited?)") from None
+            row = None
+        if not isinstance(row, dict) or "sample" not in row or "mode" not in row:
+            raise PhideError(f"{path}:{n} is not a result row (the file was edited?)")
+        rows.append(row)
     return rows
 
 
@@ -75,7 +78,12 @@ def _open_run(out: Path, run: dict, resume: bool) -> list[dict]:
     if results.is_file() and not resume:
         raise PhideError(f"{out} already holds a run ({RESULTS}): pass --resume to finish it, or another --out")
     if resume and (out / RUN).is_file():
-        before = json.loads((out / RUN).read_text())
+        try:
+            before = json.loads((out / RUN).read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PhideError(f"{out / RUN} is not valid JSON ({exc}): not a run phide can resume") from None
+        if not isinstance(before, dict):
+            raise PhideError(f"{out / RUN} is not a run description: not a run phide can resume")
         changed = sorted(k for k in run if before.get(k) != run[k])
         if changed:
             raise PhideError(f"--resume: {out} was run with other {', '.join(changed)} "
