@@ -113,6 +113,19 @@ def test_head_settles_where_a_commit_leaves_it_and_adopts_on_a_hit(tiny_pair):
     bonus = spec.tokens[[n for n in range(1, len(spec)) if spec.parents[n] == 0][0]]
     ready = a.settle(tree, path, bonus, GROW["budget"])
     assert ready is not None and ready.tokens[0] == bonus and 1 < len(ready) <= GROW["budget"]
+    # The next round verifies the adopted tree (no growth), so the real pairs settle queued, made
+    # from the verify's features on the target's stream, are still pending when the next growth
+    # ahead starts on the side stream: that growth marks them with the side lane's record.
+    c, _ = fresh()
+    c.grow_assuming(path, [tree.tokens[i] for i in path[1:]], None, **dict(GROW, max_depth=5, budget=20))
+    c_ready = c.settle(tree, path, bonus, GROW["budget"])
+    pending, marked = [*c._embeds, *c._feats], []
+    c_path = best_path(c_ready)
+    FakeTarget.path = c_path
+    c.grow_assuming(c_path, [c_ready.tokens[i] for i in c_path[1:]], None, record=marked.append,
+                    **dict(GROW, max_depth=5, budget=20))
+    assert pending and [id(t) for t in marked] == [id(t) for t in pending]
+    FakeTarget.path = path
     b.commit(tree, path, bonus)
     assert a.length == b.length and a.root_token == b.root_token == bonus
     assert a.grow(**GROW).tokens == b.grow(**GROW).tokens
@@ -134,7 +147,7 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
     import threading
 
     from phide.runtime.cpu_lanes import CpuLane
-    from phide.runtime.window_lanes import side_stream
+    from phide.runtime.window_lanes import side_lane
     from phide.speculation.overlap import PostVerifyOverlap
 
     current, side = _Stream("current"), _Stream("side")
@@ -150,8 +163,16 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
         def __exit__(self, *exc):
             return False
 
+    class Side:  # the side CudaLane: its stream, and its record (which a green split tracks)
+        stream = side
+
+        @staticmethod
+        def record(t):
+            return t
+
     class Runner:
-        def grow_assuming(self, path, tokens, stop, **kw):
+        def grow_assuming(self, path, tokens, stop, record=None, **kw):
+            assert record is Side.record  # what the growth reads is marked by the lane, not bare
             log.append(("grow_assuming", list(current.waited), list(side.waited)))
             return TREE
 
@@ -161,7 +182,7 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "stream", Ctx)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
-    ahead = PostVerifyOverlap.start(Runner(), TREE, CpuLane("draft"), dict(GROW), stream=side)
+    ahead = PostVerifyOverlap.start(Runner(), TREE, CpuLane("draft"), dict(GROW), side=Side)
     assert ahead.finish(TREE, [0, 1], 11) is None
     assert entered == [(False, "side")]  # entered on the lane's thread
     assert log == [("grow_assuming", [], ["current"]), ("settle", ["side"])]
@@ -171,8 +192,8 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
     cache: dict = {}
     dev = torch.device("cuda", 0)
     # without an SM split: the draft lane's plain stream (made once, beside the target lane's)
-    assert side_stream(dev, 0, cache) is side_stream(dev, 0, cache) and len(made) == 2
-    assert side_stream(dev, 0, cache) is cache[0][1].stream
+    assert side_lane(dev, 0, cache) is side_lane(dev, 0, cache) and len(made) == 2
+    assert side_lane(dev, 0, cache).stream is cache[0][1].stream
 
 
 @pytest.mark.gpu

@@ -82,7 +82,9 @@ class WindowLanes:
             torch.cuda.current_stream(self.cuda_lanes[0].device).synchronize()
 
 
-def side_stream(device: torch.device, draft_sms: int, cache: dict):
+def side_lane(device: torch.device, draft_sms: int, cache: dict):
     """Where a drafter's work beside the target's goes on a GPU (post-verify overlap): the draft
-    stream of the engine's lanes for `draft_sms` (a green context's, or with 0 a plain stream)."""
-    return WindowLanes.for_engine(device, 0, draft_sms, cache).cuda_lanes[1].stream
+    lane of the engine's lanes for `draft_sms` (a CudaLane on a green context's stream, or with 0
+    a plain stream). Tensors its work reads are marked with its `record`, which a green split
+    tracks."""
+    return WindowLanes.for_engine(device, 0, draft_sms, cache).cuda_lanes[1]

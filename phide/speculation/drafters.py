@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from phide.runtime.cpu_lanes import CpuLane, ThreadShare, cpu_split
-from phide.runtime.window_lanes import side_stream
+from phide.runtime.window_lanes import side_lane
 from phide.speculation.overlap import MIN_PATH_PROB, PostVerifyOverlap, full_path_probability
 from phide.speculation.tree import Tree, chain
 
@@ -39,9 +39,9 @@ class Drafters:
         device = engine.target.device
         target_threads, lane_threads = cpu_split(torch.get_num_threads(), draft_threads if device.type == "cpu" else 0)
         self.lane = CpuLane("draft", lane_threads)
-        self.stream = None  # a GPU drafter grows ahead on its own stream
+        self.side = None  # a GPU drafter grows ahead on its own stream (a CudaLane)
         if device.type == "cuda" and spec.overlap:
-            self.stream = side_stream(device, draft_sms, engine._green_lanes)
+            self.side = side_lane(device, draft_sms, engine._green_lanes)
         # While a drafter grows ahead its lane holds its cores through the verify, the commit and
         # the hand-over; the target keeps the rest until then (using every core while the lane
         # still runs makes the OpenMP pool wait on it).
@@ -78,7 +78,7 @@ class Drafters:
             return None
         self.share.lower()
         try:
-            ahead = PostVerifyOverlap.start(drafter, tree, self.lane, self.grow_kwargs, self.tl, self.stream)
+            ahead = PostVerifyOverlap.start(drafter, tree, self.lane, self.grow_kwargs, self.tl, self.side)
         except Exception as exc:
             self.share.restore()
             self._drop(drafter, exc)

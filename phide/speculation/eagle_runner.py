@@ -9,6 +9,7 @@ are cached at the start of `grow`, and tree expansions live in scratch rows past
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import torch
@@ -90,19 +91,21 @@ class EagleRunner:
 
     @torch.inference_mode()
     def grow_assuming(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
-                  **grow_kwargs) -> Tree:
+                      record=None, **grow_kwargs) -> Tree:
         """Grow a tree rooted at the leaf of `path` (nodes of the last grown tree, root first;
         `tokens`: theirs after the root) as if the target accepted the whole path: the root's
         children are the head's guesses of the target's bonus token, and `settle` adopts the
         subtree under the real one. The path's pairs take the head's own outputs as features
-        (what `phide.distill.head.head_rollout` trains it for)."""
+        (what `phide.distill.head.head_rollout` trains it for). `record`: the side lane's
+        `CudaLane.record` (post-verify overlap), which marks the pending pairs as in use there."""
         before = (self.length, list(self._embeds), list(self._feats), self.root_token)
-        if self.head.device.type == "cuda":
+        if record is None and self.head.device.type == "cuda":  # called directly: the current stream
+            record = functools.partial(torch.Tensor.record_stream, stream=torch.cuda.current_stream(self.head.device))
+        if record is not None:
             # The pending pairs were made on the target's stream and are consumed here, maybe on
             # a side stream: their memory must not be reused before this stream is done with it.
-            stream = torch.cuda.current_stream(self.head.device)
             for t in self._embeds + self._feats:
-                t.record_stream(stream)
+                record(t)
         self.queue(tokens, torch.stack([self._node_hidden[n] for n in path[:-1]]))
         tree = self.grow(stop=stop, **grow_kwargs)
         self._assumed = (before, list(tokens), tree, self._node_hidden)

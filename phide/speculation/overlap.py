@@ -59,12 +59,15 @@ class PostVerifyOverlap:
 
     @classmethod
     def start(cls, runner, tree: Tree, lane: CpuLane, grow_kwargs: dict, timeline=None,
-              stream=None) -> "PostVerifyOverlap":
+              side=None) -> "PostVerifyOverlap":
         """runner: a DraftRunner or EagleRunner whose last grown (or adopted) tree is `tree`
         (len > 1); lane: where the growth runs on a CPU; grow_kwargs: the round trees'
-        budget/topk/max_depth/max_expansions; stream: on a GPU, the stream the growth's kernels
-        go to (`window_lanes.side_stream`), so they run beside the verify's instead of queueing
-        behind them."""
+        budget/topk/max_depth/max_expansions; side: on a GPU, the CudaLane whose stream the
+        growth's kernels go to (`window_lanes.side_lane`), so they run beside the verify's instead
+        of queueing behind them; what the growth reads from the current stream is marked with
+        its `record`."""
+        stream = side.stream if side is not None else None
+        record = side.record if side is not None else None
         path = best_path(tree)
         tokens = [tree.tokens[n] for n in path[1:]]
         kw = dict(grow_kwargs, budget=2 * grow_kwargs["budget"], max_depth=grow_kwargs["max_depth"] + 1,
@@ -76,9 +79,9 @@ class PostVerifyOverlap:
         def grow():
             with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 if timeline is None:
-                    return runner.grow_assuming(path, tokens, cancel, **kw)
+                    return runner.grow_assuming(path, tokens, cancel, record=record, **kw)
                 with timeline.phase("grow_ahead", "draft"):
-                    return runner.grow_assuming(path, tokens, cancel, **kw)
+                    return runner.grow_assuming(path, tokens, cancel, record=record, **kw)
 
         return cls(runner, tokens, grow_kwargs["budget"], lane.submit(grow), cancel, stream=stream)
 

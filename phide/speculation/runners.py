@@ -199,10 +199,12 @@ class DraftRunner:
         return grower.build(budget, root_slot)
 
     def grow_assuming(self, path: list[int], tokens: list[int], stop: threading.Event | None = None,
-                  **grow_kwargs) -> Tree:
+                      record=None, **grow_kwargs) -> Tree:
         """Grow a tree rooted at the leaf of `path` (nodes of the last grown tree, root first;
         `tokens`: theirs after the root) as if the target accepted the whole path: the path is
-        cached like committed tokens, and `settle` adopts the subtree under the real bonus."""
+        cached like committed tokens, and `settle` adopts the subtree under the real bonus.
+        `record` (a side lane's, as EagleRunner takes it) has nothing to mark: what is pending
+        here are token ids on the host, and the cache is the draft's own."""
         before = (self.length, list(self.pending))
         self.pending = self.pending + [int(t) for t in tokens]
         tree = self.grow(stop=stop, **grow_kwargs)
