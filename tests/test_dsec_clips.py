@@ -1,8 +1,6 @@
 """`phide dsec-clips` on a synthetic sequence in DSEC's layout, then `phide eval` on its output;
 a sequence with a missing or truncated file is one error naming the file."""
 
-import contextlib
-import io
 import json
 import shutil
 
@@ -10,20 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from phide.cli import main
+from cli_run import run_cli
 from phide.errors import PhideError
 from phide.io.dsec import EVENTS, IMAGES, TIMESTAMPS, cut_clips, read_sequence
 from phide.io.paired import read_paired_dir
 from test_io_events import _write_dsec_h5
 
 T_OFFSET = 50_000_000  # DSEC stores event times relative to t_offset; frame timestamps are absolute
-
-
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def write_sequence(root, *, seconds=2.5, fps=20, seed=0):
@@ -73,22 +64,22 @@ def test_dsec_clips_then_eval_end_to_end(sequence, tmp_path):
     questions = tmp_path / "questions.txt"
     questions.write_text("Which way does the circle move?\n\nWhat is moving?\n")
     out = tmp_path / "paired"
-    rc, stdout, err = _cli(["dsec-clips", str(root), "--out", str(out), "--questions", str(questions), "--json"])
+    rc, stdout, err = run_cli(["dsec-clips", str(root), "--out", str(out), "--questions", str(questions), "--json"])
     assert rc == 0, err
     assert json.loads(stdout)["samples"] == 4  # 2 clips x 2 questions
     samples = read_paired_dir(out)
     assert [(s.extra["clip"], s.question) for s in samples] == [
         (0, "Which way does the circle move?"), (0, "What is moving?"), (1, "Which way does the circle move?"),
         (1, "What is moving?")]
-    rc, _, err = _cli(["dsec-clips", str(root), "--out", str(out), "--questions", str(questions)])
+    rc, _, err = run_cli(["dsec-clips", str(root), "--out", str(out), "--questions", str(questions)])
     assert rc == 2 and "already holds" in err  # never overwritten
     bad = tmp_path / "bad"
-    rc, _, err = _cli(["dsec-clips", str(root), "--out", str(bad), "--questions", str(questions), "--event-ms", "100"])
+    rc, _, err = run_cli(["dsec-clips", str(root), "--out", str(bad), "--questions", str(questions), "--event-ms", "100"])
     assert rc == 2 and "shorter than 100 ms" in err
     assert not bad.exists() and not (tmp_path / "bad.partial").exists()  # nothing half-written
     run = tmp_path / "run"
     pair = bundled_dir()
-    rc, stdout, err = _cli(["eval", str(out), "--target", str(pair / "target"), "--draft", str(pair / "draft"),
+    rc, stdout, err = run_cli(["eval", str(out), "--target", str(pair / "target"), "--draft", str(pair / "draft"),
                             "--out", str(run), "--modes", "target-only,hide", "--max-new-tokens", "8", "--json"])
     assert rc == 0, err
     summary = json.loads(stdout)["summary"]
@@ -121,7 +112,7 @@ def test_a_damaged_sequence_is_one_error_naming_the_file(sequence, tmp_path, dam
         shutil.rmtree(root / IMAGES)
     questions = tmp_path / "q.txt"
     questions.write_text("What is moving?\n")
-    rc, out, err = _cli(["dsec-clips", str(root), "--out", str(tmp_path / "paired"), "--questions", str(questions)])
+    rc, out, err = run_cli(["dsec-clips", str(root), "--out", str(tmp_path / "paired"), "--questions", str(questions)])
     assert rc == 2 and out == ""
     assert err.startswith("phide: error:") and err.count("\n") == 1, err
     assert named in err

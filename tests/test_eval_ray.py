@@ -2,8 +2,6 @@
 run's rows; a worker killed mid-run (SIGKILL of its process) still ends with every row exactly
 once. Slow (a cluster and two engines start): marked `ray`, run by .ci/run."""
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -12,19 +10,12 @@ import time
 
 import pytest
 
-from phide.cli import main
+from cli_run import run_cli
 from phide.tools.eval_runs import RESULTS
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 MODES = "target-only,hide,head-only"
-
-
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def _tokens(out):
 @pytest.fixture(scope="module")
 def serial(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("serial") / "run"
-    rc, _, err = _cli(_args(data, out))
+    rc, _, err = run_cli(_args(data, out))
     assert rc == 0, err
     return _tokens(out)
 
@@ -83,7 +74,7 @@ def _worker_pids():
 
 def test_two_workers_give_the_serial_rows(cluster, data, serial, tmp_path):
     out = tmp_path / "ray"
-    rc, stdout, err = _cli(_args(data, out, "--ray", "auto", "--workers", "2"))
+    rc, stdout, err = run_cli(_args(data, out, "--ray", "auto", "--workers", "2"))
     assert rc == 0, err
     assert _tokens(out) == serial
     assert json.loads(stdout)["summary"]["modes"]["hide"]["identical_rate"] == 1.0
@@ -106,7 +97,7 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(cluster, data, serial
 
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     killer.start()
-    rc, _, err = _cli(_args(data, out, "--ray", "auto", "--workers", "2"))
+    rc, _, err = run_cli(_args(data, out, "--ray", "auto", "--workers", "2"))
     killer.join(timeout=5)
     assert killed, "no worker was killed (the run ended first?)"
     assert rc == 0, err

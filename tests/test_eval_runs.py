@@ -1,8 +1,6 @@
 """`phide eval`: a pair over a paired data set, rows flushed as they complete, resumable after a
 kill -9, bad samples as error rows, summary.json / summary.png from the rows alone."""
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -12,17 +10,10 @@ import time
 
 import pytest
 
-from phide.cli import main
+from cli_run import run_cli
 from phide.tools.eval_runs import RESULTS, SUMMARY, without_timings
 
 MODES = "auto,target-only,hide"
-
-
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def _rows(out):
 @pytest.fixture(scope="module")
 def full_run(toy_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    rc, stdout, err = _cli(_eval_args(toy_data, out))
+    rc, stdout, err = run_cli(_eval_args(toy_data, out))
     assert rc == 0, err
     return out, stdout
 
@@ -100,9 +91,9 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_summary(full_run, toy_da
     assert 5 <= before < 18
     with open(out / RESULTS, "a") as f:  # a row torn mid-write
         f.write('{"sample": "5", "mode": "hi')
-    rc, _, err = _cli(_eval_args(toy_data, out))
+    rc, _, err = run_cli(_eval_args(toy_data, out))
     assert rc == 2 and "--resume" in err  # a run directory is never overwritten
-    rc, _, err = _cli(_eval_args(toy_data, out, "--resume"))
+    rc, _, err = run_cli(_eval_args(toy_data, out, "--resume"))
     assert rc == 0, err
     rows = _rows(out)
     keys = [(r["sample"], r["mode"]) for r in rows]
@@ -116,10 +107,10 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_summary(full_run, toy_da
 
 def test_resume_refuses_another_run(full_run, toy_data, tmp_path):
     out = full_run[0]
-    rc, _, err = _cli(["eval", str(toy_data), *_pair_args(), "--out", str(out), "--modes", "target-only",
+    rc, _, err = run_cli(["eval", str(toy_data), *_pair_args(), "--out", str(out), "--modes", "target-only",
                        "--max-new-tokens", "24", "--resume"])
     assert rc == 2 and "other modes" in err and err.count("\n") == 1
-    rc, _, err = _cli(_eval_args(toy_data, out, "--resume", "--no-head"))  # what loads is part of the run
+    rc, _, err = run_cli(_eval_args(toy_data, out, "--resume", "--no-head"))  # what loads is part of the run
     assert rc == 2 and "other no_head" in err
     import shutil
 
@@ -127,7 +118,7 @@ def test_resume_refuses_another_run(full_run, toy_data, tmp_path):
     shutil.copytree(out, edited)
     with open(edited / RESULTS, "a") as f:
         f.write("[1, 2]\n")
-    rc, _, err = _cli(_eval_args(toy_data, edited, "--resume"))
+    rc, _, err = run_cli(_eval_args(toy_data, edited, "--resume"))
     assert rc == 2 and f"{RESULTS}:19 is not a result row" in err
 
 
@@ -138,7 +129,7 @@ def test_a_bad_sample_is_an_error_row_and_exit_1(toy_data, tmp_path):
     shutil.copytree(toy_data, data)
     (data / "frames" / "00002" / "03.png").write_bytes(b"not a png")  # exists (the manifest check passes), unreadable
     out = tmp_path / "run"
-    rc, stdout, err = _cli(["eval", str(data), *_pair_args(), "--out", str(out), "--modes", "target-only",
+    rc, stdout, err = run_cli(["eval", str(data), *_pair_args(), "--out", str(out), "--modes", "target-only",
                             "--max-new-tokens", "8", "--limit", "4"])
     assert rc == 1, err
     rows = _rows(out)
@@ -150,7 +141,7 @@ def test_a_bad_sample_is_an_error_row_and_exit_1(toy_data, tmp_path):
 
 
 def test_eval_bad_arguments_exit_2(toy_data, tmp_path):
-    rc, _, err = _cli(["eval", str(toy_data), *_pair_args(), "--out", str(tmp_path / "x"), "--modes", "fast"])
+    rc, _, err = run_cli(["eval", str(toy_data), *_pair_args(), "--out", str(tmp_path / "x"), "--modes", "fast"])
     assert rc == 2 and "unknown mode 'fast'" in err
-    rc, _, err = _cli(["eval", str(tmp_path / "nowhere"), *_pair_args(), "--out", str(tmp_path / "y")])
+    rc, _, err = run_cli(["eval", str(tmp_path / "nowhere"), *_pair_args(), "--out", str(tmp_path / "y")])
     assert rc == 2 and err.startswith("phide: error:")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from phide import memory_plan as mp
-from phide.cli import main
+from cli_run import run_cli
 from phide.engine import SpecConfig
 from phide.errors import PhideError
 from phide.models.llama import LlamaConfig
@@ -22,13 +22,6 @@ REAL = Path(__file__).parent / "fixtures" / "real_configs"
 TARGET, DRAFT, HEAD = REAL / "Video-LLaVA-7B-hf", REAL / "EventGPT-7b", REAL / "eagle-head-7B"
 LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                 num_key_value_heads=32, head_dim=128)
-
-
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 # ----------------------------------------------------------------------------- byte arithmetic
@@ -139,27 +132,27 @@ def test_a_quantized_target_is_chosen_only_when_no_exact_plan_fits(real_pair):
 
 def test_plan_cli_json_contract_and_exit_codes():
     args = ["plan", "--target", str(TARGET), "--draft", str(DRAFT), "--head", str(HEAD), "--json"]
-    rc, out, err = _cli(args + ["--gpu-memory", "80"])
+    rc, out, err = run_cli(args + ["--gpu-memory", "80"])
     assert rc == 0, err
     got = json.loads(out)
     assert got["gpu_memory_gb"] == 80 and got["chosen"] == "both bf16"
     for p in got["plans"]:
         assert {"name", "target_quant", "draft_quant", "predicted_gb", "fits", "predicted_speedup"} <= set(p)
-    rc, out, err = _cli(args + ["--gpu-memory", "24"])
+    rc, out, err = run_cli(args + ["--gpu-memory", "24"])
     got = json.loads(out)
     chosen = next(p for p in got["plans"] if p["name"] == got["chosen"])
     assert rc == 0 and chosen["target_quant"] == "none" and chosen["fits"]
-    rc, out, err = _cli(args + ["--gpu-memory", "8"])
+    rc, out, err = run_cli(args + ["--gpu-memory", "8"])
     assert rc == 2 and json.loads(out)["chosen"] is None
     assert err.startswith("phide: error: nothing fits in 8 GB") and err.count("\n") == 1
 
 
 def test_plan_cli_bad_input_is_one_line():
-    rc, out, err = _cli(["plan", "--gpu-memory", "24"])
+    rc, out, err = run_cli(["plan", "--gpu-memory", "24"])
     assert rc == 2 and "needs --target" in err and err.count("\n") == 1
-    rc, out, err = _cli(["plan", "--target", str(TARGET)])
+    rc, out, err = run_cli(["plan", "--target", str(TARGET)])
     assert rc == 2 and "needs --gpu-memory" in err
-    rc, out, err = _cli(["plan", "--gpu-memory", "0", "--target", str(TARGET)])
+    rc, out, err = run_cli(["plan", "--gpu-memory", "0", "--target", str(TARGET)])
     assert rc == 2 and err.startswith("phide: error:")
 
 

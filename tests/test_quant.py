@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from phide.cli import main
+from cli_run import run_cli
 from phide.errors import PhideError
 from phide.modes import MODES
 from phide.models import quant
@@ -24,13 +24,6 @@ pytest.importorskip("bitsandbytes")
 def _quiet(fn, *a, **k):
     with contextlib.redirect_stderr(io.StringIO()):
         return fn(*a, **k)
-
-
-def _cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(argv)
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +96,12 @@ def test_the_quantized_draft_really_drafts_with_quantized_weights(toy_requests):
 
 @pytest.mark.parametrize("scheme", ["int8", "nf4"])
 def test_quantized_draft_keeps_a_transformers_llama_targets_tokens(scheme, tiny_pair):
-    rc, out, _ = _cli(["generate", "--target", str(tiny_pair["target"]), "--prompt", "the quick brown fox",
+    rc, out, _ = run_cli(["generate", "--target", str(tiny_pair["target"]), "--prompt", "the quick brown fox",
                        "--mode", "target-only", "--max-new-tokens", "24", "--json"])
     assert rc == 0
     ref = json.loads(out)["token_ids"]
     for mode in ("sequential", "hide", "auto"):
-        rc, out, err = _cli(["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
+        rc, out, err = run_cli(["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
                              "--prompt", "the quick brown fox", "--mode", mode, "--max-new-tokens", "24",
                              "--draft-quant", scheme, "--json"])
         assert rc == 0, err
@@ -128,7 +121,7 @@ def test_quantized_target_equals_its_own_target_only_and_says_so(tiny_pair, toy_
         for mode in ("sequential", "hide", "head-only"):
             assert session.generate(req, mode).token_ids == ref.token_ids, mode
     # the CLI says it out loud, and the JSON carries it
-    rc, out, err = _cli(["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
+    rc, out, err = run_cli(["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
                          "--prompt", "a b c", "--max-new-tokens", "8", "--target-quant", "int8", "--json"])
     assert rc == 0, err
     assert json.loads(out)["stats"]["target_exact"] is False
@@ -136,7 +129,7 @@ def test_quantized_target_equals_its_own_target_only_and_says_so(tiny_pair, toy_
 
 
 def test_int4_on_a_cpu_is_one_error_naming_what_works(tiny_pair):
-    rc, out, err = _cli(["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
+    rc, out, err = run_cli(["generate", "--target", str(tiny_pair["target"]), "--draft", str(tiny_pair["near"]),
                          "--prompt", "a b c", "--draft-quant", "int4"])
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("phide: error:")

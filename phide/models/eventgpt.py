@@ -26,9 +26,7 @@ as `EventChatModel.save_pretrained` writes them), else from the CLIP directory n
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,8 +40,8 @@ from phide.errors import PhideError
 from phide.models.frontends import Prepared, check_path
 from phide.models.llama import LlamaModel
 from phide.models.loading import (check_layer_count, fill_module, llama_config, llama_from_state_dict,
-                                  load_state_dict, load_tokenizer, pick_prefix, progress, read_config,
-                                  safetensors_files)
+                                  load_state_dict, load_tokenizer, pick_prefix, progress, quiet_logger,
+                                  read_config, safetensors_files)
 from phide.models.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, common_fields
 
 MODEL_TYPE = "EventChat_llama"
@@ -481,17 +479,10 @@ def _mirror_inference_tokens(tokenizer, raw: dict) -> None:
             tokenizer.add_tokens(new, special_tokens=True)
 
 
-@contextlib.contextmanager
 def quiet_model_type_warning():
     """AutoTokenizer reads config.json and warns that EventChat_llama is not a transformers model
     type; that is expected here."""
-    cfg_logger = logging.getLogger("transformers.configuration_utils")
-    level = cfg_logger.level
-    cfg_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        cfg_logger.setLevel(level)
+    return quiet_logger("transformers.configuration_utils")
 
 
 def load_eventgpt(model_dir: str | os.PathLike, device="cpu", dtype=torch.float32, clip_dir=None,

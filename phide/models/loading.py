@@ -5,7 +5,9 @@ Never unpickles: weights load from safetensors only (single file or sharded with
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -20,6 +22,18 @@ from phide.models.llama import LlamaConfig, LlamaModel, rope_inv_freq
 # Prefixes under which HF checkpoints store a LLaMA language model; the first that matches wins.
 LLAMA_PREFIXES = ("model.", "language_model.model.", "model.language_model.", "")
 LM_HEAD_KEYS = ("lm_head.weight", "language_model.lm_head.weight")
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str):
+    """Silence the `name` logger's warnings for a block (a library's expected complaint)."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def progress(msg: str) -> None:

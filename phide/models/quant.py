@@ -21,13 +21,13 @@ library keeps its own kernels.
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 
 import torch
 from torch import nn
 
 from phide.errors import PhideError
+from phide.models.loading import quiet_logger
 
 SCHEMES = ("none", "int8", "nf4", "int4")
 QUANTIZED_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -71,7 +71,7 @@ def available(scheme: str) -> bool:
 def _library(scheme: str, role: str):
     if scheme in ("int8", "int4"):
         try:
-            with _quiet("torch.utils._pytree"):  # torchao registers an Enum torch now warns about
+            with quiet_logger("torch.utils._pytree"):  # torchao registers an Enum torch now warns about
                 import torchao.quantization as tq
         except ImportError:
             raise PhideError(f"--{role}-quant {scheme} needs torchao ({_INSTALL})") from None
@@ -85,25 +85,13 @@ def _library(scheme: str, role: str):
 
 
 @contextlib.contextmanager
-def _quiet(logger: str):
-    """Silence `logger`'s warnings while a library imports."""
-    log = logging.getLogger(logger)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-@contextlib.contextmanager
 def _no_hub_kernels():
     """Import with the `kernels` package hidden (so no hub download, no downloaded code) and the
     library's warning about it silenced."""
     saved = sys.modules.get("kernels", "absent")
     sys.modules["kernels"] = None  # `from kernels import ...` raises ImportError
     try:
-        with _quiet("bitsandbytes"):
+        with quiet_logger("bitsandbytes"):
             yield
     finally:
         if saved == "absent":
