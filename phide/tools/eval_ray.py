@@ -52,13 +52,12 @@ def worker_resources(cluster: dict, workers: int | None) -> tuple[int, dict, int
     return n, {"num_cpus": share}, max(1, int(share))
 
 
-def run_on_ray(address: str, items: list[dict], request: dict, load_session, run_item, *,
-               workers: int | None = None):
-    """Rows of `items` (eval_runs' work items, each run by `run_item(session, item, request)` on a
-    worker) computed on a Ray cluster, yielded as they arrive."""
+def connect(address: str):
+    """Ray, connected to the cluster `address` names ("auto": a running one, else a local one);
+    called before the run directory is touched, so a cluster that cannot be reached leaves nothing."""
     try:
         import ray
-        import ray.data
+        import ray.data  # noqa: F401  (Ray Data: the actor pool)
     except ImportError:
         raise PhideError("--ray needs Ray (pip install 'phide[scale]')") from None
     if not ray.is_initialized():
@@ -67,6 +66,14 @@ def run_on_ray(address: str, items: list[dict], request: dict, load_session, run
                      logging_level="WARNING")
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise PhideError(f"--ray {address}: cannot reach a Ray cluster ({exc})") from None
+    return ray
+
+
+def run_on_ray(address: str, items: list[dict], request: dict, load_session, run_item, *,
+               workers: int | None = None):
+    """Rows of `items` (eval_runs' work items, each run by `run_item(session, item, request)` on a
+    worker) computed on a Ray cluster, yielded as they arrive."""
+    ray = connect(address)
     import logging
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines drown the rows' bar

@@ -170,6 +170,10 @@ def run_eval(args, load_session) -> int:
     ids = [s["sample"] for s in samples]
     if len(set(ids)) != len(ids):
         raise PhideError(f"{args.data}: sample ids repeat (\"id\" keys in samples.jsonl must be unique)")
+    if getattr(args, "ray", None):
+        from phide.tools.eval_ray import connect
+
+        connect(args.ray)  # before RUN_DIR is made: an unreachable cluster leaves nothing to resume
     out = Path(args.out)
     run = run_identity(args, modes)
     rows = _open_run(out, run, args.resume)
