@@ -132,23 +132,57 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     distill = sub.add_parser("distill", help="train the EAGLE continuation head (and, with --draft, the draft "
-                             "adapter) on the target's own answers")
+                             "adapter) on the target's own answers; also under torchrun --nproc_per_node N")
     distill.add_argument("--target", required=True, help="target checkpoint directory")
     distill.add_argument("--draft", help="draft checkpoint directory: also train its adapter (needs --data)")
-    src = distill.add_mutually_exclusive_group(required=True)
+    src = distill.add_mutually_exclusive_group()
     src.add_argument("--data", help="directory of paired samples (samples.jsonl with question, video, events)")
     src.add_argument("--prompts", help="text file, one training prompt per line (text-only targets)")
-    distill.add_argument("--out", required=True, help="directory to write eagle_head.* and draft_adapter.* into")
-    distill.add_argument("--max-new-tokens", type=_positive_int, default=48)
-    distill.add_argument("--steps", type=_positive_int, default=400, help="EAGLE head training steps")
-    distill.add_argument("--rollout", type=_positive_int, default=3,
-                         help="train the head on its own predictions this many steps ahead (1: teacher forcing only)")
+    distill.add_argument("--out", help="run directory: the head (EAGLE-3: config.json + model.safetensors; EAGLE-2: "
+                         "eagle_head.*), draft_adapter.*, answers.jsonl, train_log.csv, checkpoints/")
+    distill.add_argument("--resume", action="store_true", help="finish the run in --out (after a kill or a stop)")
+    distill.add_argument("--head-kind", choices=["eagle3", "eagle2"], default="eagle3",
+                         help="eagle3 (default; fuses the target's low/middle/high layers, its own LM head) or eagle2 "
+                         "(the target's final features and LM head)")
+    distill.add_argument("--features", help="offline features: bf16 files written once into this directory and read "
+                         "back each epoch (default: online, the target computes each batch's)")
+    distill.add_argument("--max-new-tokens", type=_positive_int, default=128, help="longest target answer (default 128)")
+    distill.add_argument("--steps", type=_positive_int, default=400, help="head optimizer steps (default 400)")
+    distill.add_argument("--batch", type=_positive_int, default=8,
+                         help="samples per optimizer step, all processes together (default 8)")
+    distill.add_argument("--micro-batch", type=_positive_int,
+                         help="samples per forward in one process (gradients accumulate over the rest of its share; "
+                         "default: the whole share on a CPU, 2 on a GPU)")
+    distill.add_argument("--lr", type=_nonneg_float, help="peak learning rate (default ~1/width: 3e-3 for a "
+                         "128-wide target, ~1e-4 for a 4096-wide one)")
+    distill.add_argument("--warmup", type=int, help="linear warm-up steps (default: 5%% of --steps)")
+    distill.add_argument("--ttt-steps", "--rollout", dest="ttt_steps", type=_positive_int, default=5,
+                         help="training-time test: the head is trained on this many of its own steps (default 5)")
+    distill.add_argument("--noise", type=_nonneg_float, default=0.05,
+                         help="uniform noise on the input features (EAGLE's robustness trick; default 0.05)")
+    distill.add_argument("--draft-vocab", type=_positive_int,
+                         help="EAGLE-3: rows of the head's LM head, the most frequent answer ids (default: "
+                         "the target's vocabulary, at most 32000)")
+    distill.add_argument("--held-out", type=_positive_int, default=32,
+                         help="validation samples, the last of the data set (at most a tenth; default 32)")
+    distill.add_argument("--validate-every", type=int, default=0,
+                         help="validate (head-only τ, acceptance by depth) every N steps (default: at the end only)")
+    distill.add_argument("--checkpoint-every", type=_positive_int, default=500, help="steps between checkpoints")
     distill.add_argument("--adapter-steps", type=_positive_int, default=300, help="draft adapter training steps")
+    distill.add_argument("--adapter-batch", type=_positive_int, default=16, help="samples per adapter step")
     distill.add_argument("--adapter-rank", type=_positive_int, default=64)
-    distill.add_argument("--lr", type=_nonneg_float, default=3e-3)
-    distill.add_argument("--init-head", help="EAGLE head directory to go on training (default: a new head)")
+    distill.add_argument("--init-head", help="head directory to go on training (default: a new head)")
     distill.add_argument("--seed", type=int, default=0)
     distill.add_argument("--clip-dir", help="CLIP directory for an EventGPT draft (see generate)")
+    distill.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                         help="auto (default): cuda when there is one")
+    distill.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                         help="the frozen models' dtype: auto = float32 on cpu, bfloat16 on cuda (the head trains "
+                         "in fp32 with bf16 autocast on a GPU)")
+    distill.add_argument("--plan", action="store_true", help="print what the run costs (target forwards, disk, GPU "
+                         "memory per rank, H100 hours) from the configs alone, and exit")
+    distill.add_argument("--samples", type=_positive_int, help="--plan: the data set's size (default: --data's count)")
+    distill.add_argument("--gpus", type=_positive_int, default=1, help="--plan: data-parallel ranks")
     distill.add_argument("--json", action="store_true")
 
     cal = sub.add_parser("calibrate", help="measure this machine's costs for a pair, so `--mode auto` can plan "
@@ -242,13 +276,9 @@ def _version() -> str:
 
 
 def _resolve_device(device: str, dtype: str):
-    import torch
+    from phide.session import resolve_device
 
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PhideError("--device cuda requested but no CUDA device is available")
-    if dtype == "auto":
-        return device, torch.float32 if device == "cpu" else torch.bfloat16
-    return device, getattr(torch, dtype)
+    return resolve_device(device, dtype)
 
 
 SHAPE_FIELDS = ("topk", "depth", "budget", "window_depth", "window_budget")

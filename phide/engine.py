@@ -19,7 +19,6 @@ import torch
 from phide import ops
 from phide.errors import DraftFault, PhideError
 from phide.modes import SCHEDULES
-from phide.models.eagle import EagleHead
 from phide.models.frontends import IdsFrontend, Prepared
 from phide.models.llama import LlamaModel
 from phide.models.vocab import TextBridge
@@ -149,6 +148,18 @@ class Result:
     timeline: Timeline | None = None
 
 
+def acceptance_by_depth(stats_list) -> dict[str, float]:
+    """Per draft depth d, over the results' verifies (`stats["accepted_by_verify"]`): of the trees
+    that reached depth d, the share whose accepted path did too."""
+    reached, accepted = {}, {}
+    for st in stats_list:
+        for n_acc, depth in st.get("accepted_by_verify", []):
+            for d in range(1, depth + 1):
+                reached[d] = reached.get(d, 0) + 1
+                accepted[d] = accepted.get(d, 0) + (n_acc >= d)
+    return {str(d): round(accepted[d] / reached[d], 4) for d in sorted(reached)}
+
+
 def _as_frontend(side, draft_side: bool):
     if side is None or hasattr(side, "prepare"):
         return side
@@ -161,7 +172,7 @@ class Engine:
 
     def __init__(self, target, draft=None, *, eos_token_ids: list[int] | None = None,
                  shared_vocab: int | None = None, spec: SpecConfig | None = None,
-                 vocab_bridge: TextBridge | None = None, head: EagleHead | None = None,
+                 vocab_bridge: TextBridge | None = None, head=None,
                  draft_adapter=None):
         self.target_side = _as_frontend(target, False)
         self.draft_side = _as_frontend(draft, True)
@@ -174,7 +185,7 @@ class Engine:
         if vocab_bridge is not None:
             self.shared_vocab = self.target.cfg.vocab_size
         self.spec = spec or SpecConfig()
-        self.head = head  # EAGLE continuation head trained on this target (optional)
+        self.head = head  # EAGLE-2 or EAGLE-3 continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
         self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
         # Every Triton kernel variant the requests will launch, compiled now, not inside one
@@ -308,21 +319,24 @@ class Engine:
             raise PhideError(f"the prompt ({n} tokens) plus --max-new-tokens ({req.max_new_tokens}) exceed the "
                              f"target's max_position_embeddings ({limit}); ask for at most {limit - n} new tokens")
 
-    def _prepare_target(self, req, tl, transfers, stats) -> tuple[TargetRunner, Prepared]:
+    def _prepare_target(self, req, schedule, tl, transfers, stats) -> tuple[TargetRunner, Prepared]:
         """Target lane: input preparation, then the prefill of the prompt minus its last token."""
         with tl.phase("target_prepare", "target"):
             prepared = self.target_side.prepare(req)
-        return self._prefill_target(req, prepared, tl, transfers, stats), prepared
+        return self._prefill_target(req, schedule, prepared, tl, transfers, stats), prepared
 
-    def _prefill_target(self, req, prepared: Prepared, tl, transfers, stats) -> TargetRunner:
+    def _prefill_target(self, req, schedule: str, prepared: Prepared, tl, transfers, stats) -> TargetRunner:
         self._check_positions(self.target, prepared, req, "target")
+        # An EAGLE-3 head reads the target's low/middle/high layers: the target's forwards capture
+        # them (in the same forward, on the device) when the plan drafts with the head.
+        capture = self.head.capture if self.head is not None and schedule != "target-only" else None
         runner = TargetRunner(self.target, target_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec),
-                              transfers)
+                              transfers, capture=capture)
         with tl.phase("target_prefill", "target"):
             if prepared.embeds is not None:
-                runner.prefill_hidden = runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
+                runner.prefill_features = runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
             else:
-                runner.prefill_hidden = runner.prefill(prepared.ids[:-1])
+                runner.prefill_features = runner.prefill(prepared.ids[:-1])
         stats.update({f"target_{k}": v for k, v in prepared.info.items()})
         return runner
 
@@ -363,7 +377,7 @@ class Engine:
                       self.target.embed_tokens(transfers.upload(torch.tensor(prepared.ids, dtype=torch.int64))[0]))
         runner = EagleRunner(self.head, self.target, target,
                              head_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec))
-        hidden = target.prefill_hidden
+        hidden = target.prefill_features
         runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
         return runner
 
@@ -374,10 +388,10 @@ class Engine:
         the schedule runs no draft or the draft failed).
         """
         if plan.schedule in ("target-only", "head-only"):
-            target, prepared = self._prepare_target(req, tl, transfers, stats)
+            target, prepared = self._prepare_target(req, plan.schedule, tl, transfers, stats)
             return target, prepared, None, None
         if plan.schedule == "sequential":
-            target, prepared = self._prepare_target(req, tl, transfers, stats)
+            target, prepared = self._prepare_target(req, plan.schedule, tl, transfers, stats)
             try:
                 draft = self._prepare_draft(req, tl, transfers, stats)
                 if self.head is None:  # the draft drafts every round: no separate first tree
@@ -418,7 +432,7 @@ class Engine:
             with lanes.target():
                 with tl.phase("target_prepare", "target"):
                     prepared = self.target_side.prepare(req)
-                target = self._prefill_target(req, prepared, tl, transfers, stats)
+                target = self._prefill_target(req, plan.schedule, prepared, tl, transfers, stats)
                 window.arm(clock.record())  # on the target's stream, after its prefill
         finally:
             window.close()  # the target lane failed before arming it: end the window now

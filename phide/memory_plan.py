@@ -108,9 +108,45 @@ def mlp_projector_params(n_in: int, hidden: int, bias: bool = True) -> int:
 
 
 def eagle_head_params(cfg: LlamaConfig) -> int:
-    """The EAGLE head: fc(2H -> H, bias) and one decoder layer (it shares the target's embeddings and LM head)."""
+    """The EAGLE-2 head: fc(2H -> H, bias) and one decoder layer (it shares the target's embeddings and LM head)."""
     H = cfg.hidden_size
     return 2 * H * H + H + decoder_layer_bytes(cfg, "none", 1)
+
+
+def eagle3_head_params(cfg: LlamaConfig, n_capture: int, draft_vocab: int, target_hidden: int | None = None) -> int:
+    """The EAGLE-3 head: fc(n_capture * H_target -> H, no bias), one decoder layer whose q/k/v read
+    2H, a third RMSNorm (hidden_norm), the final norm and its own LM head (Vd x H); the d2t/t2d
+    maps are buffers (priced in head_bytes). The embeddings are the target's."""
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+    ab = (q + 2 * kv + H) if cfg.attention_bias else 0
+    mb = (2 * I + H) if cfg.mlp_bias else 0
+    layer = 2 * H * (q + 2 * kv) + q * H + 3 * H * I + ab + mb + 3 * H
+    return n_capture * (target_hidden or H) * H + layer + H + draft_vocab * H
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    """A continuation head as its config describes it."""
+
+    kind: str                  # "eagle2" | "eagle3"
+    cfg: LlamaConfig           # its decoder layer
+    n_capture: int = 0         # EAGLE-3: target layers fused
+    draft_vocab: int = 0       # EAGLE-3: rows of its own LM head
+
+    def params(self) -> int:
+        if self.kind == "eagle3":
+            return eagle3_head_params(self.cfg, self.n_capture, self.draft_vocab)
+        return eagle_head_params(self.cfg)
+
+    def bytes(self, dtype_bytes: int) -> int:
+        """Weights in the dtype, plus EAGLE-3's vocabulary maps (d2t int64 [Vd], t2d bool [V])."""
+        maps = 8 * self.draft_vocab + self.cfg.vocab_size if self.kind == "eagle3" else 0
+        return self.params() * dtype_bytes + maps
+
+    def feature_width(self, target: LlamaConfig) -> int:
+        """What the head reads per target position: the final feature (H) or the fused layers."""
+        return target.hidden_size * (self.n_capture if self.kind == "eagle3" else 1)
 
 
 def kv_bytes_per_row(cfg: LlamaConfig, dtype_bytes: int, layers: int | None = None) -> int:
@@ -189,15 +225,22 @@ def _json(path: Path) -> dict | None:
     return d
 
 
-def head_config(head_dir) -> LlamaConfig | None:
-    """The EAGLE head's config (eagle_head.json), or None when the directory has none."""
+def head_config(head_dir) -> HeadShape | None:
+    """The head's shape from its config (EAGLE-2 eagle_head.json or EAGLE-3 config.json; see
+    phide.models.heads), or None when the directory has none."""
     from phide.models.eagle import CONFIG
+    from phide.models.eagle3 import is_eagle3_dir, read_eagle3_config
 
-    d = _json(Path(head_dir) / CONFIG) if head_dir is not None else None
+    if head_dir is None:
+        return None
+    if is_eagle3_dir(head_dir):
+        a = read_eagle3_config(head_dir)
+        return HeadShape("eagle3", a["cfg"], len(a["capture"] or (0, 0, 0)), a["draft_vocab"])
+    d = _json(Path(head_dir) / CONFIG)
     if d is None:
         return None
     try:
-        return LlamaConfig(**d)
+        return HeadShape("eagle2", LlamaConfig(**d))
     except TypeError as exc:
         raise PhideError(f"{Path(head_dir) / CONFIG} is malformed ({exc})") from None
 
@@ -219,7 +262,7 @@ def adapter_params(adapter_dir) -> int:
 class PairShape:
     target: ModelShape
     draft: ModelShape | None
-    head: LlamaConfig | None
+    head: HeadShape | None
     adapter_params: int
     cross_vocab: bool
 
@@ -228,7 +271,11 @@ class PairShape:
         """head_dir / adapter_dir "auto": the target's / draft's own directory."""
         target = model_shape(target_dir, "target")
         draft = model_shape(draft_dir, "draft", clip_dir) if draft_dir is not None else None
-        head = head_config(target_dir if head_dir == "auto" else head_dir)
+        if head_dir == "auto":
+            from phide.models.heads import default_head_dir
+
+            head_dir = default_head_dir(target_dir)
+        head = head_config(head_dir)
         adapter = adapter_params(draft_dir if adapter_dir == "auto" else adapter_dir) if draft_dir else 0
         # The engine bridges vocabularies when the draft's is not a prefix of the target's; a
         # config cannot show the tokenizers, but a larger draft vocabulary cannot be a prefix:
@@ -266,7 +313,7 @@ def weight_parts(pair: PairShape, target_quant: str, draft_quant: str | None, dt
     parts = {"target LM": lm_bytes(t.lm, target_quant, dtype_bytes)}
     parts.update({f"target {k}": v * dtype_bytes for k, v in t.other_params.items()})
     if pair.head is not None:
-        parts["EAGLE head"] = eagle_head_params(pair.head) * dtype_bytes
+        parts["EAGLE head"] = pair.head.bytes(dtype_bytes)
     if draft_quant is not None and pair.draft is not None:
         parts["draft LM"] = lm_bytes(pair.draft.lm, draft_quant, dtype_bytes)
         parts.update({f"draft {k}": v * dtype_bytes for k, v in pair.draft.other_params.items()})
@@ -282,7 +329,9 @@ def runtime_parts(pair: PairShape, with_draft: bool, spec: SpecConfig, max_new: 
     work = prefill_workspace_bytes(t.lm, t.prompt_tokens, dtype_bytes)
     if pair.head is not None:
         parts["EAGLE head KV"] = head_cache_rows(t.prompt_tokens, max_new, spec) * kv_bytes_per_row(
-            pair.head, dtype_bytes, layers=1)
+            pair.head.cfg, dtype_bytes, layers=1)
+        # the prompt's features the head reads (EAGLE-3: the captured layers), kept by the engine
+        parts["EAGLE head features"] = t.prompt_tokens * pair.head.feature_width(t.lm) * dtype_bytes
     if with_draft and pair.draft is not None:
         d = pair.draft
         parts["draft KV"] = draft_cache_rows(d.prompt_tokens, max_new, spec, pair.cross_vocab) * kv_bytes_per_row(

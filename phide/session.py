@@ -53,6 +53,18 @@ class Session:
         return self.target.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def resolve_device(device: str, dtype: str):
+    """(device, torch dtype) for the CLI's --device / --dtype: "auto" dtype is float32 on a CPU,
+    bfloat16 on a GPU; --device auto is cuda when one is present."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PhideError("--device cuda requested but no CUDA device is available")
+    if dtype == "auto":
+        return device, torch.float32 if device == "cpu" else torch.bfloat16
+    return device, getattr(torch, dtype)
+
+
 def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None, use_head: bool = True,
                  use_adapter: bool = True, device: str = "cpu", dtype=None, spec: SpecConfig | None = None,
                  shape: dict | None = None, overlap: bool = False, draft_graph: bool = False, clip_dir=None,
@@ -69,7 +81,7 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
     A quantized target answers as the quantized model (stats say so)."""
     from phide.models import quant
     from phide.models.draft_adapter import has_draft_adapter, load_draft_adapter
-    from phide.models.eagle import has_eagle_head, load_eagle_head
+    from phide.models.heads import check_head_dir, default_head_dir, load_head
     from phide.models.loading import read_config
     from phide.models.vocab import bridge_vocabularies
 
@@ -79,8 +91,10 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
         read_config(draft_dir)
     if not use_head:
         head_dir = None
-    elif head_dir is None and has_eagle_head(target_dir):
-        head_dir = target_dir
+    elif head_dir is None:
+        head_dir = default_head_dir(target_dir)
+    else:
+        check_head_dir(head_dir)  # a bad --head fails now, before any loading
     if spec is None:
         spec = SpecConfig(**{**tree_shape(target_dir), **(shape or {})}, overlap=overlap, draft_graph=draft_graph)
     if draft_dir is None:
@@ -105,7 +119,7 @@ def load_session(target_dir, draft_dir=None, *, head_dir=None, adapter_dir=None,
             if adapter_dir is not None:
                 adapter = load_draft_adapter(adapter_dir, draft.lm.lm_head)
     if head_dir is not None:
-        head = load_eagle_head(head_dir, target_cfg=target.lm.cfg, device=device, dtype=dtype)
+        head = load_head(head_dir, target_cfg=target.lm.cfg, device=device, dtype=dtype)
     engine = Engine(target, draft, eos_token_ids=eos_ids(target.tokenizer, target.lm), shared_vocab=shared,
                     spec=spec, vocab_bridge=bridge, head=head, draft_adapter=adapter)
     key = pair_key(target_dir, draft_dir, head_dir, adapter_dir if adapter is not None else None,

@@ -11,11 +11,14 @@ import pytest
 import torch
 
 from phide.cli import main
-from phide.distill.pair import PairExample, agreement, train_draft_adapter
+from phide.distill.features import AdapterBatch
+from phide.distill.pair import AdapterObjective, agreement
+from phide.distill.trainer import TrainConfig, train
 from phide.engine import Plan
 from phide.errors import PhideError
 from phide.io.paired import read_paired_dir
 from phide.models.draft_adapter import DraftAdapter, load_draft_adapter
+from phide.models.heads import HEAD_SUBDIR
 from phide.toy.bundle import export_distill_data
 from phide.toy.pair import write_toy_pair
 
@@ -49,9 +52,12 @@ def toy(tmp_path_factory):
                          "--data", str(root / "data"), "--out", str(root / "dist"), "--steps", "20",
                          "--adapter-steps", "40", "--max-new-tokens", "8", "--json"])
     assert code == 0
-    for part, pattern in (("target", "eagle_head.*"), ("draft", "draft_adapter.*")):
-        for f in (root / "dist").glob(pattern):
-            (root / part / f.name).write_bytes(f.read_bytes())
+    head_dir = root / "target" / HEAD_SUBDIR  # the EAGLE-3 head (SGLang layout) in the target's head place
+    head_dir.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (head_dir / name).write_bytes((root / "dist" / name).read_bytes())
+    for f in (root / "dist").glob("draft_adapter.*"):
+        (root / "draft" / f.name).write_bytes(f.read_bytes())
     return {"root": root, "samples": n}
 
 
@@ -111,22 +117,36 @@ def test_untrained_adapter_is_the_draft_and_round_trips(tmp_path):
         load_draft_adapter(tmp_path / "missing", head)
 
 
+class _FixedAdapterSource:
+    """Adapter batches from fixed tensors: sample k's draft states and the target's final features
+    (here the target's choice is a fixed function of the draft's state its own head does not compute)."""
+
+    def __init__(self, hidden, finals, lm_head):
+        self.hidden, self.finals = hidden, finals
+        self.target = type("T", (), {"lm_head": lm_head})()
+
+    def adapter_batch(self, entries):
+        rows = [(self.hidden[k], self.finals[k]) for k in entries]
+        return AdapterBatch(torch.cat([h for h, _ in rows]), torch.cat([f for _, f in rows]),
+                            torch.cat([torch.full((h.shape[0],), b) for b, (h, _) in enumerate(rows)]))
+
+
 def test_adapter_learns_the_target_distribution():
-    """The target's choice is a fixed function of the draft's state that the draft's own head does
-    not compute: agreement must rise from chance to near 1."""
+    """Trained by the distill loop on a stream of batches, agreement rises from chance to near 1."""
     g = torch.Generator().manual_seed(0)
     H, V = 16, 12
-    head = torch.nn.Linear(H, V, bias=False)
-    mix = torch.randn(H, V, generator=g)
-    examples = []
-    for _ in range(8):
-        h = torch.randn(40, H, generator=g)
-        probs = torch.softmax(4 * h @ mix, dim=-1)
-        examples.append(PairExample(None, h, probs))
-    a = DraftAdapter(H, 32, head)
-    before = agreement(a.logits, examples, V)
-    train_draft_adapter(a, examples, vocab=V, steps=300, lr=1e-2, log_every=0)
-    after = agreement(a.logits, examples, V)
+    draft_head = torch.nn.Linear(H, V, bias=False)
+    target_head = torch.nn.Linear(H, V, bias=False)
+    mix = torch.randn(H, H, generator=g)
+    hidden = [torch.randn(40, H, generator=g) for _ in range(8)]
+    finals = [4 * h @ mix for h in hidden]  # the target's features: its distribution is softmax(lm_head(.))
+    source = _FixedAdapterSource(hidden, finals, target_head)
+    a = DraftAdapter(H, 32, draft_head)
+    entries = list(range(8))
+    before = agreement(a.logits, source, entries, V)
+    cfg = TrainConfig(steps=300, batch=8, micro_batch=8, lr=1e-2, warmup=5, clip=1.0)
+    train(AdapterObjective(a, source, target_head.weight, V), a, entries, cfg, ckpt_dir=None, resume=False, quiet=True)
+    after = agreement(a.logits, source, entries, V)
     assert after > 0.9 and after > before + 0.4, (before, after)
 
 

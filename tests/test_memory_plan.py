@@ -98,11 +98,13 @@ def test_real_pair_both_bf16_total_by_hand(real_pair):
     spec = SpecConfig()
     parts = mp.plan_parts(real_pair, "none", "none", spec=spec, max_new=64, dtype="bfloat16")
     lm_t, lm_d = 6_738_939_904, 6_738_415_616
-    weights = 2 * (lm_t + 290_583_552 + 20_979_712 + mp.eagle_head_params(real_pair.head)
+    assert real_pair.head.kind == "eagle2"
+    weights = 2 * (lm_t + 290_583_552 + 20_979_712 + mp.eagle_head_params(real_pair.head.cfg)
                    + lm_d + 303_507_456 + 20_979_712 + 16_781_312)
     kv = 524_288 * ((2076 + 64 + 64 + 1) + (642 + 64 + 32 * 4 + 64 + 2)) + 16_384 * (2076 + 64 + 6 * 4 + 64 + 2)
     work = (2076 + 642) * ((6 * 4096 + 3 * 11008) * 2 + 2 * 4096 * 4)
-    assert sum(parts.values()) == weights + kv + work + 2 ** 29
+    head_features = 2076 * 4096 * 2  # the prompt's final features the EAGLE-2 head reads
+    assert sum(parts.values()) == weights + kv + work + head_features + 2 ** 29
 
 
 def test_real_pair_24_gb_keeps_the_target_exact(real_pair):

@@ -90,13 +90,13 @@ def test_head_settles_where_a_commit_leaves_it_and_adopts_on_a_hit(tiny_pair):
     H = target.cfg.hidden_size
 
     class FakeTarget:  # what the head reads from the target's verify: the accepted nodes' features
-        last_hidden = torch.randn(40, H)
+        last_features = torch.randn(40, H)
         transfers = Transfers(torch.device("cpu"))
         path: list[int] = []
 
         @classmethod
-        def accepted_hidden(cls):
-            return cls.last_hidden[torch.tensor(cls.path)]
+        def accepted_features(cls):
+            return cls.last_features[torch.tensor(cls.path)]
 
     def fresh():
         r = EagleRunner(head, target, FakeTarget, 300)

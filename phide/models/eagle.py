@@ -1,5 +1,5 @@
-"""A light EAGLE-style continuation head: one decoder layer that drafts from the target's own
-features.
+"""The EAGLE-2 continuation head: one decoder layer that drafts from the target's own final
+features (the EAGLE-3 head, fusing three of the target's layers, is phide.models.eagle3).
 
 Both real language models are 7B, so after the hidden window the EventGPT draft costs as much
 per token as the target. The head predicts the target's next final hidden state from
@@ -31,6 +31,19 @@ CONFIG = "eagle_head.json"
 
 
 class EagleHead(nn.Module):
+    """The head contract EagleRunner and the trainer read (phide.models.eagle3.Eagle3Head keeps it too):
+      kind          "eagle2" | "eagle3"
+      capture       the target layers whose input states it reads (LlamaModel.forward(capture=)),
+                    None: the target's final (post-norm) features
+      forward       (embeds, feats, cache args) -> the state fed back to the next step [B,T,H]
+      layer_inputs  (embeds, feats) -> (q/k/v input, residual): the step before attention
+      finish        residual + attention -> the layer's output (the MLP half)
+      logits        (state, target LM) -> fp32 logits over the target's vocabulary
+    """
+
+    kind = "eagle2"
+    capture = None
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = dataclasses.replace(cfg, num_hidden_layers=1)
@@ -45,12 +58,32 @@ class EagleHead(nn.Module):
     def new_cache(self, max_len: int) -> KVCache:
         return KVCache(self.cfg, 1, max_len, self.fc.weight.dtype, self.device)
 
+    @property
+    def self_attn(self):
+        return self.layer.self_attn
+
+    def feature_state(self, feats: torch.Tensor) -> torch.Tensor:
+        """What the step reads as its feature: the target's final feature, or the head's own output."""
+        return feats
+
+    def layer_inputs(self, embeds, feats) -> tuple[torch.Tensor, torch.Tensor]:
+        """embeds, feats [B,T,H] -> (q/k/v input, residual) [B,T,H]: fc of both, then the norm."""
+        x = self.fc(torch.cat([embeds, feats], dim=-1).to(self.fc.weight.dtype))
+        return self.layer.input_layernorm(x), x
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layer.mlp(self.layer.post_attention_layernorm(x))
+
     def forward(self, embeds, feats, *, positions, cache: KVCache, slots, attn_mask, kv_len) -> torch.Tensor:
         """embeds, feats [B,T,H] (input embedding of the token, target feature of the position
         before it) -> predicted features [B,T,H]. Cache/mask conventions as LlamaModel.forward."""
-        x = self.fc(torch.cat([embeds, feats], dim=-1).to(self.fc.weight.dtype))
+        u, x = self.layer_inputs(embeds, feats)
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
-        return self.layer(x, cos, sin, cache.k[0], cache.v[0], slots, attn_mask, kv_len)
+        return self.finish(x + self.layer.self_attn(u, cos, sin, cache.k[0], cache.v[0], slots, attn_mask, kv_len))
+
+    def logits(self, hidden: torch.Tensor, lm) -> torch.Tensor:
+        """The predicted feature through the target's own LM head (fp32, the target's vocabulary)."""
+        return lm.logits(hidden)
 
     def forward_train(self, embeds, feats) -> torch.Tensor:
         """Causal forward over whole sequences without a cache (training). [B,T,H] -> [B,T,H]."""

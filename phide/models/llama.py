@@ -199,14 +199,23 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B,heads,T,D] rotated by cos/sin [B,T,D] (rope_cos_sin)."""
+    cos_, sin_ = cos.unsqueeze(1), sin.unsqueeze(1)
+    return x * cos_ + _rotate_half(x) * sin_
+
+
 class Attention(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, in_features: int | None = None):
+        """in_features: the width q/k/v read (default hidden_size; an EAGLE-3 head's layer reads
+        [token embedding, feature], 2 * hidden_size)."""
         super().__init__()
         self.h, self.hkv, self.d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         bias = cfg.attention_bias
-        self.q_proj = nn.Linear(cfg.hidden_size, self.h * self.d, bias=bias)
-        self.k_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias=bias)
-        self.v_proj = nn.Linear(cfg.hidden_size, self.hkv * self.d, bias=bias)
+        width = in_features or cfg.hidden_size
+        self.q_proj = nn.Linear(width, self.h * self.d, bias=bias)
+        self.k_proj = nn.Linear(width, self.hkv * self.d, bias=bias)
+        self.v_proj = nn.Linear(width, self.hkv * self.d, bias=bias)
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=bias)
 
     def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree=None):
@@ -217,9 +226,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.h, self.d).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.hkv, self.d).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.hkv, self.d).transpose(1, 2)
-        cos_, sin_ = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos_ + _rotate_half(q) * sin_
-        k = k * cos_ + _rotate_half(k) * sin_
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         b_idx = torch.arange(B, device=x.device).unsqueeze(1).expand(B, T)
         # Advanced indices around a slice put the indexed dims first: [B, T, Hkv, D].
         k_cache[b_idx, :, slots] = k.transpose(1, 2).to(k_cache.dtype)
@@ -298,7 +305,8 @@ class LlamaModel(nn.Module):
         attn_mask: torch.Tensor | None,
         kv_len: int,
         tree: TreeAttention | None = None,
-    ) -> torch.Tensor:
+        capture: tuple[int, ...] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder and return final-norm hidden states [B,T,hidden].
 
         input_ids [B,T] int64 or inputs_embeds [B,T,hidden]; positions [B,T] (RoPE positions,
@@ -307,6 +315,10 @@ class LlamaModel(nn.Module):
         of rows 0..T-1 (T == kv_len: SDPA's fused causal path, or flash-attn, instead of a dense
         mask). `tree`: a tree-verify batch described by a TreeAttention over rows [0, kv_len);
         attn_mask is then not read (pass None).
+        capture: layer ids whose INPUT residual stream to return too (i: the state entering layer
+        i, before its norm; L: the last layer's output before the final norm; the convention of
+        vLLM's `eagle_aux_hidden_state_layer_ids`): then (hidden, aux [B,T,len(capture)*hidden]),
+        the features an EAGLE-3 head fuses.
         """
         if attn_mask is None and tree is None:
             raise ValueError("LlamaModel.forward needs attn_mask or tree")
@@ -314,9 +326,15 @@ class LlamaModel(nn.Module):
             raise ValueError("a CAUSAL forward covers cache rows 0..T-1: kv_len must equal T")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
+        taken: dict[int, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
+            if capture and i in capture:
+                taken[i] = x
             x = layer(x, cos, sin, cache.k[i], cache.v[i], slots, attn_mask, kv_len, tree)
-        return self.norm(x)
+        if not capture:
+            return self.norm(x)
+        taken[len(self.layers)] = x
+        return self.norm(x), torch.cat([taken[i] for i in capture], dim=-1)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits [..., V] (see `lm_head_fp32`)."""

@@ -1,6 +1,8 @@
-"""Tree growth with the EAGLE continuation head (phide.models.eagle) for one request.
+"""Tree growth with an EAGLE continuation head (phide.models.eagle: EAGLE-2, phide.models.eagle3:
+EAGLE-3; the contract is EagleHead's) for one request.
 
-The head consumes pairs (input embedding of token x_{i+1}, target feature f_i). Pairs become
+The head consumes pairs (input embedding of token x_{i+1}, target feature f_i: the final feature,
+or for EAGLE-3 the fused low/middle/high layers). Pairs become
 known as the target commits tokens: after its prefill (the prompt) and after every verify (the
 accepted path's features from that very forward, so the head always drafts from the target's
 true features, never from its own guesses for committed tokens). Like DraftRunner, pending pairs
@@ -14,7 +16,6 @@ import threading
 
 import torch
 
-from phide.models.eagle import EagleHead
 from phide.models.llama import LlamaModel
 from phide.speculation.runners import causal_inputs
 from phide.speculation.tree import Tree, TreeGrower, adopt_subtree
@@ -23,14 +24,14 @@ from phide.speculation.tree import Tree, TreeGrower, adopt_subtree
 def accepted_pairs(target_runner, tree: Tree, accept_nodes: list[int], bonus: int) -> tuple[list[int], torch.Tensor]:
     """The head's next pairs after a verify: the accepted tokens (root excluded) and the bonus,
     and the target's features [k, H] at the accepted nodes (root included) from that verify
-    (gathered on the device: `TargetRunner.accepted_hidden`)."""
-    return [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], target_runner.accepted_hidden()
+    (gathered on the device: `TargetRunner.accepted_features`)."""
+    return [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], target_runner.accepted_features()
 
 
 class EagleRunner:
     can_grow_ahead = True  # post-verify overlap: grow_assuming / settle (phide.speculation.overlap)
 
-    def __init__(self, head: EagleHead, target_lm: LlamaModel, target_runner, max_len: int):
+    def __init__(self, head, target_lm: LlamaModel, target_runner, max_len: int):
         self.head, self.lm, self.target = head, target_lm, target_runner
         self.cache = head.new_cache(max_len)
         self.length = 0
@@ -60,7 +61,10 @@ class EagleRunner:
         if not self._embeds:  # no features yet (a one-token prompt): nothing to draft from
             self._node_hidden = {}
             return Tree([self.root_token], [-1])
-        e, f = torch.cat(self._embeds).unsqueeze(0), torch.cat(self._feats).unsqueeze(0)
+        # Pending features: the target's (final, or its fused layers for EAGLE-3) and, after a
+        # grow_assuming, the head's own outputs; each chunk as the state the layer reads.
+        e = torch.cat(self._embeds).unsqueeze(0)
+        f = torch.cat([self.head.feature_state(x) for x in self._feats]).unsqueeze(0)
         self._embeds, self._feats = [], []
         n = e.shape[1]
         pos, mask = causal_inputs(self.length, n, device)
@@ -132,7 +136,9 @@ class EagleRunner:
         return tree
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm.logits(hidden)  # the tree grower normalises (ops.tree_topk)
+        # The target's vocabulary (EAGLE-2: its LM head; EAGLE-3: the head's own, ids outside its
+        # draft vocabulary at -inf); the tree grower normalises (ops.tree_topk).
+        return self.head.logits(hidden, self.lm)
 
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
         """Queue the accepted path's pairs: features from the target's verify forward of this tree."""

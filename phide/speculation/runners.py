@@ -35,31 +35,36 @@ class TargetRunner:
     """The target model for one request: prefill, then rounds of `verify` (one forward over a
     tree, the acceptance walk and the KV commit, all on the device)."""
 
-    def __init__(self, model: LlamaModel, max_len: int, transfers: Transfers | None = None):
+    def __init__(self, model: LlamaModel, max_len: int, transfers: Transfers | None = None,
+                 capture: tuple[int, ...] | None = None):
+        """capture: the layers whose input states an EAGLE-3 head fuses (LlamaModel.forward's
+        `capture`); then the features kept are those [.., len(capture) * H], else the final ones."""
         self.model = model
         self.cache = model.new_cache(1, max_len)
         self.transfers = transfers or Transfers(model.device)
+        self.capture = tuple(capture) if capture else None
         self.length = 0
         self.forwards = 0
 
-        self.last_hidden: torch.Tensor | None = None  # [N, H] of the last verify (EAGLE features)
+        self.last_features: torch.Tensor | None = None  # [N, F] of the last verify (what the head reads)
         self.last_path: torch.Tensor | None = None  # [n_acc + 1] accepted nodes of the last verify (device)
-        self.prefill_hidden: torch.Tensor | None = None  # [1, P-1, H], kept by the engine
+        self.prefill_features: torch.Tensor | None = None  # [1, P-1, F], kept by the engine
 
     @torch.inference_mode()
     def prefill(self, ids: list[int] | None = None, embeds: torch.Tensor | None = None) -> torch.Tensor | None:
         """Cache the prompt minus its last token (ids: P-1 token ids, or embeds [1,P-1,H]);
-        returns the final hidden states [1, P-1, H] (the features a continuation head drafts from)."""
+        returns the features a continuation head drafts from [1, P-1, F]: the final hidden
+        states, or with `capture` the captured layers' (taken in the same forward)."""
         n = len(ids) if embeds is None else embeds.shape[1]
         if n == 0:
             return None
         pos, mask = causal_inputs(self.length, n, self.model.device)
         ids_dev = None if embeds is not None else self.transfers.upload(torch.tensor([ids], dtype=torch.int64))[0]
-        hidden = self.model(ids_dev, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
-                            attn_mask=mask, kv_len=self.length + n)
+        out = self.model(ids_dev, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
+                         attn_mask=mask, kv_len=self.length + n, capture=self.capture)
         self.length += n
         self.forwards += 1
-        return hidden
+        return out[1] if self.capture else out
 
     @torch.inference_mode()
     def verify(self, tree: Tree, temperature: float, seed: int, produced: int) -> tuple[int, list[int], list[int]]:
@@ -96,10 +101,11 @@ class TargetRunner:
                                       n_nodes=meta[1:])
         else:
             mask, tree_attn = layout, None
-        hidden = self.model(tokens.view(1, N), positions=pos.view(1, N), cache=self.cache, slots=slots.view(1, N),
-                            attn_mask=mask, kv_len=self.length + N, tree=tree_attn)
+        out = self.model(tokens.view(1, N), positions=pos.view(1, N), cache=self.cache, slots=slots.view(1, N),
+                         attn_mask=mask, kv_len=self.length + N, tree=tree_attn, capture=self.capture)
+        hidden, features = out if self.capture else (out, out)
         self.forwards += 1
-        self.last_hidden = hidden[0]
+        self.last_features = features[0]
         choice = ops.gumbel_choices(self.model.logits(hidden)[0], temperature, seed, noise_pos)
         nodes, out, n_acc = ops.tree_accept_greedy(tokens.view(1, N), parents.view(1, N), choice.view(1, N))
         ops.kv_commit(self.cache.k, self.cache.v, meta[:1], nodes[:, :width], n_acc)
@@ -109,10 +115,10 @@ class TargetRunner:
         self.length += n + 1
         return n, path[: n + 1].tolist(), emitted[: n + 1].tolist()
 
-    def accepted_hidden(self) -> torch.Tensor:
-        """The target's features [n + 1, H] at the last verify's accepted nodes (root first), on
-        the device (no transfer)."""
-        return self.last_hidden.index_select(0, self.last_path)
+    def accepted_features(self) -> torch.Tensor:
+        """The target's features [n + 1, F] at the last verify's accepted nodes (root first), on
+        the device (no transfer): final hidden states, or the captured layers' states."""
+        return self.last_features.index_select(0, self.last_path)
 
 
 class DraftRunner:

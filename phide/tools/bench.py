@@ -72,6 +72,32 @@ VARIANTS = {
 }
 DEMO_CONFIGS = ("target-only", "sequential", "hide", "auto")
 
+
+def config_of(name: str) -> tuple[Config, dict]:
+    """A configuration by name: one of CONFIGS, or MODE [--head DIR] [--no-head] [--no-adapter]
+    (e.g. `head-only --head runs/eagle2`: another head on the bundled pair) -> (Config, the
+    session's load_session arguments)."""
+    if name in CONFIGS:
+        return CONFIGS[name], VARIANTS[CONFIGS[name].variant]
+    from phide.modes import MODES
+
+    words = name.split()
+    if not words or words[0] not in MODES:
+        raise PhideError(f"unknown configuration {name!r} (choose from {', '.join(CONFIGS)}, or MODE --head DIR)")
+    kw, rest = {}, words[1:]
+    while rest:
+        flag = rest.pop(0)
+        if flag == "--head" and rest:
+            kw["head_dir"] = rest.pop(0)
+        elif flag == "--no-head":
+            kw["use_head"] = False
+        elif flag == "--no-adapter":
+            kw["use_adapter"] = False
+        else:
+            raise PhideError(f"configuration {name!r}: {flag!r} is not a flag the bench takes (--head DIR, "
+                             "--no-head, --no-adapter)")
+    return Config(words[0], variant=" ".join(words[1:]), default=False), kw
+
 BENCH_COLUMNS = CONTEXT_COLUMNS + [
     "bench", "config", "ran", "scenes", "repeats", "max_new_tokens", "median_wall_s", "p25_wall_s", "p75_wall_s",
     "median_predicted_s", "median_prediction_error", "tau", "mean_draft_tokens_in_window", "target_forwards", "faults",
@@ -80,14 +106,15 @@ BENCH_COLUMNS = CONTEXT_COLUMNS + [
 
 
 # ----------------------------------------------------------------------------- the bundled pair
-def bundled_session(variant: str = "main", calibration="auto", **load_kw):
+def bundled_session(variant: str | dict = "main", calibration="auto", **load_kw):
     """The bundled toy pair as a session (head, adapter and tree shape from its directories);
-    `load_kw`: more load_session arguments (device, dtype)."""
+    variant: a VARIANTS name or its load_session arguments; `load_kw`: more (device, dtype)."""
     from phide.session import load_session
     from phide.toy.bundle import bundled_dir
 
     d = bundled_dir()
-    return load_session(d / "target", d / "draft", calibration=calibration, **VARIANTS[variant], **load_kw)
+    kw = VARIANTS[variant] if isinstance(variant, str) else variant
+    return load_session(d / "target", d / "draft", calibration=calibration, **kw, **load_kw)
 
 
 def toy_samples(n: int, seed: int):
@@ -130,14 +157,13 @@ def ensure_calibrated(session, *, scenes: int = 4, max_new_tokens: int = 48, log
 # ----------------------------------------------------------------------------- running scenes
 def load_configs(names, *, log=None) -> dict:
     """{config name: (session, mode)}, one session per variant; the main one calibrated."""
-    sessions = {}
-    for name in names:
-        variant = CONFIGS[name].variant
-        if variant not in sessions:
-            sessions[variant] = bundled_session(variant)
+    sessions, chosen = {}, {name: config_of(name) for name in names}
+    for cfg, kw in chosen.values():
+        if cfg.variant not in sessions:
+            sessions[cfg.variant] = bundled_session(kw)
     if "main" in sessions and ensure_calibrated(sessions["main"], log=log):
         sessions["main"] = bundled_session("main")  # reload: what a later `phide generate` loads
-    return {name: (sessions[CONFIGS[name].variant], CONFIGS[name].mode) for name in names}
+    return {name: (sessions[cfg.variant], cfg.mode) for name, (cfg, _) in chosen.items()}
 
 
 def run_scenes(configs: dict, samples, *, max_new_tokens: int, draft_alone: bool = True, log=None,
@@ -215,7 +241,10 @@ def ran_label(name: str, plans: list[str]) -> str:
     """A configuration's name with what ran when that is not what the name says: `auto` always
     names its picks (`auto (head-only 14, hide 2)`); a forced mode names a fallback."""
     counts = {p: plans.count(p) for p in dict.fromkeys(plans)}
-    mode = CONFIGS[name].mode if name in CONFIGS else name
+    try:
+        mode = config_of(name)[0].mode
+    except PhideError:  # a plain label
+        mode = name
     if mode != "auto" and list(counts) == [mode]:
         return name
     if len(counts) == 1:
@@ -316,9 +345,8 @@ def run_bench(args) -> int:
     from phide.tools.benchlog import append_csv, check_schema, run_context
 
     names = [n.strip() for n in args.configs.split(",")] if args.configs else [n for n, c in CONFIGS.items() if c.default]
-    unknown = [n for n in names if n not in CONFIGS]
-    if unknown:
-        raise PhideError(f"unknown configuration {unknown[0]!r} (choose from {', '.join(CONFIGS)})")
+    for n in names:
+        config_of(n)  # an unknown configuration fails before anything loads
     if "target-only" in names:  # the reference every other configuration is compared with
         names.remove("target-only")
     names.insert(0, "target-only")

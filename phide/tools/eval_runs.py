@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from phide.errors import PhideError
+from phide.io import rows as rows_file
 
 RESULTS, SUMMARY, RUN, PNG = "results.jsonl", "summary.json", "run.json", "summary.png"
 # Summary keys that are timings (they differ between two runs of the same rows).
@@ -36,23 +37,7 @@ def sample_id(i: int, extra: dict) -> str:
 
 def read_rows(path: Path) -> list[dict]:
     """The complete rows of a results file; a torn last line (a kill mid-write) is cut from the file."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]  # everything up to the last complete line
-    if len(keep) != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(keep))
-    rows = []
-    for n, line in enumerate(keep.decode().splitlines(), 1):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            row = None
-        if not isinstance(row, dict) or "sample" not in row or "mode" not in row:
-            raise PhideError(f"{path}:{n} is not a result row (the file was edited?)")
-        rows.append(row)
-    return rows
+    return rows_file.read_rows(path, ("sample", "mode"), what="result row")
 
 
 # What makes two runs the same run (a resume must match all of them): the data and requests, the
@@ -96,29 +81,12 @@ def _open_run(out: Path, run: dict, resume: bool) -> list[dict]:
     return read_rows(results)
 
 
-class RowWriter:
+class RowWriter(rows_file.RowWriter):
     """Appends rows to results.jsonl, each flushed and synced as it completes; a (sample, mode)
     already written is dropped (a retried task's repeat), so no row is written twice."""
 
     def __init__(self, path: Path, done: set):
-        self.path, self.done = path, set(done)
-
-    def __enter__(self):
-        self.f = open(self.path, "a")
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-    def __call__(self, row: dict) -> bool:
-        key = (row["sample"], row["mode"])
-        if key in self.done:
-            return False
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.done.add(key)
-        return True
+        super().__init__(path, lambda row: (row["sample"], row["mode"]), done)
 
 
 def paired_items(data_dir) -> list[dict]:
@@ -225,13 +193,9 @@ def _pct(values: list[float], q: float) -> float:
 def _acceptance_by_depth(rows: list[dict]) -> dict[str, float]:
     """Per draft depth d: of the verified trees that reached depth d, the share whose accepted path
     did too."""
-    reached, accepted = {}, {}
-    for r in rows:
-        for n_acc, depth in r["stats"].get("accepted_by_verify", []):
-            for d in range(1, depth + 1):
-                reached[d] = reached.get(d, 0) + 1
-                accepted[d] = accepted.get(d, 0) + (n_acc >= d)
-    return {str(d): round(accepted[d] / reached[d], 4) for d in sorted(reached)}
+    from phide.engine import acceptance_by_depth
+
+    return acceptance_by_depth(r["stats"] for r in rows)
 
 
 def summarize(rows: list[dict], modes: list[str], references: dict | None = None) -> dict:

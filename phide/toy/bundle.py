@@ -2,7 +2,7 @@
 seeds, and its distillation data. `python -m phide.rebuild_toy_pair` rebuilds it.
 
     phide/toy/bundled/tokenizer   the toy world's tokenizer (HF format)
-    phide/toy/bundled/target      Video-LLaVA-format target + eagle_head.* (the continuation head)
+    phide/toy/bundled/target      Video-LLaVA-format target + eagle_head/ (the continuation head)
                                   + tree_shape.json (the tree shape the pair is run with)
     phide/toy/bundled/clip        the draft's CLIP tower
     phide/toy/bundled/draft       EventGPT-format draft + draft_adapter.* (strategy B adapter)
@@ -37,6 +37,11 @@ DRAFT_STAGES = (
     ["--draft-steps", "3000", "--lr", "7e-4", "--scenes", "5000", "--checkpoint-every", "500"],
 )
 TRAIN_SEED, DISTILL_SEED, EVAL_SEED, CALIBRATION_SEED = 0, 1, 2, 3
+# The head and the adapter: one `phide distill --draft --data D --features F` run with these
+# (phide.rebuild_toy_pair; the measured comparison of the two head kinds is in docs/measured.md).
+DISTILL_ARGS = ("--head-kind", "eagle3", "--max-new-tokens", "48", "--steps", "3000", "--batch", "8",
+                "--ttt-steps", "7", "--validate-every", "1000", "--checkpoint-every", "500",
+                "--adapter-steps", "400", "--adapter-batch", "16")
 PARTS = ("tokenizer", "target", "clip", "draft")
 # The tree shape the pair runs with (written as target/tree_shape.json): its answers are
 # templated, so deeper round trees pay; the draft's first tree gets 8 levels (the same work in

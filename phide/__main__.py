@@ -1,0 +1,5 @@
+"""`python -m phide ...` (and `torchrun --nproc_per_node N -m phide distill ...`): the phide CLI."""
+
+from phide.cli import main
+
+raise SystemExit(main())
