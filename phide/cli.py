@@ -59,8 +59,8 @@ def _nonneg_float(text: str) -> float:
 def _add_pair_args(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--target", required=required, help="target checkpoint directory (HF format)")
     p.add_argument("--draft", help="draft checkpoint directory (HF format); needed by --mode hide / sequential")
-    p.add_argument("--head", help="EAGLE continuation head directory (from `phide distill`); default: the "
-                   "target directory's own eagle_head.* if present")
+    p.add_argument("--head", help="EAGLE-2 or EAGLE-3 head directory (from `phide distill`, or an EAGLE-3 head in "
+                   "SGLang/vLLM layout); default: the target directory's eagle_head.* or eagle_head/ if present")
     p.add_argument("--adapter", help="distilled draft adapter directory (from `phide distill`); default: the "
                    "draft directory's own draft_adapter.* if present")
     p.add_argument("--no-head", action="store_true", help="run without an EAGLE head (rounds drafted by the draft)")
@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "(MiB / 1024: a '24 GB' card is 24, an '80 GB' H100 79.6); plans fit in 95%% of it")
     plan.add_argument("--target", help="target checkpoint directory (config.json is enough)")
     plan.add_argument("--draft", help="draft checkpoint directory (config.json is enough)")
-    plan.add_argument("--head", help="EAGLE head directory (eagle_head.json); default: the target directory's own")
+    plan.add_argument("--head", help="EAGLE head directory (EAGLE-2 eagle_head.json, or an EAGLE-3 config.json); "
+                      "default: the target directory's own (or its eagle_head/)")
     plan.add_argument("--no-head", action="store_true", help="plan without an EAGLE head")
     plan.add_argument("--clip-dir", help="CLIP directory of an EventGPT draft (see generate)")
     plan.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",

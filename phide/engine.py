@@ -280,6 +280,7 @@ class Engine:
             target_forwards=target.forwards,
             draft_forwards=draft.forwards if draft is not None else 0,
             head_forwards=head.forwards if head is not None else 0,
+            head_kind=self.head.kind if head is not None else None,
             verifies=verifies,
             # tau: tokens emitted per verify forward (accepted drafts + the bonus, after the cut
             # at EOS / max_new_tokens)

@@ -181,9 +181,13 @@ def memory_plan_for(target_dir, draft_dir, *, head_dir, adapter_dir, clip_dir, d
     if chosen_by == "flags" and card_gb is not None and gb > card_gb:  # fail before loading, not at an OOM
         raise PhideError(f"target {target_quant} + draft {draft_quant} needs {gb:.1f} GB, this GPU has {card_gb:.1f} GB "
                          "(--draft-quant auto picks a plan that fits; `phide plan --gpu-memory` lists them)")
+    head = None
+    if pair.head is not None:  # the head that loads, priced as it is stored (EAGLE-3: its own LM head)
+        head = {"kind": pair.head.kind, "params": pair.head.params(),
+                "weights_gb": round(pair.head.bytes(mp.DTYPE_BYTES[dtype_name]) / mp.GIB, 4)}
     return {"target_quant": target_quant, "draft_quant": draft_quant if draft_dir is not None else None,
             "predicted_gb": gb, "device_memory_gb": None if card_gb is None else round(card_gb, 2),
-            "chosen_by": chosen_by, "for_new_tokens": max_new}
+            "chosen_by": chosen_by, "for_new_tokens": max_new, "head": head}
 
 
 TREE_SHAPE_FILE = "tree_shape.json"

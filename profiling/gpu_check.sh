@@ -14,7 +14,9 @@
 #   5. an Nsight Systems trace of one toy request, when nsys is installed.
 #   6. the lane-overlap sweep: the toy pair's hide window with the draft on 8/16/24/32 SMs,
 #   7. how often greedy answers in bf16 are token-for-token target-only's, per schedule
-#      (profiling/identity.py).
+#      (profiling/identity.py),
+#   8. `phide distill` on the device: bf16 frozen models, the head under bf16 autocast, online and
+#      offline features (tests/test_distill_runs.py -m gpu).
 #
 # A failing step prints "FAILED: <step> (exit N)" and the next one runs. Without the CUDA build
 # (no nvcc, an nvcc that is not torch's CUDA major.minor, a driver too old for torch's CUDA, a
@@ -146,6 +148,10 @@ step_sweep_lanes() {
 
 step_identity_bf16() {
     "$PY" profiling/identity.py --dtype bfloat16 --scenes 32
+}
+
+step_distill_gpu() {
+    "$PY" -m pytest -q -s -m gpu tests/test_distill_runs.py
 }
 
 summary() {

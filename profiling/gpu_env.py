@@ -187,6 +187,7 @@ STEPS = [
     ("nsys", "5. Nsight Systems trace", False),
     ("sweep_lanes", "6. lane-overlap sweep (draft on 8/16/24/32 SMs of a green-context split)", False),
     ("identity_bf16", "7. greedy answers identical to target-only in bf16 (profiling/identity.py)", False),
+    ("distill_gpu", "8. phide distill on the device (bf16 autocast; tests/test_distill_runs.py -m gpu)", False),
 ]
 
 

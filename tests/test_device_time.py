@@ -149,3 +149,39 @@ def test_host_traffic_budgets(tiny_pair):
     draft.grow(budget=16, topk=2, max_depth=5, max_expansions=8, on_step=steps.append)
     # one read for the root's children, then one per step
     assert draft.transfers.d2h == len(steps) and len(steps) - 1 == draft.forwards - 2 >= 3
+
+
+def test_a_capturing_verify_costs_no_transfer_and_keeps_the_accepted_nodes_layers(tiny_pair):
+    """An EAGLE-3 head's features come out of the verify's own forward: the same one upload and
+    one read as a plain verify, and `accepted_features` is the captured layers' states at the
+    accepted path's nodes (a device gather), equal to a separate forward's capture there."""
+    from phide.models.llama import CAUSAL
+    from phide.runtime.transfers import Transfers
+    from phide.speculation.runners import TargetRunner
+    from phide.speculation.tree import Tree
+
+    target = load_llama(tiny_pair["target"])
+    ids = [1, 17, 42, 99, 5, 23]
+    plain_x, cap_x = Transfers(torch.device("cpu")), Transfers(torch.device("cpu"))
+    plain, cap = TargetRunner(target, 64, plain_x), TargetRunner(target, 64, cap_x, capture=(0, 1, 2))
+    for r in (plain, cap):
+        r.prefill(ids[:-1])
+    g = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=2), "target-only").token_ids
+    tree = Tree([ids[-1], g[0], g[1], (g[0] + 1) % 50], [-1, 0, 1, 0])  # the target's own path, and a wrong branch
+    before = [(x.h2d, x.d2h) for x in (plain_x, cap_x)]
+    outs = [r.verify(tree, 0.0, 0, 0) for r in (plain, cap)]
+    assert outs[0] == outs[1]
+    assert [(x.h2d - b[0], x.d2h - b[1]) for x, b in zip((plain_x, cap_x), before)] == [(1, 1), (1, 1)]
+    n, path, tokens = outs[1]
+    assert n == 2 and path == [0, 1, 2]
+    feats = cap.accepted_features()
+    H = target.cfg.hidden_size
+    assert feats.shape == (n + 1, 3 * H)
+    # the same states from one causal forward over the prompt and the accepted path
+    seq = torch.tensor([ids + [tree.tokens[i] for i in path[1:]]])
+    T = seq.shape[1]
+    pos = torch.arange(T).unsqueeze(0)
+    with torch.no_grad():
+        _, aux = target(seq, positions=pos, cache=target.new_cache(1, T), slots=pos, attn_mask=CAUSAL, kv_len=T,
+                        capture=(0, 1, 2))
+    torch.testing.assert_close(feats, aux[0, len(ids) - 1:], rtol=1e-4, atol=1e-5)

@@ -171,3 +171,21 @@ def test_bad_runs_are_one_clear_error(toy, uninterrupted, tmp_path):
     one_error(["distill", "--target", str(toy["root"] / "target"), "--data", str(one), "--out", str(tmp_path / "o")],
               "needs at least 2")
     assert not (tmp_path / "o").exists()  # nothing made for a run that cannot start
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_distill_on_a_gpu_trains_in_bf16_autocast(toy, tmp_path):
+    """On a GPU: the frozen pair in bf16, the head's fp32 master weights under bf16 autocast,
+    online and offline features; the saved head loads and drafts (the answers' identity in bf16
+    is reported: near-ties may differ, README's numerics table)."""
+    for extra in ([], ["--features", str(tmp_path / "f")]):
+        out = tmp_path / f"gpu{len(extra)}"
+        rc, stdout, err = run_cli(_args(toy, out, "--device", "cuda", *extra))
+        assert rc == 0, err
+        rep = json.loads(stdout)
+        rows = (out / "train_log.csv").read_text().splitlines()
+        first, last = (float(r.split(",")[4]) for r in (rows[1], rows[-1]))
+        assert last < first, (first, last)
+        print(f"gpu distill {extra or 'online'}: loss {first:.3f} -> {last:.3f}, val_identical {rep['val_identical']}, "
+              f"val_tau {rep['val_tau']:.2f}")

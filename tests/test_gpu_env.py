@@ -206,7 +206,7 @@ def test_gpu_check_failed_build_skips_only_the_extension_steps(tmp_path):
     assert "-m phide.cli plan" in calls and any("sweep_lanes.py" in c for c in calls)
     assert "profiling/bench_tree_accept.py --backends torch" in calls
     assert "cpp backend skipped: the CUDA extension's build failed" in text
-    assert "== summary: 11 run, 1 failed, 3 skipped" in text
+    assert "== summary: 12 run, 1 failed, 3 skipped" in text
     assert "  FAILED: 1. build the CUDA extension (exit 3)" in text
 
 
@@ -220,7 +220,7 @@ def test_gpu_check_without_nvcc_skips_the_build_and_goes_on(tmp_path):
     assert "profiling/bench_tree_accept.py --backends torch" in calls
     assert "-m phide.cli plan" in calls
     assert "skipped: nvcc not found" in text and "FAILED" not in text
-    assert "== summary: 11 run, 0 failed, 4 skipped" in text
+    assert "== summary: 12 run, 0 failed, 4 skipped" in text
 
 
 @needs_bash
@@ -232,5 +232,5 @@ def test_gpu_check_a_failing_step_does_not_stop_the_rest(tmp_path):
     assert any("-m pytest -q -m gpu tests/test_ext.py" in c for c in calls)  # the build worked
     assert "profiling/bench_tree_accept.py" in calls  # both backends
     assert "FAILED: 2. Triton kernels compiled for the device (exit 3)" in text
-    assert calls[-1].endswith("profiling/identity.py --dtype bfloat16 --scenes 32")  # the last step still ran
-    assert "== summary: 13 run, 1 failed, 0 skipped" in text
+    assert calls[-1].endswith("-m gpu tests/test_distill_runs.py")  # the last step still ran
+    assert "== summary: 14 run, 1 failed, 0 skipped" in text
