@@ -214,3 +214,17 @@ def test_draft_quant_auto_picks_what_the_card_holds(monkeypatch):
     _card(monkeypatch, 24)
     given = _auto(draft_quant="int8", target_quant="none")  # 23.2 GB: over the 95% auto keeps, under the card
     assert given["draft_quant"] == "int8" and given["chosen_by"] == "flags"
+
+
+def test_an_eagle3_head_is_priced_as_it_loads():
+    """The EAGLE-3 head (SGLang layout config) is priced with its own LM head and vocabulary maps,
+    and the prompt's captured layers (3 x H per position) the engine keeps for it."""
+    pair = mp.PairShape.read(TARGET, DRAFT, head_dir=TARGET.parent / "eagle3-head-7B")
+    assert (pair.head.kind, pair.head.n_capture, pair.head.draft_vocab) == ("eagle3", 3, 32000)
+    parts = mp.plan_parts(pair, "none", "none", spec=SpecConfig(), max_new=64, dtype="bfloat16")
+    assert parts["EAGLE head"] == 434_126_848 * 2 + 32000 * 8 + 32064
+    assert parts["EAGLE head features"] == 2076 * 3 * 4096 * 2
+    eagle2 = mp.plan_parts(mp.PairShape.read(TARGET, DRAFT, head_dir=HEAD), "none", "none", spec=SpecConfig(),
+                           max_new=64, dtype="bfloat16")
+    others = {k for k in parts if not k.startswith("EAGLE head")}
+    assert all(parts[k] == eagle2[k] for k in others)  # only the head's parts differ
