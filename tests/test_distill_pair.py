@@ -366,6 +366,7 @@ def test_the_bundled_pair_is_complete_small_and_lossless(monkeypatch):
     session = _quiet(bundled_session, calibration=None)
     eng = session.engine
     assert eng.head is not None and eng.draft_adapter is not None
+    assert eng.head.kind == "eagle3"  # the default kind, the one that measured better (docs/measured.md)
     assert {k: getattr(eng.spec, k) for k in TREE_SHAPE} == TREE_SHAPE
     s = eval_samples(1)[0]
     outs = {m: session.generate(toy_request(s, 16), m) for m in ("target-only", "head-only", "sequential", "hide")}

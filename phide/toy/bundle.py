@@ -39,8 +39,8 @@ DRAFT_STAGES = (
 TRAIN_SEED, DISTILL_SEED, EVAL_SEED, CALIBRATION_SEED = 0, 1, 2, 3
 # The head and the adapter: one `phide distill --draft --data D --features F` run with these
 # (phide.rebuild_toy_pair; the measured comparison of the two head kinds is in docs/measured.md).
-DISTILL_ARGS = ("--head-kind", "eagle3", "--max-new-tokens", "48", "--steps", "3000", "--batch", "8",
-                "--ttt-steps", "7", "--validate-every", "1000", "--checkpoint-every", "500",
+DISTILL_ARGS = ("--head-kind", "eagle3", "--max-new-tokens", "48", "--steps", "4500", "--batch", "8",
+                "--ttt-steps", "7", "--validate-every", "1500", "--checkpoint-every", "500",
                 "--adapter-steps", "400", "--adapter-batch", "16")
 PARTS = ("tokenizer", "target", "clip", "draft")
 # The tree shape the pair runs with (written as target/tree_shape.json): its answers are
