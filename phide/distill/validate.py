@@ -20,6 +20,7 @@ import torch
 
 from phide.distill.features import item_request
 from phide.distill.ttt import ttt_forward
+from phide.models.llama import rope_inv_freq
 
 
 def val_columns(depth: int, ttt_steps: int) -> tuple[str, ...]:
@@ -32,6 +33,7 @@ def validate_head(engine, head, held: list, source, *, max_new_tokens: int, ttt_
     from phide.engine import Engine, acceptance_by_depth
 
     h = copy.deepcopy(head).to(dtype=engine.target.dtype).eval()
+    h.inv_freq = rope_inv_freq(h.cfg).to(h.inv_freq.device)  # fp32, as the loaders rebuild it: validate the shipped head
     with torch.inference_mode():
         runner = Engine(engine.target_side, None, head=h, eos_token_ids=sorted(engine.eos), spec=engine.spec)
         stats, same = [], 0
