@@ -74,3 +74,27 @@ def write_json_atomic(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def open_run_dir(out: Path, run_file: str, run: dict, resume: bool) -> None:
+    """Create a run directory and write its description `run_file` (atomically); with resume, the
+    description already there must equal `run` (one error naming what changed)."""
+    if out.exists() and not out.is_dir():
+        raise PhideError(f"--out {out} is a file")
+    path = out / run_file
+    if resume and path.is_file():
+        try:
+            before = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise PhideError(f"{path} is not valid JSON ({exc}): not a run phide can resume") from None
+        if not isinstance(before, dict):
+            raise PhideError(f"{path} is not a run description: not a run phide can resume")
+        changed = sorted(k for k in run if before.get(k) != run[k])
+        if changed:
+            raise PhideError(f"--resume: {out} was run with other {', '.join(changed)} "
+                             f"({changed[0]}: {before.get(changed[0])!r}, now {run[changed[0]]!r})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PhideError(f"cannot create {out}: {exc.strerror}") from None
+    write_json_atomic(path, run)

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from phide.errors import PhideError
+from phide.io.rows import open_run_dir
 
 RUN, REPORT = "distill.json", "report.json"
 # What makes two runs the same (a resume must match every one).
@@ -125,26 +126,10 @@ def _run_identity(args) -> dict:
 
 
 def _open_run(out: Path, run: dict, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise PhideError(f"--out {out} is a file")
     started = (out / RUN).is_file() or (out / "answers.jsonl").is_file()
-    if started and not resume:
+    if started and not resume and out.is_dir():
         raise PhideError(f"{out} already holds a distillation: pass --resume to finish it, or another --out")
-    if resume and (out / RUN).is_file():
-        try:
-            before = json.loads((out / RUN).read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PhideError(f"{out / RUN} is not valid JSON ({exc}): not a run phide can resume") from None
-        changed = sorted(k for k in run if not isinstance(before, dict) or before.get(k) != run[k])
-        if changed:
-            raise PhideError(f"--resume: {out} was run with other {', '.join(changed)} ({changed[0]}: "
-                             f"{before.get(changed[0]) if isinstance(before, dict) else None!r}, "
-                             f"now {run[changed[0]]!r})")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PhideError(f"cannot create {out}: {exc.strerror}") from None
-    (out / RUN).write_text(json.dumps(run, indent=2))
+    open_run_dir(out, RUN, run, resume)
 
 
 def _distill(args, items: list[dict], out: Path, device: str, dtype) -> dict | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from phide.errors import PhideError
 from phide.io import rows as rows_file
+from phide.io.rows import open_run_dir
 
 RESULTS, SUMMARY, RUN, PNG = "results.jsonl", "summary.json", "run.json", "summary.png"
 # Summary keys that are timings (they differ between two runs of the same rows).
@@ -58,26 +59,9 @@ def run_identity(args, modes: list[str]) -> dict:
 def _open_run(out: Path, run: dict, resume: bool) -> list[dict]:
     """Create RUN_DIR or, with resume, check it is the same run; returns the rows already there."""
     results = out / RESULTS
-    if out.exists() and not out.is_dir():
-        raise PhideError(f"--out {out} is a file")
-    if results.is_file() and not resume:
+    if results.is_file() and not resume and out.is_dir():
         raise PhideError(f"{out} already holds a run ({RESULTS}): pass --resume to finish it, or another --out")
-    if resume and (out / RUN).is_file():
-        try:
-            before = json.loads((out / RUN).read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise PhideError(f"{out / RUN} is not valid JSON ({exc}): not a run phide can resume") from None
-        if not isinstance(before, dict):
-            raise PhideError(f"{out / RUN} is not a run description: not a run phide can resume")
-        changed = sorted(k for k in run if before.get(k) != run[k])
-        if changed:
-            raise PhideError(f"--resume: {out} was run with other {', '.join(changed)} "
-                             f"({changed[0]}: {before.get(changed[0])!r}, now {run[changed[0]]!r})")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PhideError(f"cannot create {out}: {exc.strerror}") from None
-    (out / RUN).write_text(json.dumps(run, indent=2))
+    open_run_dir(out, RUN, run, resume)
     return read_rows(results)
 
 
