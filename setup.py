@@ -197,17 +197,13 @@ def _cmdclass(ext_modules: list) -> dict:
     return {"build_ext": BuildExtension}
 
 
-# Packages: phide and everything under it, plus the top-level folder triton_kernels/ installed as
-# phide.triton_kernels (OpenAI ships an unrelated top-level package named `triton_kernels`).
+# Packages: phide and everything under it (the Triton kernels live in phide/triton_kernels/, so
+# the checkout imports exactly as an install does, editable or not).
 PACKAGES = find_packages(where=str(ROOT), include=["phide", "phide.*"])
-PACKAGES += ["phide.triton_kernels"] + [
-    f"phide.triton_kernels.{p}" for p in find_packages(where=str(ROOT / "triton_kernels"))
-]
 
 ext_modules = get_extensions()
 setup(
     packages=PACKAGES,
-    package_dir={"phide.triton_kernels": "triton_kernels"},
     # The bundled trained toy pair (checkpoints, tokenizer, head, adapter): `phide demo` runs on it.
     package_data={"phide.toy": ["bundled/*/*"]},
     ext_modules=ext_modules,

@@ -193,7 +193,11 @@ class Engine:
         cfg = self.target.cfg
         self.kernels = ops.prepare_kernels(self.target.device, self.target.dtype, cfg.head_dim,
                                            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.vocab_size,
-                                           topk=self.spec.topk, draft_vocab=self.shared_vocab or None)
+                                           topk=(self.spec.topk, 1),  # 1: a cross-vocabulary draft's chains
+                                           draft_vocab=self.draft.cfg.vocab_size if self.draft is not None else None,
+                                           shared_vocab=(self.draft.cfg.vocab_size if vocab_bridge is not None
+                                                         else self.shared_vocab) or None,
+                                           head=head is not None)
         # SpecConfig.draft_graph: the draft's static-shape tree step over a cache of this engine,
         # made (and on a GPU captured as a CUDA graph) here, outside any request's window.
         self._draft_step = None

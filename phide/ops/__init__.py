@@ -65,17 +65,18 @@ def _use_triton_on(device_type: str) -> bool:
     return choice == "auto" and device_type == "cuda" and _triton_available()
 
 
-def prepare_kernels(device, dtype, head_dim: int, n_heads: int, n_kv_heads: int, vocab: int, *,
-                    topk: int, draft_vocab: int | None = None) -> list:
+def prepare_kernels(device, dtype, head_dim: int, n_heads: int, n_kv_heads: int, vocab: int,
+                    **variants) -> list:
     """At engine load: compile (or load from Triton's cache) every Triton kernel variant the
     engine will launch on `device` for these model shapes, so no request waits for a compile
     (phide.triton_kernels.precompile; it runs nothing off a GPU). Returns the variants: none when
-    this backend launches no Triton kernel there (a CPU without PHIDE_OPS=triton)."""
+    this backend launches no Triton kernel there (a CPU without PHIDE_OPS=triton). variants: as
+    `kernel_variants` (topk, draft_vocab, shared_vocab, head)."""
     if not _use_triton_on(torch.device(device).type):
         return []
     from phide.triton_kernels.precompile import precompile
 
-    return precompile(device, dtype, head_dim, n_heads, n_kv_heads, vocab, topk=topk, draft_vocab=draft_vocab)
+    return precompile(device, dtype, head_dim, n_heads, n_kv_heads, vocab, **variants)
 
 
 def _triton_available() -> bool:

@@ -5,8 +5,10 @@ On a GPU every host-to-device copy costs a launch and every device-to-host read 
 stalls the lane until its queue drains, which is exactly the overlap the hide window and the draft
 loop are built for. So a verify uploads its tree's index arrays in ONE packed, pinned,
 non-blocking copy and reads its outcome back in ONE packed read, and a draft step reads its
-top-k back in one. Arrays of any dtype travel together as bytes (each part 8-byte aligned) and
-come back as views. On a CPU there is no copy to save, but the same calls run and count, so tests
+top-k back in one. Arrays of any dtype travel together as bytes and come back as views, each
+part 16-byte aligned: Triton specialises a kernel on whether each pointer is 16-byte aligned, so
+a view at another offset than the precompiled variants' inputs would compile a new kernel inside
+a request (tests/test_precompile_coverage.py). A scalar a kernel reads is its own part. On a CPU there is no copy to save, but the same calls run and count, so tests
 can check the budgets on a machine without a GPU.
 
     up = Transfers(device)
@@ -21,7 +23,7 @@ import threading
 
 import torch
 
-_ALIGN = 8  # every part starts 8-byte aligned, so int64 / float64 views of the buffer are legal
+_ALIGN = 16  # every part starts 16-byte aligned: legal int64 views, and the pointer alignment Triton compiled for
 
 
 def _as_cpu(x) -> torch.Tensor:

@@ -89,16 +89,16 @@ class TargetRunner:
         rows = torch.arange(self.length, self.length + N, dtype=torch.int64)
         host = [torch.tensor(tree.tokens, dtype=torch.int64), depths + self.length, rows,
                 torch.tensor(tree.parents, dtype=torch.int64), depths + produced,
-                torch.tensor([self.length, N], dtype=torch.int64)]
+                torch.tensor([self.length], dtype=torch.int64), torch.tensor([N], dtype=torch.int64)]
         if N <= MAX_TREE_NODES:
             host.append(torch.tensor(ancestor_bits(tree.parents), dtype=torch.int64))
         else:
             host.append(verify_layout(tree, self.length)[2])  # [1, N, prefix + N] bool
-        tokens, pos, slots, parents, noise_pos, meta, layout = self.transfers.upload(*host)
+        # base and n_nodes are parts of their own: each kernel pointer is 16-byte aligned (Transfers)
+        tokens, pos, slots, parents, noise_pos, base, n_nodes, layout = self.transfers.upload(*host)
         if N <= MAX_TREE_NODES:
             mask = None
-            tree_attn = TreeAttention(prefix_len=meta[:1], tree_start=meta[:1], ancestors=layout.view(1, N),
-                                      n_nodes=meta[1:])
+            tree_attn = TreeAttention(prefix_len=base, tree_start=base, ancestors=layout.view(1, N), n_nodes=n_nodes)
         else:
             mask, tree_attn = layout, None
         out = self.model(tokens.view(1, N), positions=pos.view(1, N), cache=self.cache, slots=slots.view(1, N),
@@ -108,7 +108,7 @@ class TargetRunner:
         self.last_features = features[0]
         choice = ops.gumbel_choices(self.model.logits(hidden)[0], temperature, seed, noise_pos)
         nodes, out, n_acc = ops.tree_accept_greedy(tokens.view(1, N), parents.view(1, N), choice.view(1, N))
-        ops.kv_commit(self.cache.k, self.cache.v, meta[:1], nodes[:, :width], n_acc)
+        ops.kv_commit(self.cache.k, self.cache.v, base, nodes[:, :width], n_acc)
         n_host, path, emitted = self.transfers.download(n_acc, nodes[0, :width], out[0, : width + 1])
         n = int(n_host[0])
         self.last_path = nodes[0, : n + 1]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from phide.triton_kernels.formats import FMIX_M1, FMIX_M2, GOLDEN32, LOG_CONSTS, MASK32, seed_key
+from phide.formats import FMIX_M1, FMIX_M2, GOLDEN32, LOG_CONSTS, MASK32, seed_key
 
 __all__ = [
     "MASK32",

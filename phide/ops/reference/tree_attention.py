@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from phide.triton_kernels.formats import MAX_TREE_NODES  # one int64 ancestor bitmask per node
+from phide.formats import MAX_TREE_NODES  # one int64 ancestor bitmask per node
 
 __all__ = ["MAX_TREE_NODES", "ancestor_bits", "tree_visibility", "tree_attention_torch"]
 

@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import torch
 
-from phide.triton_kernels.formats import MAX_TREE_NODES
+from phide.formats import MAX_TREE_NODES
 from phide.triton_kernels.launch import Launch
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton

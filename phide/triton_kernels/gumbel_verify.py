@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from phide.triton_kernels.formats import FMIX_M1, FMIX_M2, GOLDEN32, LOG_CONSTS, seed_key
+from phide.formats import FMIX_M1, FMIX_M2, GOLDEN32, LOG_CONSTS, seed_key
 from phide.triton_kernels.launch import Launch
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from phide.triton_kernels.formats import MAX_TREE_NODES
+from phide.formats import MAX_TREE_NODES
 
 try:  # guarded: `import phide` (and this module) must work on machines without triton
     import triton
@@ -69,14 +69,15 @@ class Variant:
 
 def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads: int, vocab: int,
                     max_tree_nodes: int = MAX_TREE_NODES, *, topk: int | tuple[int, ...] = 4,
-                    draft_vocab: int | None = None, logits_dtype: torch.dtype = _ENGINE_LOGITS,
-                    prefix_len: int = 2048) -> list[Variant]:
+                    draft_vocab: int | None = None, shared_vocab: int | None = None, head: bool = False,
+                    logits_dtype: torch.dtype = _ENGINE_LOGITS, prefix_len: int = 2048) -> list[Variant]:
     """The launcher calls that cover every kernel variant the engine launches for one model.
 
     dtype, head_dim, n_heads, n_kv_heads: the target's KV cache and attention (tree attention and
     the KV commit); vocab: the target's (Gumbel choices); draft_vocab (default vocab): the
     draft's, whose logits cut to the shared vocabulary feed the tree top-k with `topk` children
-    (a tuple for several, e.g. (4, 1) when a cross-vocabulary draft grows chains);
+    (a tuple for several, e.g. (4, 1): a cross-vocabulary draft grows chains); head: an EAGLE
+    head drafts too, its logits over the target's whole vocabulary feeding the same top-k;
     max_tree_nodes: the largest tree verified; prefix_len: the prefix the tree attention cases
     use (any length compiles the same kernels)."""
     from phide.triton_kernels.gumbel_verify import gumbel_config
@@ -85,7 +86,7 @@ def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads:
     from phide.triton_kernels.tree_topk import MAX_K, topk_config
 
     draft_vocab = vocab if draft_vocab is None else draft_vocab
-    shared = min(vocab, draft_vocab)
+    shared = shared_vocab or min(vocab, draft_vocab)
     variants, seen = [], {}
 
     def add(op, dt, shape, config, size=None):
@@ -101,9 +102,13 @@ def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads:
             # The split count and rows are runtime arguments: they do not make another kernel.
             add("tree_attention", dtype, dict(B=1, Hq=n_heads, Hkv=n_kv_heads, N=n, D=head_dim, prefix=prefix_len),
                 cfg._replace(splits=0, split_rows=0), n)
+    # (columns, row stride) of the logits the top-k reads: the draft's cut to the shared vocabulary,
+    # the head's over the target's
+    sources = sorted({(shared, draft_vocab)} | ({(vocab, vocab)} if head else set()))
     for k in sorted({topk} if isinstance(topk, int) else set(topk)):
-        k = min(k, shared, MAX_K)
-        add("tree_topk", logits_dtype, dict(R=k, V=shared, row_stride=draft_vocab, k=k), (k, topk_config(shared, k)))
+        for cols, stride in sources:
+            kk = min(k, cols, MAX_K)
+            add("tree_topk", logits_dtype, dict(R=kk, V=cols, row_stride=stride, k=kk), (kk, cols, stride, topk_config(cols, kk)))
     for greedy in (True, False):
         add("gumbel_choices", logits_dtype, dict(N=max_tree_nodes, V=vocab, greedy=greedy),
             (greedy, gumbel_config(vocab)))
@@ -124,7 +129,7 @@ def precompile(device, dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_hea
                    cfg.num_key_value_heads, cfg.vocab_size, max_tree_nodes=64,
                    topk=spec.topk, draft_vocab=draft.cfg.vocab_size)
 
-    kwargs as `kernel_variants` (topk, draft_vocab, logits_dtype, prefix_len). On CUDA each
+    kwargs as `kernel_variants` (topk, draft_vocab, shared_vocab, head, logits_dtype, prefix_len). On CUDA each
     variant runs once on zero tensors (tens of MB for a 7B model, freed on return; synchronised
     before returning), taking seconds per kernel on a cold Triton cache and well under a second
     on a warm one; elsewhere (a CPU, the interpreter, no triton) nothing runs. Returns the
@@ -217,9 +222,13 @@ def _launches(op: str, inputs: dict) -> list:
 
 
 def compile_key(launch, target) -> str:
-    """The identity of the kernel `launch` compiles to on `target` (equal keys: one binary)."""
-    src, options = _source(launch, target)
-    return f"{src.hash()}-{options.hash()}"
+    """The identity of the kernel `launch` compiles to on `target` (equal keys: one binary): the
+    kernel, the specialisation Triton's own binder derives from the arguments (dtypes, 16-byte
+    pointer alignment, integer divisibility), the constexprs and the compile options. Works on
+    interpreted kernels too (TRITON_INTERPRET=1), so a test can key the launches a request makes
+    on a CPU and compare them with the precompiled variants' keys."""
+    _, options, (signature, constexprs, attrs) = _bind(launch, target)
+    return f"{launch.name}-{signature}-{sorted(constexprs.items())}-{attrs}-{options.hash()}"
 
 
 def compile_offline(launch, target) -> dict:
@@ -249,20 +258,48 @@ def compile_offline(launch, target) -> dict:
                 shared=int(compiled.metadata.shared))
 
 
-def _source(launch, target):
-    """(ASTSource, options) as JITFunction.run builds them: Triton's own binder specialises the
-    arguments (meta tensors: aligned pointers), then its _pack_args splits signature/constexprs."""
-    from triton import knobs
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import JITFunction, create_function_from_signature
+def _jit(kernel):
+    """The JITFunction of a kernel: itself, or one built from an interpreted kernel's function and
+    decorator arguments (for its signature and binder only; it is never launched)."""
+    from triton.runtime.jit import JITFunction
 
-    kernel = launch.kernel
-    if not isinstance(kernel, JITFunction):
-        raise RuntimeError("offline compilation needs compiled kernels: unset TRITON_INTERPRET before importing them")
+    if isinstance(kernel, JITFunction):
+        return kernel
+    fn = getattr(kernel, "fn", None)
+    if fn is None:
+        raise RuntimeError(f"{kernel!r} is not a Triton kernel")
+    if kernel not in _JIT_OF:
+        _JIT_OF[kernel] = JITFunction(fn, **{k: v for k, v in getattr(kernel, "kwargs", {}).items() if v is not None})
+    return _JIT_OF[kernel]
+
+
+_JIT_OF: dict = {}
+
+
+def _bind(launch, target):
+    """(kernel, options, (signature, constexprs, attrs)) as JITFunction.run derives them: Triton's
+    own binder specialises the arguments, then its _pack_args splits signature/constexprs."""
+    from triton import knobs
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    kernel = _jit(launch.kernel)
     backend = make_backend(target)
     kwargs = dict(launch.options, debug=kernel.debug or knobs.runtime.debug,
                   instrumentation_mode=knobs.compilation.instrumentation_mode)
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
     bound, specialization, options = binder(*launch.args, **kwargs)
     options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    return kernel, options, (signature, constexprs, attrs)
+
+
+def _source(launch, target):
+    """(ASTSource, options) of `launch` for `target`, as JITFunction.run builds them (meta tensors:
+    aligned pointers)."""
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(launch.kernel, JITFunction):
+        raise RuntimeError("offline compilation needs compiled kernels: unset TRITON_INTERPRET before importing them")
+    kernel, options, (signature, constexprs, attrs) = _bind(launch, target)
     return ASTSource(kernel, signature, constexprs, attrs), options

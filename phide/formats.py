@@ -1,5 +1,5 @@
 """Data formats shared by phide's kernels and their torch references (pure Python: no torch, no
-triton), so the reference side (phide.ops) imports them from the kernel side and never the reverse.
+triton), so neither side imports the other for them (they sit below both layers).
 
 - Tree-verify attention: one int64 ancestor bitmask per tree node, so a tree holds at most
   MAX_TREE_NODES nodes.
