@@ -26,7 +26,7 @@ from phide.runtime.cpu_lanes import CpuLane
 from phide.runtime.signals import DeviceClock, Window
 from phide.runtime.timeline import Timeline
 from phide.runtime.transfers import Transfers
-from phide.runtime.window_lanes import WindowLanes
+from phide.runtime.window_lanes import LaneSplits, WindowLanes
 from phide.speculation.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft
 from phide.speculation.drafters import Drafters
 from phide.speculation.eagle_runner import EagleRunner
@@ -187,7 +187,8 @@ class Engine:
         self.spec = spec or SpecConfig()
         self.head = head  # EAGLE-2 or EAGLE-3 continuation head trained on this target (optional)
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
-        self._green_lanes: dict = {}  # draft_sms -> (target, draft) CudaLanes, made once
+        # draft_sms -> (target, draft) CudaLanes, made once; a green split gets its own graph step
+        self.lane_splits = LaneSplits(self.target.device, on_new=self._split_made, on_evict=self._split_evicted)
         # Every Triton kernel variant the requests will launch, compiled now, not inside one
         # (a GPU; nothing to do on a CPU with the torch references).
         cfg = self.target.cfg
@@ -205,6 +206,16 @@ class Engine:
             rows = min(self.draft.cfg.max_position_embeddings, DRAFT_GRAPH_ROWS)
             self._draft_step = StaticStep(self.draft, self.draft.new_cache(1, rows + 1), self.spec.topk,
                                           graph=self.draft.device.type == "cuda")
+
+    def _split_made(self, draft_sms: int, lanes) -> None:
+        # A graph's kernels keep the context they were captured in: the draft's graph step gets
+        # one captured on this split's draft stream (before any request's window uses it).
+        if self._draft_step is not None and lanes[1].green_split is not None:
+            self._draft_step.capture_on(draft_sms, lanes[1].stream)
+
+    def _split_evicted(self, draft_sms: int, lanes) -> None:
+        if self._draft_step is not None:
+            self._draft_step.drop(draft_sms)
 
     def validate(self, req: Request, plan: Plan) -> None:
         if req.prompt is not None and not req.prompt.strip():
@@ -235,49 +246,52 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.target.device)
         stats = {"mode": plan.schedule, "plan": plan.as_stats(), "faults": 0, "draft_tokens_in_window": 0}
         transfers = Transfers(self.target.device)  # every host<->device copy of the request, counted
-        target, prepared, first_tree, draft = self._prefill(req, plan, tl, clock, transfers, stats)
-        head = None
-        if plan.schedule != "target-only" and self.head is not None:
-            head = self._head_runner(req, target, prepared, transfers)
-        drafters = Drafters(self, stats, tl, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms,
-                            draft=draft, head=head, first_tree=first_tree)
-        out: list[int] = []
-        root = prepared.ids[-1]
-        verifies = drafts_emitted = 0
-        accepted: list[tuple[int, int]] = []  # per verify: (drafts accepted, depth of the tree)
-        ahead = None
         try:
-            while len(out) < req.max_new_tokens:
-                tree = drafters.next_tree(root)
-                ahead = drafters.grow_ahead(tree)  # post-verify overlap: the next tree, beside the verify
-                with tl.phase("verify", "target"):  # forward, acceptance walk and KV commit
-                    n_acc, path, tokens = target.verify(tree, req.temperature, int(req.seed), len(out))
-                depth = tree.max_depth() if len(tree) > 1 else 0
-                if verifies == 0:  # how good the first tree was (the planner learns from it)
-                    stats["first_verify_accepted"] = n_acc
-                    stats["first_tree_depth"] = depth
-                    # the first tokens reached the host: time to first token
-                    stats["first_token_s"] = round(time.perf_counter() - t_start, 6)
-                accepted.append((n_acc, depth))
-                verifies += 1
-                new = tokens[: n_acc + 1]
-                done = False
-                for i, t in enumerate(new):
-                    if t in self.eos or len(out) + i + 1 >= req.max_new_tokens:
-                        new, done = new[: i + 1], True
+            target, prepared, first_tree, draft = self._prefill(req, plan, tl, clock, transfers, stats)
+            head = None
+            if plan.schedule != "target-only" and self.head is not None:
+                head = self._head_runner(req, target, prepared, transfers)
+            drafters = Drafters(self, stats, tl, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms,
+                                draft=draft, head=head, first_tree=first_tree)
+            out: list[int] = []
+            root = prepared.ids[-1]
+            verifies = drafts_emitted = 0
+            accepted: list[tuple[int, int]] = []  # per verify: (drafts accepted, depth of the tree)
+            ahead = None
+            try:
+                while len(out) < req.max_new_tokens:
+                    tree = drafters.next_tree(root)
+                    ahead = drafters.grow_ahead(tree)  # post-verify overlap: the next tree, beside the verify
+                    with tl.phase("verify", "target"):  # forward, acceptance walk and KV commit
+                        n_acc, path, tokens = target.verify(tree, req.temperature, int(req.seed), len(out))
+                    depth = tree.max_depth() if len(tree) > 1 else 0
+                    if verifies == 0:  # how good the first tree was (the planner learns from it)
+                        stats["first_verify_accepted"] = n_acc
+                        stats["first_tree_depth"] = depth
+                        # the first tokens reached the host: time to first token
+                        stats["first_token_s"] = round(time.perf_counter() - t_start, 6)
+                    accepted.append((n_acc, depth))
+                    verifies += 1
+                    new = tokens[: n_acc + 1]
+                    done = False
+                    for i, t in enumerate(new):
+                        if t in self.eos or len(out) + i + 1 >= req.max_new_tokens:
+                            new, done = new[: i + 1], True
+                            break
+                    out.extend(new)
+                    drafts_emitted += min(len(new), n_acc)  # accepted drafts past the cut were never emitted
+                    if done:
                         break
-                out.extend(new)
-                drafts_emitted += min(len(new), n_acc)  # accepted drafts past the cut were never emitted
-                if done:
-                    break
-                root = tokens[n_acc]  # the bonus token
-                drafters.advance(tree, path, root, ahead)
-                ahead = None
+                    root = tokens[n_acc]  # the bonus token
+                    drafters.advance(tree, path, root, ahead)
+                    ahead = None
+            finally:
+                drafters.abandon(ahead)
         finally:
-            drafters.abandon(ahead)
-        if plan.schedule == "hide":
-            WindowLanes.for_engine(self.target.device, plan.draft_threads, plan.draft_sms,
-                                   self._green_lanes).finish_request()
+            # The request's caches were allocated on the lanes' streams: however it ended (a
+            # raise included), work queued there must drain before their memory is reused.
+            if plan.schedule == "hide" or self.spec.overlap:
+                WindowLanes.for_engine(self.lane_splits, plan.draft_threads, plan.draft_sms).finish_request()
         wall = time.perf_counter() - t_start  # the tokens were read on the host: their work is done
         tl.resolve()
         stats.update(
@@ -419,7 +433,7 @@ class Engine:
         window = Window()
         lane: dict = {}
         progress: list = []  # (signal after the step, candidates so far): the root, then each step
-        lanes = WindowLanes.for_engine(self.target.device, plan.draft_threads, plan.draft_sms, self._green_lanes)
+        lanes = WindowLanes.for_engine(self.lane_splits, plan.draft_threads, plan.draft_sms)
         stats["window_lanes"] = lanes.describe()
 
         def draft_lane():

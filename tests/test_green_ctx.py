@@ -534,3 +534,58 @@ def test_plain_stream_lanes_without_green_contexts():
     assert target.green_split is None and target.stream != draft.stream
     a = torch.randn(64, 64, device="cuda")
     torch.testing.assert_close(draft.submit(torch.mul, a, 2).synchronize(), a * 2)
+
+
+# -- the engine's splits: a refused split is remembered, splits are bounded -------------------------
+
+@pytest.fixture
+def plain_streams(fake_cuda, monkeypatch):
+    """torch.cuda.Stream / ExternalStream / synchronize faked over FakeStreams (the fake_cuda log)."""
+    log = fake_cuda[0]
+    made = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "Stream",
+                        lambda device=None, priority=0: made.append(priority) or FakeStream(f"plain{len(made)}", log))
+    monkeypatch.setattr(torch.cuda, "ExternalStream", lambda ptr, device=None: FakeExternalStream(ptr, log))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append(("synchronize",)))
+    monkeypatch.setattr(FakeStream, "synchronize", lambda self: log.append(("synchronize", self.name)), raising=False)
+    return made
+
+
+def _splits(driver, **kw):
+    from functools import partial
+
+    from phide.runtime.window_lanes import LaneSplits
+
+    return LaneSplits(torch.device("cuda", 0), make=partial(lanes_for_device, driver=driver), **kw)
+
+
+def test_a_refused_split_is_tried_once_and_later_lanes_say_why(plain_streams):
+    from phide.runtime.window_lanes import WindowLanes
+
+    driver = FakeDriver(fail=("cuGreenCtxCreate", 1))
+    splits = _splits(driver)
+    with pytest.warns(RuntimeWarning, match="no SM split"):
+        lanes = WindowLanes.for_engine(splits, 0, 16)
+    assert lanes.cuda_lanes[1].green_split is None  # plain streams
+    assert "no SM split (PhideError: CUDA driver call cuGreenCtxCreate failed" in lanes.describe()
+    assert driver.destroyed == []  # nothing was made that needed destroying
+    again = WindowLanes.for_engine(splits, 0, 24)  # another size: the driver is not asked again
+    assert again.cuda_lanes is lanes.cuda_lanes and again.note == lanes.note
+    assert splits.attempts == 1 and driver.names().count("cuDevSmResourceSplitByCount") == 1
+
+
+def test_lane_splits_keep_a_few_and_close_the_least_recently_used(plain_streams):
+    driver = FakeDriver()
+    new, evicted = [], []
+    splits = _splits(driver, max_splits=2, on_new=lambda sms, lanes: new.append(sms),
+                     on_evict=lambda sms, lanes: evicted.append(sms))
+    a, _ = splits.get(8)
+    assert splits.get(8)[0] is a and new == [8]  # made once
+    splits.get(16)
+    splits.get(8)  # 8 used last: 16 is the least recently used
+    splits.get(24)
+    assert evicted == [16] and 16 not in splits and 8 in splits and 24 in splits
+    closed = [s for s in (l[1].green_split for l in [a]) if s.closed]
+    assert closed == []  # the live splits stay open
+    assert [k for k, _ in driver.destroyed] == ["stream"] * 2 + ["context"] * 2  # 16's split closed

@@ -147,7 +147,7 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
     import threading
 
     from phide.runtime.cpu_lanes import CpuLane
-    from phide.runtime.window_lanes import side_lane
+    from phide.runtime.window_lanes import LaneSplits, side_lane
     from phide.speculation.overlap import PostVerifyOverlap
 
     current, side = _Stream("current"), _Stream("side")
@@ -189,11 +189,10 @@ def test_gpu_growth_goes_to_its_own_stream_and_is_joined(monkeypatch):
 
     made = []
     monkeypatch.setattr(torch.cuda, "Stream", lambda device, priority=0: made.append(priority) or _Stream("plain"))
-    cache: dict = {}
-    dev = torch.device("cuda", 0)
+    splits = LaneSplits(torch.device("cuda", 0))
     # without an SM split: the draft lane's plain stream (made once, beside the target lane's)
-    assert side_lane(dev, 0, cache) is side_lane(dev, 0, cache) and len(made) == 2
-    assert side_lane(dev, 0, cache).stream is cache[0][1].stream
+    assert side_lane(splits, 0) is side_lane(splits, 0) and len(made) == 2
+    assert side_lane(splits, 0).stream is splits.get(0)[0][1].stream
 
 
 @pytest.mark.gpu

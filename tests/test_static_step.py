@@ -85,7 +85,7 @@ def test_cuda_graph_step_matches_the_dynamic_step(tiny_pair):
     model = load_llama(tiny_pair["target"], device="cuda")
     prompt = load_tokenizer(tiny_pair["target"])("the red car turns left")["input_ids"]
     out = _grow_both(model, prompt, 3, device="cuda", graph=True)
-    assert out[True][1].static.graph is not None
+    assert out[True][1].static.graphed and out[True][1].static.replays.get(None, 0) > 0
     for a, b in zip(out[False][0], out[True][0]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 
@@ -148,4 +148,91 @@ def test_graph_capture_is_thread_local(tiny_pair, monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", FakeGraphCtx)
     step = StaticStep(model, model.new_cache(1, 17), 2, graph=True)
-    assert captured == {"capture_error_mode": "thread_local"} and step.graph is not None
+    assert captured["capture_error_mode"] == "thread_local" and step.graphed
+
+
+def test_a_green_split_gets_its_own_graph_captured_and_replayed_on_its_draft_stream(tiny_pair, monkeypatch):
+    """torch.cuda faked as a device behaves: a graph's kernels run in the context of the stream it
+    was captured on, whatever stream replays it. The engine's graph step is captured in the
+    primary context when the engine is built and, when a green split is made, again on that
+    split's draft stream after warm-ups there; a step on the split's draft stream replays that
+    graph (its kernels on the split's SMs), a step on any plain stream the primary one, and a
+    green stream without a graph runs eagerly. Evicting the split drops its graph."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from phide.runtime.window_lanes import LaneSplits
+
+    class Stream:
+        def __init__(self, name, context="primary"):
+            self.name, self.context, self.cuda_stream = name, context, id(self)
+
+        def wait_stream(self, other):
+            pass
+
+    state = {"current": Stream("default")}
+    forwards, replays = [], []
+
+    class Graph:
+        def __init__(self):
+            self.context = None
+
+        def replay(self):  # the captured kernels run in the capture stream's context
+            replays.append((self.context, state["current"].name))
+
+    @contextmanager
+    def stream(s):
+        before, state["current"] = state["current"], s
+        try:
+            yield
+        finally:
+            state["current"] = before
+
+    @contextmanager
+    def graph(g, stream=None, capture_error_mode="global"):
+        assert capture_error_mode == "thread_local" and stream is not None
+        g.context = stream.context
+        with globals_stream(stream):
+            yield
+
+    globals_stream = stream
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None, priority=0: Stream("side"))
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: state["current"])
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    model = load_llama(tiny_pair["target"])
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: forwards.append(state["current"].context) or forward(*a, **k))
+    step = StaticStep(model, model.new_cache(1, 17), 2, graph=True)
+    assert forwards == ["primary"] * 3 and replays == []  # two warm-ups and the capture
+
+    green = Stream("green draft", context="green:16")
+    closed = []
+    split = SimpleNamespace(close=lambda: closed.append(16))
+    lanes = (SimpleNamespace(stream=Stream("green target", "green:rest"), green_split=split),
+             SimpleNamespace(stream=green, green_split=split))
+    engine = SimpleNamespace(_draft_step=step)
+    splits = LaneSplits(torch.device("cpu"), make=lambda device, sms: lanes, max_splits=1,
+                        on_new=lambda sms, l: Engine._split_made(engine, sms, l),
+                        on_evict=lambda sms, l: Engine._split_evicted(engine, sms, l))
+    forwards.clear()
+    splits.get(16)
+    assert forwards == ["green:16"] * 3  # warm-ups and capture on the split's draft stream
+
+    args = (torch.zeros(1, 2, dtype=torch.int64), torch.zeros(1, 2, dtype=torch.int64),
+            torch.tensor([[3, 4]]), torch.ones(1, 2, 5, dtype=torch.bool))
+    with torch.cuda.stream(green):
+        step.run(*args)
+    with torch.cuda.stream(Stream("plain draft lane")):
+        step.run(*args)
+    step.run(*args)
+    assert replays == [("green:16", "green draft"), ("primary", "plain draft lane"), ("primary", "default")]
+    assert step.replays == {16: 1, None: 2}
+
+    # evicted (another split made): its graph is gone, its stream is a plain one no more
+    plain = (SimpleNamespace(stream=Stream("p0"), green_split=None), SimpleNamespace(stream=Stream("p1"), green_split=None))
+    splits._make = lambda device, sms: plain
+    splits.get(0)
+    assert 16 not in step.graphs and set(step.graphs) == {None} and closed == [16]

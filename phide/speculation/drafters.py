@@ -41,7 +41,7 @@ class Drafters:
         self.lane = CpuLane("draft", lane_threads)
         self.side = None  # a GPU drafter grows ahead on its own stream (a CudaLane)
         if device.type == "cuda" and spec.overlap:
-            self.side = side_lane(device, draft_sms, engine._green_lanes)
+            self.side = side_lane(engine.lane_splits, draft_sms)
         # While a drafter grows ahead its lane holds its cores through the verify, the commit and
         # the hand-over; the target keeps the rest until then (using every core while the lane
         # still runs makes the OpenMP pool wait on it).
