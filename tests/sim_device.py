@@ -7,6 +7,11 @@ stream and returns at once; a `SimSignal` recorded after it is set only when the
 passes the stream's busy-until time. The engine sees the same interfaces as on a GPU: a device
 clock (phide.runtime.signals.DeviceClock: `record()`, `asynchronous`, `origin_host`) and window
 lanes (phide.runtime.window_lanes.WindowLanes: `target()`, `draft()`, `join()`, ...).
+
+A host read does not wait for the stream here (a GPU's would): so the draft's host loop may run
+ahead of its device work, and a window count taken from host timestamps instead of signals on
+the draft's stream is caught even where a step's read would hide it today. The reads themselves
+are counted by `HostReads` below.
 """
 
 from __future__ import annotations
@@ -128,3 +133,79 @@ class AsyncPrefill(ModelStandIn):
         if self.calls == 1:
             self.sim.charge(self.seconds)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Host reads of device data, counted where they happen.
+
+_READS = {"item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__iter__",
+          "__array__", "nonzero", "masked_select", "unique", "unique_consecutive", "equal",
+          "_local_scalar_dense", "repeat_interleave"}  # the last ones: shapes that depend on the data
+
+
+class DeviceTensor(torch.Tensor):
+    """A CPU tensor standing for one on the device: what is computed from it stays a DeviceTensor
+    (subclass propagation), and every read of its values by the host (`item`, `tolist`, `cpu`,
+    `bool(t)`, iteration, and ops whose output shape depends on the data, each a host sync on a
+    GPU) is appended to `HostReads.log` while a HostReads is active."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        # (`.to(device)` is not counted: on a CPU the engine's device is the host itself)
+        if name in _READS:
+            HostReads.note(name, args)
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **(kwargs or {}))
+        if name in ("cpu", "numpy", "tolist"):  # on the host now
+            return out.as_subclass(torch.Tensor) if isinstance(out, torch.Tensor) else out
+        return torch._tensor._convert(out, cls)
+
+
+class HostReads:
+    """Counts host reads of DeviceTensors inside `with HostReads() as reads:`; uploads made by
+    phide.runtime.transfers.Transfers are DeviceTensors then (their packed buffer is), so
+    everything a request computes from its inputs is one too. Transfers.download's one packed
+    read is counted as one read ("download"), the reads of its host result are not."""
+
+    active: "HostReads | None" = None
+
+    def __init__(self):
+        self.log: list[str] = []
+
+    @classmethod
+    def note(cls, name, args) -> None:
+        if cls.active is not None and not getattr(cls.active, "_quiet", False):
+            cls.active.log.append(name)
+
+    def __enter__(self):
+        from phide.runtime import transfers
+
+        self._saved = (transfers.Transfers.upload, transfers.Transfers.download)
+        upload, download = self._saved
+        reads = self
+
+        def fake_upload(xfer, *parts):
+            return [t.as_subclass(DeviceTensor) for t in upload(xfer, *parts)]
+
+        def fake_download(xfer, *parts):
+            reads.log.append("download")
+            reads._quiet = True  # the packing inside is the one read just counted
+            try:
+                return [t.as_subclass(torch.Tensor) for t in download(xfer, *parts)]
+            finally:
+                reads._quiet = False
+
+        transfers.Transfers.upload, transfers.Transfers.download = fake_upload, fake_download
+        HostReads.active = self
+        return self
+
+    def __exit__(self, *exc):
+        from phide.runtime import transfers
+
+        transfers.Transfers.upload, transfers.Transfers.download = self._saved
+        HostReads.active = None
+        return False
+
+    def count(self, name: str | None = None) -> int:
+        return len(self.log) if name is None else self.log.count(name)

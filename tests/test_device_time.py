@@ -20,12 +20,20 @@ PREFILL_S = 0.25  # the target's prefill, in (simulated) device time
 STEP_S = 0.01     # each draft forward, paced so the count does not hang on the machine's speed
 
 
-class _Paced(ModelStandIn):
-    """A draft whose every forward takes STEP_S more (a sleep: the draft lane's real work)."""
+class _AsyncDraft(ModelStandIn):
+    """A draft whose every forward is an asynchronous launch of STEP_S of device work on the
+    draft lane's stream: it returns at once (its result already computed, as a GPU's would be by
+    the time anything reads it), so the draft's host loop runs ahead of its device work and only
+    signals recorded on its stream say when a step is done."""
+
+    def __init__(self, inner, device):
+        super().__init__(inner)
+        self.sim = device
 
     def forward(self, *a, **kw):
-        time.sleep(STEP_S)
-        return self.inner(*a, **kw)
+        out = self.inner(*a, **kw)
+        self.sim.charge(STEP_S)
+        return out
 
 
 @pytest.fixture
@@ -41,7 +49,7 @@ def test_the_window_ends_when_the_prefill_is_done_not_when_it_returns(tiny_pair,
     spec = SpecConfig(topk=2, depth=4, budget=12, window_depth=63, window_budget=64)
     ids = [1] + [(7 * i) % 300 + 3 for i in range(40)]
     ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=8), "target-only")
-    engine = Engine(AsyncPrefill(target, sim, PREFILL_S), _Paced(near), eos_token_ids=[], spec=spec)
+    engine = Engine(AsyncPrefill(target, sim, PREFILL_S), _AsyncDraft(near, sim), eos_token_ids=[], spec=spec)
     res = engine.generate(Request(prompt_ids=ids, max_new_tokens=8), "hide")
     st, dev, host = res.stats, res.stats["phases"], res.stats["phases_host"]
     assert res.token_ids == ref.token_ids and st["faults"] == 0
@@ -121,34 +129,44 @@ def test_host_signals_on_a_cpu_and_event_signals_on_a_gpu(monkeypatch):
     assert sig.done_at() == pytest.approx(gpu.origin_host + 0.25) and sig.is_set()
 
 
-def test_host_traffic_budgets(tiny_pair):
-    """Per verify ONE packed upload and ONE read (the outcome); per draft step ONE read (its top-k);
-    counted by the one helper every transfer goes through (phide.runtime.transfers), on a CPU."""
+@pytest.mark.parametrize("backend", ["auto", "torch"])  # the compiled walk, and its torch twin
+def test_host_traffic_budgets(tiny_pair, backend, monkeypatch):
+    """Per verify ONE packed upload and ONE host read (the outcome); per draft step ONE read (its
+    top-k). Reads are counted where they happen: uploads are DeviceTensors (sim_device.HostReads),
+    so every value the host reads of anything computed from them (`item`, `tolist`, `bool`, ...)
+    counts, not only the calls to the Transfers helper."""
     from phide.runtime.transfers import Transfers
     from phide.speculation.runners import DraftRunner, TargetRunner
     from phide.speculation.tree import Tree
+    from sim_device import HostReads
 
+    monkeypatch.setenv("PHIDE_OPS", backend)
     target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
     ids = [1, 17, 42, 99, 5, 23]
-    alone = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=10), "target-only")
+    with HostReads() as reads:
+        alone = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=10), "target-only")
     st = alone.stats
-    assert st["d2h_reads"] == st["verifies"] == 10 and st["h2d_copies"] == st["verifies"] + 1  # + the prefill
+    assert reads.log == ["download"] * st["verifies"] and st["verifies"] == 10
+    assert st["d2h_reads"] == st["verifies"] and st["h2d_copies"] == st["verifies"] + 1  # + the prefill
 
     xfer = Transfers(torch.device("cpu"))
     runner = TargetRunner(target, 64, xfer)
     runner.prefill(ids[:-1])
     tree = Tree([ids[-1], 7, 8, 9, 8], [-1, 0, 1, 0, 3])
     before = (xfer.h2d, xfer.d2h)
-    n, path, tokens = runner.verify(tree, 0.0, 0, 0)
-    assert (xfer.h2d - before[0], xfer.d2h - before[1]) == (1, 1)
+    with HostReads() as reads:
+        n, path, tokens = runner.verify(tree, 0.0, 0, 0)
+    assert reads.log == ["download"] and (xfer.h2d - before[0], xfer.d2h - before[1]) == (1, 1)
     assert len(path) == len(tokens) == n + 1 and path[0] == 0
 
     draft = DraftRunner(near, 128, near.cfg.vocab_size, transfers=Transfers(torch.device("cpu")))
     draft.prefill(ids[:-1], last_token=ids[-1])
     steps = []
-    draft.grow(budget=16, topk=2, max_depth=5, max_expansions=8, on_step=steps.append)
+    with HostReads() as reads:
+        draft.grow(budget=16, topk=2, max_depth=5, max_expansions=8, on_step=steps.append)
     # one read for the root's children, then one per step
-    assert draft.transfers.d2h == len(steps) and len(steps) - 1 == draft.forwards - 2 >= 3
+    assert reads.log == ["download"] * len(steps) and len(steps) - 1 == draft.forwards - 2 >= 3
+    assert draft.transfers.d2h == len(steps)
 
 
 def test_a_capturing_verify_costs_no_transfer_and_keeps_the_accepted_nodes_layers(tiny_pair):

@@ -61,25 +61,36 @@ def tree_accept_greedy_torch(
 
     tokens, parents, target_choice: [B, N] int64 (target_choice[b, i] = the target's choice after
     node i: its argmax, or its Gumbel-max sample).
+
+    On the device, with no host read (a read would be a host sync per verify): a node is taken when
+    its token is its parent's choice and no lower-index sibling's is (the walk visits children in
+    ascending index), and it is on the path when every node up to the root is taken, found by
+    pointer jumping in ceil(log2 N) rounds of fixed shapes. The path is the taken nodes in
+    ascending index (a child's index exceeds its parent's).
     """
     B, N = tokens.shape
-    accept_nodes, out_tokens, accept_len = _empty_outputs(B, N, tokens.device)
-    tok = tokens.tolist()
-    par = parents.tolist()
-    choice = target_choice.tolist()
-    for b in range(B):
-        kids = children_lists(par[b])
-        last, n = 0, 0
-        accept_nodes[b, 0] = 0
-        while True:
-            want = choice[b][last]
-            nxt = next((c for c in kids[last] if tok[b][c] == want), -1)
-            if nxt < 0:
-                break
-            n += 1
-            accept_nodes[b, n] = nxt
-            out_tokens[b, n - 1] = tok[b][nxt]
-            last = nxt
-        out_tokens[b, n] = choice[b][last]
-        accept_len[b] = n
+    device = tokens.device
+    idx = torch.arange(N, device=device)
+    real = (parents >= 0) & (idx > 0)  # padding nodes (parent -1 past the root) are never visited
+    # an asynchronous assert: raised at once on a CPU, a device-side assert on a GPU (no host read)
+    torch._assert_async(~(real & (parents >= idx)).any(), "tree is not topologically sorted")
+    parent = torch.where(real, parents, torch.zeros_like(parents))
+    match = real & (tokens == target_choice.gather(1, parent))
+    # a lower-index sibling matching first wins
+    earlier = (parent.unsqueeze(2) == parent.unsqueeze(1)) & (idx.view(1, 1, N) < idx.view(1, N, 1))
+    taken = match & ~(earlier & match.unsqueeze(1)).any(-1)
+    taken[:, 0] = True  # the root
+    on_path, up = taken.clone(), parent.clone()
+    for _ in range(max(1, (N - 1).bit_length())):  # after round r: the 2**r nearest ancestors checked
+        on_path = on_path & on_path.gather(1, up)
+        up = up.gather(1, up)
+    accept_len = on_path.sum(1) - 1
+    order = torch.where(on_path, idx, idx + N).sort(1).values  # the path first, in ascending index
+    accept_nodes = torch.where(order < N, order, torch.full_like(order, -1))
+    nodes = accept_nodes.clamp(min=0)
+    slot = idx.view(1, N)
+    n = accept_len.view(B, 1)
+    drafted = tokens.gather(1, nodes.roll(-1, 1))  # slot k < n: the path's (k+1)-th node's token
+    bonus = target_choice.gather(1, nodes.gather(1, n))  # the choice after the last accepted node
+    out_tokens = torch.where(slot < n, drafted, torch.where(slot == n, bonus, torch.full_like(drafted, -1)))
     return accept_nodes, out_tokens, accept_len
