@@ -24,8 +24,11 @@ $(VENV)/.torch-installed: | $(BIN)/python
 
 # --no-build-isolation: the extension must be built against the torch installed above, not a
 # different one that pip would fetch into an isolated build environment.
-$(VENV)/.phide-installed: $(VENV)/.torch-installed pyproject.toml setup.py $(EXT_SOURCES)
-	$(BIN)/pip install --no-build-isolation -e ".[dev,quant]"
+# The CUDA kernels are built when nvcc has torch's CUDA major version (scripts/cuda_build.py says
+# why or why not; PHIDE_BUILD_CUDA=0/1 decides instead).
+$(VENV)/.phide-installed: $(VENV)/.torch-installed pyproject.toml setup.py $(EXT_SOURCES) scripts/cuda_build.py
+	cuda=$$($(BIN)/python scripts/cuda_build.py) && \
+	PHIDE_BUILD_CUDA=$$cuda $(BIN)/pip install --no-build-isolation -e ".[dev,quant]"
 	touch $@
 
 demo: setup

@@ -17,13 +17,21 @@
 #      (profiling/identity.py),
 #   8. `phide distill` on the device: bf16 frozen models, the head under bf16 autocast, online and
 #      offline features (tests/test_distill_runs.py -m gpu).
+#   9. every Triton kernel variant compiled for sm_90a offline (profiling/sm90_compile.py).
+#
+# Everything lands in ONE report directory a user can attach as is (GPU_CHECK_OUT, default
+# profiling/results/gpu_check/<UTC time>/): environment.txt (the checks above, the commit, pip
+# freeze, nvidia-smi), <step>.log per step, the CSVs the steps wrote, the nsys trace when nsys
+# exists, and summary.txt (steps run / failed / skipped, the bf16 identity fractions).
+# Without a CUDA device the CPU steps (interpreted Triton tests, the planner, the sm_90a compile)
+# still run and the report is written; the exit status is then 2.
 #
 # A failing step prints "FAILED: <step> (exit N)" and the next one runs. Without the CUDA build
 # (no nvcc, an nvcc that is not torch's CUDA major.minor, a driver too old for torch's CUDA, a
 # compute capability < 8.0, or a build that failed) only what needs the CUDA extension is skipped:
 # tests/test_ext.py's GPU tests and bench_tree_accept.py's cpp backend. The summary at the end
 # lists the steps run, failed and skipped; the exit status is 1 when one failed, 2 when torch sees
-# no CUDA device (then nothing runs), else 0.
+# no CUDA device (then only the CPU steps ran), else 0.
 #
 #   bash profiling/gpu_check.sh            # from the repository root, in phide's environment
 #   PYTHON=/path/to/python bash profiling/gpu_check.sh
@@ -32,18 +40,31 @@ set -uo pipefail  # no -e: each step's failure is reported, then the next step r
 cd "$(dirname "$0")/.." || exit 1
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
 
-PLAN=$(mktemp "${TMPDIR:-/tmp}/gpu_check_plan.XXXXXX") || exit 1
-trap 'rm -f "$PLAN"' EXIT
+OUT=${GPU_CHECK_OUT:-profiling/results/gpu_check/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT" || exit 1
+PLAN="$OUT/plan.tsv"
+STAMP="$OUT/.started"
+touch "$STAMP"
+echo "gpu_check: report directory $OUT"
 
 # -- 0. the checks, before anything is built or installed --------------------------------------
-"$PY" profiling/gpu_env.py --plan-file "$PLAN"
-rc=$?
+"$PY" profiling/gpu_env.py --plan-file "$PLAN" 2>&1 | tee "$OUT/environment.txt"
+rc=${PIPESTATUS[0]}
+NO_GPU=0
 if ((rc == 2)); then
-    exit 2  # torch sees no CUDA device; gpu_env.py said so and why
+    NO_GPU=1  # torch sees no CUDA device; gpu_env.py said so, and planned the CPU steps only
 elif ((rc != 0)); then
     echo "gpu_check: could not inspect this machine with $PY (profiling/gpu_env.py exit $rc)" >&2
     exit 1
 fi
+{
+    echo "== commit"
+    git rev-parse HEAD 2>/dev/null && git status --short 2>/dev/null | head -20
+    echo "== nvidia-smi"
+    nvidia-smi 2>&1 || echo "(no nvidia-smi)"
+    echo "== pip freeze"
+    "$PY" -m pip freeze 2>&1
+} >>"$OUT/environment.txt"
 
 ARCHS=""
 KEYS=()
@@ -139,7 +160,9 @@ step_plan() {
 }
 
 step_nsys() {
-    echo "see profiling/nsys_trace.sh TARGET DRAFT [VIDEO] [EVENTS] for a trace of the real pair"
+    # one hide request of the bundled toy pair; profiling/nsys_trace.sh TARGET DRAFT traces the real pair
+    OUT="$OUT/nsys_hide" PYTHON="$PY" bash "${NSYS_TRACE:-profiling/nsys_trace.sh}" phide/toy/bundled/target \
+        phide/toy/bundled/draft
 }
 
 step_sweep_lanes() {
@@ -154,6 +177,10 @@ step_distill_gpu() {
     "$PY" -m pytest -q -s -m gpu tests/test_distill_runs.py
 }
 
+step_sm90_compile() {
+    "$PY" profiling/sm90_compile.py
+}
+
 summary() {
     echo "== summary: ${#RAN[@]} run, ${#FAILED[@]} failed, ${#SKIPPED[@]} skipped"
     local line
@@ -165,7 +192,23 @@ summary() {
     done
 }
 
-trap 'echo; echo "gpu_check: interrupted"; summary; exit 130' INT
+report() {  # the CSVs the steps wrote, and the summary, into the report directory
+    local csv
+    while IFS= read -r csv; do
+        cp "$csv" "$OUT/"
+    done < <(find profiling/results -maxdepth 1 -name '*.csv' -newer "$STAMP" 2>/dev/null)
+    {
+        summary
+        if [[ -f $OUT/identity_bf16.log ]]; then
+            echo "== bf16 greedy answers identical to target-only (profiling/identity.py)"
+            grep "identical to target-only" "$OUT/identity_bf16.log" || echo "  (none measured)"
+        fi
+    } >"$OUT/summary.txt"
+    rm -f "$STAMP"
+    echo "gpu_check: report in $OUT"
+}
+
+trap 'echo; echo "gpu_check: interrupted"; summary; report; exit 130' INT
 
 for key in "${KEYS[@]}"; do
     title=${TITLE[$key]}
@@ -183,7 +226,8 @@ for key in "${KEYS[@]}"; do
     if [[ ${REASON[$key]} != - ]]; then
         echo "(${REASON[$key]})"
     fi
-    "step_$key"
+    # in this shell (a pipe would run it in a subshell and lose EXT_OK / SKIPPED)
+    "step_$key" > >(tee "$OUT/$key.log") 2>&1
     rc=$?
     if ((rc != 0)); then
         echo "FAILED: $title (exit $rc)"
@@ -194,5 +238,7 @@ for key in "${KEYS[@]}"; do
 done
 
 summary
+report
 ((${#FAILED[@]} == 0)) || exit 1
+((NO_GPU == 0)) || exit 2
 exit 0

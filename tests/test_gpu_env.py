@@ -77,11 +77,29 @@ def test_no_nvcc_skips_the_build():
     assert "nvcc not found" in p.step("build_cuda").reason
 
 
-@pytest.mark.parametrize("nvcc", ["12.8", "13.1"])
+@pytest.mark.parametrize("nvcc", ["12.8", "14.0"])
 def test_mismatched_nvcc_skips_the_build(nvcc):
     p = plan(nvcc_version=nvcc)
     assert not p.build_cuda and runs(p) == ALL_STEPS - {"build_cuda"} - NEEDS_EXT
     assert f"nvcc {nvcc} does not match torch's CUDA 13.0" in p.step("build_cuda").reason
+
+
+def test_an_nvcc_of_the_same_major_version_builds():
+    """CUDA's minor-version compatibility: nvcc 13.1 builds for a torch built with CUDA 13.0
+    (gpu_check.sh and `make setup` decide alike: scripts/cuda_build.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    p = plan(nvcc_version="13.1")
+    assert p.build_cuda and "matches torch's CUDA 13.0" in check(p, "nvcc").message
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cuda_build.py"
+    spec = importlib.util.spec_from_file_location("cuda_build", path)
+    cuda_build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_build)
+    assert cuda_build.decide("13.0", "/x/nvcc", "13.1")[0] is True
+    build, why = cuda_build.decide("13.0", "/x/nvcc", "12.8")
+    assert build is False and "nvcc 12.8 is not CUDA 13.x" in why
+    assert cuda_build.decide("13.0", None, None)[0] is False and cuda_build.decide(None, "/x/nvcc", "13.0")[0] is False
 
 
 def test_compute_capability_below_8_skips_the_build():
@@ -149,18 +167,26 @@ needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 
 
 @needs_bash
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less exit")
-def test_gpu_check_without_a_gpu_exits_2_before_installing_anything():
-    env = {**os.environ, "PYTHON": sys.executable}
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the GPU-less run")
+def test_gpu_check_without_a_gpu_runs_the_cpu_steps_and_writes_its_report(tmp_path):
+    report = tmp_path / "report"
+    env = {**os.environ, "PYTHON": str(_stand_in_python(tmp_path, "no-such-command")), "GPU_CHECK_OUT": str(report)}
     env.pop("PHIDE_GPU_FACTS", None)
     out = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120, check=False)
     assert out.returncode == 2, out.stdout + out.stderr
-    lines = (out.stderr + out.stdout).splitlines()
-    assert lines[0].startswith("gpu_check: no CUDA device visible to torch"), lines
-    assert "nothing to check here" in lines[0]
-    assert any("nvcc" in line for line in lines[1:])
-    assert "==" not in out.stdout + out.stderr  # no step started: nothing built or installed
+    lines = out.stdout.splitlines()
+    assert lines[1].startswith("gpu_check: no CUDA device visible to torch"), lines
+    assert "only the steps a CPU can run" in lines[1]
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert not any("pip install" in c for c in calls)  # nothing built or installed
+    assert "-m phide.cli plan" in calls and "profiling/sm90_compile.py" in calls
+    assert any("tests/test_triton_kernels.py" in c for c in calls)
+    assert "== summary: 3 run, 0 failed, 13 skipped" in out.stdout
+    files = {f.name for f in report.iterdir()}
+    assert {"environment.txt", "summary.txt", "plan.log", "sm90_compile.log", "test_triton_interp.log"} <= files
+    assert "nvcc" in (report / "environment.txt").read_text()
+    assert "skipped: 6. lane-overlap sweep" in (report / "summary.txt").read_text()
 
 
 def _stand_in_python(tmp_path: Path, fail: str) -> Path:
@@ -179,13 +205,21 @@ exit 0
     return exe
 
 
+def _stand_in_nsys(tmp_path: Path) -> Path:
+    """profiling/nsys_trace.sh's stand-in: logs its arguments and where the trace goes."""
+    script = tmp_path / "nsys_trace.sh"
+    script.write_text(f'echo "nsys_trace $* -> $OUT" >> {tmp_path / "calls.log"}\n')
+    return script
+
+
 def _gpu_check(tmp_path, fail="no-such-command", **facts):
     facts = {"torch_version": "2.14.1+cu130", "torch_cuda": "13.0", "gpu_name": "NVIDIA H100",
              "compute_capability": [9, 0], "sm_count": 132, "driver_version": "580.65.06",
              "driver_source": "nvidia-smi", "nvcc_version": "13.0",
              "nvcc_path": "/usr/local/cuda/bin/nvcc", "nsys": False, **facts}
     env = {**os.environ, "PYTHON": str(_stand_in_python(tmp_path, fail)),
-           "PHIDE_GPU_FACTS": json.dumps(facts)}
+           "PHIDE_GPU_FACTS": json.dumps(facts), "GPU_CHECK_OUT": str(tmp_path / "report"),
+           "NSYS_TRACE": str(_stand_in_nsys(tmp_path))}
     env.pop("PHIDE_CUDA_ARCHS", None)
     out = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=120, check=False)
@@ -199,14 +233,14 @@ def test_gpu_check_failed_build_skips_only_the_extension_steps(tmp_path):
     out, calls = _gpu_check(tmp_path, fail="pip install")
     text = out.stdout
     assert out.returncode == 1, text + out.stderr
-    assert text.startswith("gpu_check: GPU NVIDIA H100, compute capability 9.0")
+    assert text.splitlines()[1].startswith("gpu_check: GPU NVIDIA H100, compute capability 9.0")
     assert "FAILED: 1. build the CUDA extension (exit 3)" in text
     assert not any("test_ext.py" in c for c in calls)
     assert any("tests/test_tree_attention.py" in c for c in calls)  # Triton still runs
     assert "-m phide.cli plan" in calls and any("sweep_lanes.py" in c for c in calls)
     assert "profiling/bench_tree_accept.py --backends torch" in calls
     assert "cpp backend skipped: the CUDA extension's build failed" in text
-    assert "== summary: 12 run, 1 failed, 3 skipped" in text
+    assert "== summary: 13 run, 1 failed, 3 skipped" in text
     assert "  FAILED: 1. build the CUDA extension (exit 3)" in text
 
 
@@ -216,11 +250,11 @@ def test_gpu_check_without_nvcc_skips_the_build_and_goes_on(tmp_path):
     text = out.stdout
     assert out.returncode == 0, text + out.stderr
     assert "[NO] nvcc: nvcc not found" in text
-    assert not any("pip" in c for c in calls) and not any("test_ext.py" in c for c in calls)
+    assert not any("pip install" in c for c in calls) and not any("test_ext.py" in c for c in calls)
     assert "profiling/bench_tree_accept.py --backends torch" in calls
     assert "-m phide.cli plan" in calls
     assert "skipped: nvcc not found" in text and "FAILED" not in text
-    assert "== summary: 12 run, 0 failed, 4 skipped" in text
+    assert "== summary: 13 run, 0 failed, 4 skipped" in text
 
 
 @needs_bash
@@ -232,5 +266,7 @@ def test_gpu_check_a_failing_step_does_not_stop_the_rest(tmp_path):
     assert any("-m pytest -q -m gpu tests/test_ext.py" in c for c in calls)  # the build worked
     assert "profiling/bench_tree_accept.py" in calls  # both backends
     assert "FAILED: 2. Triton kernels compiled for the device (exit 3)" in text
-    assert calls[-1].endswith("-m gpu tests/test_distill_runs.py")  # the last step still ran
-    assert "== summary: 14 run, 1 failed, 0 skipped" in text
+    assert calls[-1] == "profiling/sm90_compile.py"  # the last step still ran
+    assert f"nsys_trace phide/toy/bundled/target phide/toy/bundled/draft -> {tmp_path}/report/nsys_hide" in calls
+    assert "== summary: 15 run, 1 failed, 0 skipped" in text
+    assert (tmp_path / "report" / "test_triton.log").exists()
