@@ -7,7 +7,8 @@ Install (torch must already be installed; see pyproject.toml):
 
 Switches (environment variables):
     PHIDE_SKIP_EXT=1     build no extension: pure-python install, every op runs its torch twin
-    PHIDE_BUILD_CUDA=1   add the CUDA kernels (csrc/**/*.cu) to phide._C; never auto-detected
+    PHIDE_BUILD_CUDA=1   add the CUDA kernels (csrc/**/*.cu) to phide._C; never probed here (`make setup`
+                         decides with scripts/cuda_build.py: nvcc of torch's CUDA major version)
     PHIDE_CUDA_ARCHS     with PHIDE_BUILD_CUDA=1: "80;90a" by default ("+PTX" suffix adds PTX)
     PHIDE_DEBUG=1        -O0 -g (nvcc: -O0 -g -lineinfo)
     MAX_JOBS             parallel compile jobs (default: capped by cores and free memory)

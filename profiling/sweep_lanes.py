@@ -6,7 +6,7 @@ GPU (the toy pair on cuda:0): for each reserved SM count, hide requests whose dr
 on a green context of that many SMs (`Plan.draft_sms`) and the target on the remainder.
 CPU: the same for reserved draft threads. Per split: the target prefill's stretch (hide /
 target-only, same scene), draft tree steps finished inside the window, end-to-end wall time vs
-target-only, and identical tokens (checked). Rows appended to profiling/results/sweep_lanes.csv.
+target-only, and the share of scenes whose tokens are target-only's (reported, never assumed). Rows appended to profiling/results/sweep_lanes.csv.
 """
 
 from __future__ import annotations
@@ -47,9 +47,12 @@ def main() -> int:
         plan = Plan("hide", **{field: n})
         eng.generate(toy_request(samples[0], 4), plan)  # warm-up (makes the green contexts once)
         runs = [eng.generate(toy_request(s, 48), plan) for s in samples]
-        for s, a, r in zip(samples, alone, runs):
-            if r.token_ids != a.token_ids:
-                raise SystemExit(f"sweep_lanes: hide at {field}={n} diverged from target-only on {s.question!r}")
+        # Divergence is reported, not fatal: in bf16/fp16 (and even fp32 on a GPU, where cuBLAS picks
+        # other GEMM algorithms for other shapes and SM counts) identity is measured, not assumed.
+        same = [r.token_ids == a.token_ids for a, r in zip(alone, runs)]
+        for s, ok in zip(samples, same):
+            if not ok:
+                print(f"sweep_lanes: hide at {field}={n} diverged from target-only on {s.question!r}", flush=True)
         stretch = [r.stats["phases"]["target_prefill"] / a.stats["phases"]["target_prefill"]
                    for a, r in zip(alone, runs)]
         row = {**ctx, "split": f"{field}={n}", "lanes": runs[0].stats.get("window_lanes", ""),
@@ -57,11 +60,13 @@ def main() -> int:
                "draft_steps_in_window": round(statistics.fmean(r.stats.get("draft_steps_in_window", 0)
                                                                for r in runs), 2),
                "speedup_vs_target_only": round(statistics.median(a.stats["wall_s"] / r.stats["wall_s"]
-                                                                  for a, r in zip(alone, runs)), 3)}
+                                                                  for a, r in zip(alone, runs)), 3),
+               "identical_fraction": round(sum(same) / len(same), 4)}
         rows.append(row)
         print(f"{row['split']:>16} ({row['lanes']}): prefill stretch {row['prefill_stretch']:.2f}, "
               f"draft steps in window {row['draft_steps_in_window']:.1f}, "
-              f"vs target-only {row['speedup_vs_target_only']:.2f}x", flush=True)
+              f"vs target-only {row['speedup_vs_target_only']:.2f}x, "
+              f"identical tokens on {row['identical_fraction']:.0%} of scenes", flush=True)
     append_rows(args.csv, rows, allow_dirty=args.allow_dirty)
     return 0
 
