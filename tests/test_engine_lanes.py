@@ -29,3 +29,30 @@ def test_a_hide_request_whose_split_is_refused_completes_with_the_target_only_to
         assert res.token_ids == ref.token_ids and res.stats["faults"] == 0
         assert "no SM split (PhideError: CUDA driver call cuDevSmResourceSplitByCount failed" in res.stats["window_lanes"]
     assert engine.lane_splits.attempts == 1 and driver.names().count("cuDevSmResourceSplitByCount") == 1
+
+
+def test_a_request_that_raises_in_its_rounds_still_drains_its_lanes(tiny_pair, plain_streams, monkeypatch):
+    """finish_request runs however a hide request ends: its caches were allocated on the lanes'
+    streams, and work queued there must drain before the allocator reuses their memory."""
+    from phide.engine import Engine, Plan, Request
+    from phide.models.loading import load_llama
+    from phide.runtime.window_lanes import LaneSplits, WindowLanes
+    from phide.speculation.runners import TargetRunner
+
+    target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
+    engine = Engine(target, near, eos_token_ids=[])
+    engine.lane_splits = LaneSplits(torch.device("cuda", 0))  # plain (fake) streams
+    drained = []
+    monkeypatch.setattr(WindowLanes, "finish_request", lambda self: drained.append(self.cuda_lanes))
+
+    def broken_verify(self, *a, **k):
+        raise RuntimeError("an illegal memory access was encountered")
+
+    monkeypatch.setattr(TargetRunner, "verify", broken_verify)
+    try:
+        engine.generate(Request(prompt_ids=[1, 17, 42, 99, 5], max_new_tokens=4), Plan("hide"))
+    except RuntimeError as exc:
+        assert "illegal memory access" in str(exc)
+    else:
+        raise AssertionError("the verify's error was swallowed")
+    assert drained == [engine.lane_splits.get(0)[0]]

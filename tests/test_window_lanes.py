@@ -9,15 +9,15 @@ import torch
 
 from phide.engine import Engine, Plan, Request
 from phide.models.loading import load_llama, load_tokenizer
-from phide.runtime.window_lanes import WindowLanes
+from phide.runtime.window_lanes import LaneSplits, WindowLanes
 
 
 def test_cpu_lanes_split_the_cores(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    lanes = WindowLanes.for_engine(torch.device("cpu"), 1, 0, {})
+    lanes = WindowLanes.for_engine(LaneSplits(torch.device("cpu")), 1, 0)
     assert (lanes.target_threads, lanes.draft_threads) == (3, 1)
     assert lanes.describe() == "threads: draft 1, target 3"
-    shared = WindowLanes.for_engine(torch.device("cpu"), 0, 16, {})  # draft_sms means nothing here
+    shared = WindowLanes.for_engine(LaneSplits(torch.device("cpu")), 0, 16)  # draft_sms means nothing here
     assert (shared.target_threads, shared.draft_threads, shared.describe()) == (0, 0, "shared")
 
 
@@ -59,10 +59,9 @@ def test_gpu_lanes_enter_their_streams_and_join(monkeypatch):
     monkeypatch.setattr(cuda_lanes, "lanes_for_device", fake_lanes_for_device)
     monkeypatch.setattr(torch.cuda, "stream", _StreamCtx)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
-    cache: dict = {}
-    dev = torch.device("cuda", 0)
-    lanes = WindowLanes.for_engine(dev, 0, 16, cache)
-    assert WindowLanes.for_engine(dev, 0, 16, cache).cuda_lanes is lanes.cuda_lanes and made == [16]
+    splits = LaneSplits(torch.device("cuda", 0))
+    lanes = WindowLanes.for_engine(splits, 0, 16)
+    assert WindowLanes.for_engine(splits, 0, 16).cuda_lanes is lanes.cuda_lanes and made == [16]
     assert lanes.describe() == "green contexts: draft 16 SMs, target 116"
     with lanes.target():
         pass
@@ -87,14 +86,13 @@ def test_gpu_without_a_split_still_gives_the_draft_its_own_stream(monkeypatch):
             made.append(self)
 
     monkeypatch.setattr(torch.cuda, "Stream", _Stream)
-    cache: dict = {}
-    dev = torch.device("cuda", 0)
-    lanes = WindowLanes.for_engine(dev, 0, 0, cache)
+    splits = LaneSplits(torch.device("cuda", 0))
+    lanes = WindowLanes.for_engine(splits, 0, 0)
     target, draft = (lane.stream for lane in lanes.cuda_lanes)
     assert target is not draft and {target, draft} == set(made)
     assert draft.priority < target.priority  # CUDA: lower is higher priority
     assert lanes.describe() == "streams: draft (high priority), target; no SM split"
-    assert WindowLanes.for_engine(dev, 0, 0, cache).cuda_lanes is lanes.cuda_lanes and len(made) == 2
+    assert WindowLanes.for_engine(splits, 0, 0).cuda_lanes is lanes.cuda_lanes and len(made) == 2
 
 
 def test_engine_reports_its_window_lanes(tiny_pair):
