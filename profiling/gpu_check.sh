@@ -124,7 +124,7 @@ step_test_triton() {
 step_test_triton_interp() {
     # test_triton_kernels.py builds its kernel inputs on the CPU, so it runs interpreted here too
     # (its Gumbel / KV-commit kernels are compiled for real by the microbenchmarks below).
-    TRITON_INTERPRET=1 "$PY" -m pytest -q tests/test_triton_kernels.py
+    TRITON_INTERPRET=1 "$PY" -m pytest -q tests/test_triton_kernels.py tests/test_precompile_coverage.py
 }
 
 step_bench_tree_accept() {

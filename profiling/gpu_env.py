@@ -178,7 +178,7 @@ STEPS = [
     ("test_ext", "2. CUDA extension tests on the device (tests/test_ext.py -m gpu)", True),
     ("test_gpu", "2. kernel tests on the device (pytest -m gpu)", False),
     ("test_triton", "2. Triton kernels compiled for the device", False),
-    ("test_triton_interp", "2. Triton kernels interpreted (tests/test_triton_kernels.py)", False),
+    ("test_triton_interp", "2. Triton kernels interpreted, and every launch precompiled (test_triton_kernels.py, test_precompile_coverage.py)", False),
     ("bench_tree_accept", "3. microbenchmark: tree acceptance (torch twin vs cpp)", False),
     ("bench_verify", "3. microbenchmark: verification kernels", False),
     ("bench_attention_mha", "3. microbenchmark: tree-verify attention (Vicuna-7B MHA)", False),

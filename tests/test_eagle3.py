@@ -269,3 +269,17 @@ def _cfg20():
 
     return LlamaConfig(vocab_size=20, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
                        num_key_value_heads=1, head_dim=4)
+
+
+def test_a_new_eagle3_head_caps_its_vocabulary_as_the_plan_prices_it():
+    """Without --draft-vocab the head's LM head has min(V, 32000) rows: what `phide distill
+    --plan` prices and the CLI's help says (a target of 32,064 ids: 32,000 rows)."""
+    from phide.distill.cost import _head_shape
+    from phide.distill.head import new_head
+    from phide.models.llama import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(vocab_size=32064, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+    target = LlamaModel(cfg)
+    assert new_head("eagle3", target).draft_vocab == 32000 == _head_shape(cfg, None, "eagle3", None).draft_vocab
+    assert new_head("eagle3", target, draft_vocab=100).draft_vocab == 100

@@ -46,6 +46,7 @@ from pathlib import Path
 from phide.errors import PhideError
 from phide.memory_plan import (CUDA_CONTEXT_GIB, DTYPE_BYTES, GIB, HEADROOM, HeadShape, PairShape, head_config,
                                kv_bytes_per_row, lm_bytes, prefill_workspace_bytes, weight_parts)
+from phide.models.eagle3 import DEFAULT_DRAFT_VOCAB
 from phide.models.llama import LlamaConfig
 from phide.planner import h100_projection
 
@@ -58,7 +59,6 @@ PEAK_FLOPS = 989e12                       # dense bf16, H100 SXM
 COMPUTE_EFFICIENCY = 0.6                  # what a long prefill reaches of the peak
 NVME_BYTES_PER_S = 2e9                    # reading or writing feature files (stated, not measured)
 VALIDATION_TAU = 3.0                      # tokens per verify of a trained head (a prior, as the planner's)
-DEFAULT_DRAFT_VOCAB = 32000               # EAGLE-3's LM head rows when not given (the CLI's default cap)
 CHECKPOINTS_KEPT = 2
 CHECKPOINT_BYTES_PER_PARAM = 4 + 8        # fp32 weights + the two AdamW moments
 TRAIN_BYTES_PER_PARAM = 16                # fp32 master 4 + grad 4 + AdamW moments 8

@@ -16,7 +16,7 @@ from torch import nn
 
 from phide.distill.ttt import ttt_forward
 from phide.models.eagle import EagleHead
-from phide.models.eagle3 import Eagle3Head, default_capture, draft_vocab_map
+from phide.models.eagle3 import DEFAULT_DRAFT_VOCAB, Eagle3Head, default_capture, draft_vocab_map
 from phide.models.llama import LlamaModel
 
 
@@ -38,7 +38,7 @@ def new_head(kind: str, target: LlamaModel, *, draft_vocab: int | None = None,
     if kind != "eagle3":
         raise ValueError(f"unknown head kind {kind!r}")
     V = cfg.vocab_size
-    vd = min(draft_vocab or V, V)
+    vd = min(draft_vocab or DEFAULT_DRAFT_VOCAB, V)  # the --plan's and the CLI help's default
     head = Eagle3Head(cfg, capture or default_capture(cfg.num_hidden_layers), vd)
     counts = answer_counts if answer_counts is not None else torch.zeros(V)
     d2t, t2d = draft_vocab_map(counts, vd)

@@ -45,6 +45,9 @@ ARCH_NAMES = {SGLANG_ARCH, "Eagle3LlamaForCausalLM", "Eagle3Speculator", "LlamaF
 UNSUPPORTED_FLAGS = ("norm_before_fc", "fc_norm", "norm_output")
 
 
+DEFAULT_DRAFT_VOCAB = 32000  # the head's LM head rows when not given: the target's vocabulary, capped (EAGLE-3's)
+
+
 def default_capture(num_layers: int) -> tuple[int, ...]:
     """The layers EAGLE-3 fuses by default (the input of layers 2, L//2, L-3; SGLang, vLLM and
     EAGLE agree); very shallow targets get the embeddings, the middle and the last output."""
