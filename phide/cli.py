@@ -213,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "pip install 'phide[scale]'")
     ev.add_argument("--workers", type=_positive_int, help="--ray: engines in the pool (default: one per GPU, "
                     "else the CPUs less one)")
+    ev.add_argument("--calibrate", type=_positive_int, metavar="N", help="calibrate the planner on the first N "
+                    "samples first (as `phide calibrate --data`; saved for this pair and machine), then run the "
+                    "rest: the N calibration samples are left out of the table")
 
     dsec = sub.add_parser("dsec-clips", help="cut DSEC sequences into a paired directory (8 frames + the "
                           "events each clip ends with, one sample per question) for eval and distill")
@@ -414,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             from phide.tools.eval_runs import run_eval
 
-            return run_eval(args, lambda: session_from_args(args))
+            # --calibrate: run_eval sets args.calibration_file once it has calibrated
+            return run_eval(args, lambda: session_from_args(
+                args, calibration=getattr(args, "calibration_file", None) or "auto"))
         if args.command == "dsec-clips":
             from phide.tools.dsec_clips import run_dsec_clips
 

@@ -287,7 +287,7 @@ class Planner:
         if mode == "auto":
             if not preds:
                 plan = Plan("target-only", reason="no calibration of this pair on this machine: target-only "
-                                                  "(run `phide calibrate`)")
+                                                  "(run `phide calibrate`, or `phide eval --calibrate N`)")
             else:
                 plan = self._plan(*pick(preds, self.margin), preds)
         elif mode == "hide":

@@ -54,18 +54,26 @@ def test_eval_writes_rows_summary_and_png(full_run):
     rows = _rows(out)
     assert len(rows) == 6 * 3
     assert {(r["sample"], r["mode"]) for r in rows} == {(str(i), m) for i in range(6) for m in MODES.split(",")}
-    assert all(set(r) == {"sample", "mode", "question", "text", "token_ids", "stats"} for r in rows)
+    assert all(set(r) == {"sample", "mode", "order", "question", "text", "token_ids", "stats"} for r in rows)
+    # each sample's modes ran in an order rotated by its index, recorded in its rows
+    modes = MODES.split(",")
+    for r in rows:
+        i = int(r["sample"])
+        assert r["order"] == (modes.index(r["mode"]) - i) % len(modes), r
     summary = json.loads((out / SUMMARY).read_text())
+    assert [summary["modes"][m]["ran_first"] for m in modes] == [2, 2, 2]
     assert summary["samples"] == 6 and summary["errors"] == 0
     for mode in ("auto", "hide"):  # fp32: every answer is target-only's
         assert summary["modes"][mode]["identical_rate"] == 1.0
     hide = summary["modes"]["hide"]
-    assert hide["tau"] > 1.0 and "median" in hide["speedup_vs_target_only"]
+    assert hide["tau"]["mean"] > 1.0 and "median" in hide["speedup_vs_target_only"]
     depths = hide["acceptance_by_depth"]
     assert depths["1"] >= max(depths.values()) - 1e-9  # deeper levels are accepted no more often
     # no calibration in the tests' PHIDE_HOME: auto runs target-only, and says so
     assert summary["modes"]["auto"]["schedules"] == {"target-only": 6}
-    assert summary["modes"]["target-only"]["tau"] == 1.0
+    assert summary["modes"]["auto"]["why"]["target-only"].startswith("no calibration of this pair on this machine")
+    assert "auto: target-only on 6/6 (no calibration of this pair on this machine" in stdout
+    assert summary["modes"]["target-only"]["tau"]["mean"] == 1.0
     # reference answers in the manifest: exact-match accuracy, the same wherever the tokens are
     accuracy = {m: summary["modes"][m]["accuracy"] for m in MODES.split(",")}
     assert len(set(accuracy.values())) == 1 and 0 < accuracy["target-only"] <= 1
@@ -145,3 +153,64 @@ def test_eval_bad_arguments_exit_2(toy_data, tmp_path):
     assert rc == 2 and "unknown mode 'fast'" in err
     rc, _, err = run_cli(["eval", str(tmp_path / "nowhere"), *_pair_args(), "--out", str(tmp_path / "y")])
     assert rc == 2 and err.startswith("phide: error:")
+
+
+def test_calibrate_n_calibrates_first_and_leaves_those_samples_out(toy_data, tmp_path, monkeypatch):
+    """`--calibrate 2`: the planner is calibrated on samples 0 and 1 (saved for this pair and
+    machine), the table holds samples 2..5 only, and auto then plans from the calibration."""
+    monkeypatch.setenv("PHIDE_HOME", str(tmp_path / "home"))  # the calibration must not outlive the test
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(["eval", str(toy_data), *_pair_args(), "--out", str(out), "--modes", "auto,target-only",
+                               "--max-new-tokens", "16", "--calibrate", "2"])
+    assert rc == 0, err
+    assert "calibrating on 2 samples" in err
+    assert sorted({r["sample"] for r in _rows(out)}) == ["2", "3", "4", "5"]
+    assert list((tmp_path / "home" / "calibration").glob("*.json"))
+    auto = json.loads((out / SUMMARY).read_text())["modes"]["auto"]
+    assert not any(w.startswith("no calibration") for w in auto["why"].values()), auto["why"]
+    rc, _, err = run_cli(["eval", str(toy_data), *_pair_args(), "--out", str(tmp_path / "r2"), "--modes", "auto",
+                          "--limit", "3", "--calibrate", "3"])
+    assert rc == 2 and "leaves no sample to evaluate" in err
+
+
+def _row(sample, mode, order, wall, ttft, new, tau, prefill, tokens, question, *, sched=None, reason="forced",
+         window=0, verifies=()):
+    stats = {"wall_s": wall, "first_token_s": ttft, "new_tokens": new, "accepted_per_verify": tau,
+             "verifies": max(1, round(new / tau)), "plan": {"schedule": sched or mode, "reason": reason},
+             "phases": {"target_prefill": prefill}, "draft_tokens_in_window": window,
+             "accepted_by_verify": [list(v) for v in verifies]}
+    return {"sample": sample, "mode": mode, "order": order, "question": question, "text": "", "token_ids": tokens,
+            "stats": stats}
+
+
+def test_summary_statistics_match_hand_computed_values():
+    """Every aggregate of `summarize` against values worked out by hand from four fixed rows."""
+    from phide.tools.eval_runs import format_summary, summarize
+
+    q0, q1 = "Which way does the circle move?", "How many objects are there?"
+    rows = [_row("0", "target-only", 0, 1.0, 0.5, 11, 1.0, 0.4, [1, 2, 3], q0),
+            _row("0", "hide", 1, 0.5, 0.25, 11, 5.5, 0.6, [1, 2, 3], q0, reason="forced; x", window=4,
+                 verifies=[(2, 3), (1, 3)]),
+            _row("1", "target-only", 1, 2.0, 1.0, 5, 1.0, 0.5, [4], q1),
+            _row("1", "hide", 0, 0.5, 0.3, 5, 2.5, 0.5, [5], q1, reason="forced; x", window=2, verifies=[(0, 2)])]
+    s = summarize(rows, ["target-only", "hide"])
+    h, t = s["modes"]["hide"], s["modes"]["target-only"]
+    approx = pytest.approx
+    assert h["latency_s"] == {"mean": 0.5, "p50": 0.5, "p90": 0.5, "p99": 0.5}
+    assert h["ttft_s"] == approx({"mean": 0.275, "p50": 0.275, "p90": 0.295, "p99": 0.2995})
+    assert h["tpot_s"] == approx({"mean": 0.0375, "p50": 0.0375, "p90": 0.0475, "p99": 0.04975})
+    assert h["tau"] == approx({"mean": 4.0, "p50": 4.0, "p90": 5.2, "p99": 5.47})  # per request, not pooled
+    assert h["tokens_per_s"] == 16.0
+    assert h["speedup_vs_target_only"] == approx({"median": 3.0, "p10": 2.2, "worst": 2.0})
+    assert h["identical_rate"] == 0.5 and t["identical_rate"] == 1.0
+    assert h["draft_tokens_in_window"] == 3.0 and h["prefill_slowdown"] == 1.25
+    assert h["acceptance_by_depth"] == {"1": 0.6667, "2": 0.3333, "3": 0.0}
+    assert (h["ran_first"], t["ran_first"]) == (1, 1)
+    assert h["schedules"] == {"hide": 2} and h["why"] == {"hide": "forced; x"}
+    assert h["by_question_type"] == {"How many objects": {"rows": 1, "tau_mean": 2.5, "speedup_median": 4.0},
+                                     "Which way does": {"rows": 1, "tau_mean": 5.5, "speedup_median": 2.0}}
+    assert t["tau"]["mean"] == 1.0 and "speedup_vs_target_only" not in t
+    text = format_summary(s)
+    assert "hide: hide on 2/2; ran first on 1; draft tokens in the window 3.0, target prefill 1.25x its time alone" in text
+    hide_line = next(line for line in text.splitlines() if line.startswith("hide "))
+    assert hide_line.split()[2:5] == ["500.0", "500.0", "500.0"] and "3.00x" in hide_line and "2.20x" in hide_line

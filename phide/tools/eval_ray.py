@@ -23,12 +23,15 @@ from phide.errors import PhideError
 class _EvalWorker:
     """One engine per actor; a batch is one work item (JSON), its rows come back as JSON."""
 
-    def __init__(self, load_session, run_item, request: dict, threads: int):
+    def __init__(self, load_session, run_item, request: dict, threads: int, warm_up=None):
         import torch
 
         if threads:
             torch.set_num_threads(threads)
         self.session = load_session()
+        if warm_up is not None:  # (fn, item): one untimed request per mode before any row
+            fn, item = warm_up
+            fn(self.session, item, request, item["order"])
         self.run_item, self.request = run_item, request
 
     def __call__(self, batch):
@@ -70,7 +73,7 @@ def connect(address: str):
 
 
 def run_on_ray(address: str, items: list[dict], request: dict, load_session, run_item, *,
-               workers: int | None = None):
+               workers: int | None = None, warm_up=None):
     """Rows of `items` (eval_runs' work items, each run by `run_item(session, item, request)` on a
     worker) computed on a Ray cluster, yielded as they arrive."""
     ray = connect(address)
@@ -83,7 +86,7 @@ def run_on_ray(address: str, items: list[dict], request: dict, load_session, run
     ds = ray.data.from_items([{"item": json.dumps(it)} for it in items], override_num_blocks=len(items))
     rows = ds.map_batches(_EvalWorker, batch_size=1, concurrency=n, batch_format="numpy",
                           fn_constructor_kwargs={"load_session": load_session, "run_item": run_item,
-                                                 "request": request, "threads": threads},
+                                                 "request": request, "threads": threads, "warm_up": warm_up},
                           **resources)
     for out in rows.iter_rows():
         yield json.loads(out["row"])
