@@ -260,3 +260,51 @@ def test_a_bad_tree_shape_file_is_one_error(capsys, ckpts, tmp_path, text, needl
     ckpt = _copy(ckpts, "llama", tmp_path)
     (ckpt / "tree_shape.json").write_text(text)
     assert needle in _error(capsys, _target_only(ckpt), only=True)
+
+
+# ------------------------------------------------------------------------------ bad event files, any plan
+def _bad_event_files(tmp_path: Path) -> dict[str, Path]:
+    """The event files a user might pass by mistake, each with the words its error must name."""
+    h5py = pytest.importorskip("h5py")
+    pytest.importorskip("hdf5plugin")
+    ev = _events()
+    out = {}
+    good_h5 = tmp_path / "good.h5"
+    with h5py.File(good_h5, "w") as f:
+        for k, v in ev.items():
+            f.create_dataset(f"events/{k}", data=v)
+    data = good_h5.read_bytes()
+    (tmp_path / "truncated.h5").write_bytes(data[: len(data) // 2])
+    out["truncated.h5"] = "not a readable HDF5 file"
+    with h5py.File(tmp_path / "no_group.h5", "w") as f:
+        f.create_dataset("other", data=np.zeros(3))
+    out["no_group.h5"] = "not a DSEC events file"
+    np.savez(tmp_path / "missing_keys.npz", x=ev["x"], y=ev["y"])
+    out["missing_keys.npz"] = "missing key(s) t, p"
+    np.savez(tmp_path / "nan_t.npz", **{**ev, "t": np.full(200, np.nan)})
+    out["nan_t.npz"] = "t must be integers"
+    np.save(tmp_path / "pickled.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    out["pickled.npy"] = "pickled"
+    (tmp_path / "events.txt").write_text("0 1 2 1\n")
+    out["events.txt"] = "unknown event file extension"
+    np.savez(tmp_path / "empty.npz", **{k: v[:0] for k, v in ev.items()})
+    out["empty.npz"] = "holds no events"
+    np.savez(tmp_path / "far_x.npz", **{**ev, "y": np.zeros(200, np.int64), "x": _with_last(ev["x"], 10**6)})
+    out["far_x.npz"] = "x reaches 1000000"
+    with h5py.File(tmp_path / "far_x.h5", "w") as f:
+        for k, v in {**ev, "x": _with_last(ev["x"], 60_000).astype(np.uint16)}.items():
+            f.create_dataset(f"events/{k}", data=v)
+    out["far_x.h5"] = "x reaches 60000"
+    return {name: (tmp_path / name, needle) for name, needle in out.items()}
+
+
+def test_every_bad_event_file_is_one_error_under_the_default_plan(capsys, ckpts, tmp_path):
+    """With `--mode auto` (the default) and no calibration the plan is target-only, which never
+    reads the events: each bad file is still one `phide: error:` line naming it, exit 2."""
+    files = _bad_event_files(tmp_path)
+    assert len(files) == 9
+    for name, (path, needle) in files.items():
+        msg = _error(capsys, ["generate", "--target", ckpts["video_llava"], "--draft", ckpts["eventgpt"],
+                              "--prompt", QUESTION, "--video", ckpts["frames"], "--events", path,
+                              "--max-new-tokens", "2"])
+        assert needle in msg, (name, msg)

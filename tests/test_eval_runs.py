@@ -214,3 +214,49 @@ def test_summary_statistics_match_hand_computed_values():
     assert "hide: hide on 2/2; ran first on 1; draft tokens in the window 3.0, target prefill 1.25x its time alone" in text
     hide_line = next(line for line in text.splitlines() if line.startswith("hide "))
     assert hide_line.split()[2:5] == ["500.0", "500.0", "500.0"] and "3.00x" in hide_line and "2.20x" in hide_line
+
+
+def test_a_missing_or_bad_file_is_listed_up_front_and_becomes_error_rows(toy_data, tmp_path):
+    """Six samples, one naming an events file that does not exist and one whose events are bad:
+    both are listed once on stderr before anything runs, each gives an error row, the other four
+    run, exit 1."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    lines = (data / "samples.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["events"] = "events/gone.npz"
+    lines[1] = json.dumps(rec)
+    (data / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    bad = json.loads(lines[4])["events"]
+    (data / bad).write_bytes(b"not an npz")
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(["eval", str(data), *_pair_args(), "--out", str(out), "--modes", "target-only",
+                               "--max-new-tokens", "4"])
+    assert rc == 1, err
+    assert "2 of 6 samples refused" in err and "events file 'events/gone.npz' does not exist" in err
+    assert err.index("samples refused") < err.index("phide: eval: wrote")
+    rows = {r["sample"]: r for r in _rows(out)}
+    assert sorted(rows) == [str(i) for i in range(6)]
+    assert [s for s, r in sorted(rows.items()) if "error" in r] == ["1", "4"]
+    assert "not a readable .npz file" in rows["4"]["error"]
+    assert json.loads((out / SUMMARY).read_text())["errors"] == 2
+
+
+def test_ray_at_an_address_with_no_cluster_is_one_error_within_its_timeout(toy_data, tmp_path):
+    """`--ray HOST:PORT` where nothing listens: one error line well within the stated 30 s, and no
+    run directory is made (nothing to resume)."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    rc, _, err = run_cli(_eval_args(toy_data, out, "--ray", f"127.0.0.1:{port}"))
+    assert rc == 2 and time.perf_counter() - t0 < 30
+    assert err.count("phide: error:") == 1 and f"--ray 127.0.0.1:{port}: no Ray cluster answers there within 30 s" in err
+    assert not out.exists()
+    rc, _, err = run_cli(_eval_args(toy_data, out, "--ray", "nonsense"))
+    assert rc == 2 and "expected auto, HOST:PORT or ray://HOST:PORT" in err

@@ -228,6 +228,26 @@ def load_events(path: PathLike, *, allow_pickle: bool = False, t_start_us: int |
     return _window_of_file(stream, t_start_us, t_end_us, path)
 
 
+def check_event_file(path: PathLike) -> None:
+    """Open and check an event file before any plan runs, cheaply, so a bad file is one error
+    whatever the schedule (a plan that never reads the events included): a DSEC h5 must hold its
+    events group with 1-D datasets of one length, non-empty, its first and last element of each
+    readable (a truncated file fails there) and in range; an .npz / .npy (small) is read whole with
+    every check `load_events` makes (keys, integer dtypes, coordinates, pickles refused) and must
+    hold events. Raises PhideError."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in _H5_SUFFIXES:
+        stream = load_events(path)
+        if not len(stream):
+            raise PhideError(f"{path}: holds no events")
+        return
+    with _open_h5(path) as f:
+        ds, n, _ = _h5_events(f, path)
+        ends = {k: np.concatenate([_read(d, 0, 1, path, k), _read(d, n - 1, n, path, k)]) for k, d in ds.items()}
+    for name in ("x", "y"):
+        _check_side(name, ends[name])
+
+
 def _window_of_file(stream, t_start_us, t_end_us, path):
     try:
         return window(stream, t_start_us, t_end_us)
@@ -236,6 +256,10 @@ def _window_of_file(stream, t_start_us, t_end_us, path):
 
 
 def _load_npz(path: Path) -> EventStream:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # np.load would take it for a pickle and say so, wrongly
+        raise PhideError(f"{path}: not a readable .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}

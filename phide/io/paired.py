@@ -9,7 +9,9 @@ Layout (paths in samples.jsonl are relative to the directory, or absolute):
     DIR/frames/..., DIR/events/...   the files themselves (any layout)
 
 `read_paired_dir` checks the whole manifest up front (every line, every referenced file) and
-raises one PhideError naming the first problem, before any model is loaded.
+raises one PhideError naming the first problem, before any model is loaded; with
+`keep_missing=True` (phide eval) a sample whose file is missing is kept with its `problem` said,
+so one lost file does not refuse a whole data set.
 `write_paired_dir` writes such a directory (the toy world exports its scenes with it).
 """
 
@@ -34,9 +36,11 @@ class PairedSample:
     video: Path
     events: Path
     extra: dict = field(default_factory=dict)
+    problem: str | None = None  # keep_missing: why this sample cannot run (a file that does not exist)
 
 
-def read_paired_dir(data_dir: str | os.PathLike, *, min_samples: int = 1) -> list[PairedSample]:
+def read_paired_dir(data_dir: str | os.PathLike, *, min_samples: int = 1,
+                    keep_missing: bool = False) -> list[PairedSample]:
     d = Path(data_dir)
     if not d.is_dir():
         raise PhideError(f"{d}: not a directory of paired samples")
@@ -62,12 +66,15 @@ def read_paired_dir(data_dir: str | os.PathLike, *, min_samples: int = 1) -> lis
             if not isinstance(rec.get(key), str) or not rec[key].strip():
                 raise PhideError(f"{where}: needs a non-empty string {key!r}")
         video, events = d / rec["video"], d / rec["events"]
+        problem = None
         if not video.exists():
-            raise PhideError(f"{where}: video {rec['video']!r} does not exist")
-        if not events.is_file():
-            raise PhideError(f"{where}: events file {rec['events']!r} does not exist")
+            problem = f"{where}: video {rec['video']!r} does not exist"
+        elif not events.is_file():
+            problem = f"{where}: events file {rec['events']!r} does not exist"
+        if problem is not None and not keep_missing:
+            raise PhideError(problem)
         extra = {k: v for k, v in rec.items() if k not in ("question", "video", "events")}
-        out.append(PairedSample(rec["question"].strip(), video, events, extra))
+        out.append(PairedSample(rec["question"].strip(), video, events, extra, problem))
     if len(out) < min_samples:
         raise PhideError(f"{manifest}: {len(out)} samples, at least {min_samples} needed")
     return out

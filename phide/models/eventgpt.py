@@ -314,16 +314,24 @@ class EventGPTDraft:
         unk = getattr(self.tokenizer, "unk_token_id", None)
         return int(unk) if unk is not None and 0 <= unk < self.lm.cfg.vocab_size else 0
 
-    @torch.inference_mode()
-    def check(self, request) -> None:
+    def _require(self, request) -> None:
         if request.events is None:
             raise PhideError("EventGPT draft needs --events")
         if request.prompt is None:
             raise PhideError("EventGPT draft needs --prompt (the question about the events)")
         check_path(request.events, "event file")
 
+    def check(self, request) -> None:
+        """Before any plan runs: the inputs are there, and an event file is opened and checked
+        (cheaply: `check_event_file`), so a bad one is an error even when the plan never reads it."""
+        from phide.io.events import check_event_file
+
+        self._require(request)
+        if isinstance(request.events, (str, os.PathLike)):
+            check_event_file(request.events)
+
     def prepare(self, request) -> Prepared:
-        self.check(request)
+        self._require(request)
         prompt = self.prompt_text(request.prompt)
         n = prompt.count(EVENT_TOKEN)
         if n != 1:

@@ -55,20 +55,53 @@ def worker_resources(cluster: dict, workers: int | None) -> tuple[int, dict, int
     return n, {"num_cpus": share}, max(1, int(share))
 
 
-def connect(address: str):
-    """Ray, connected to the cluster `address` names ("auto": a running one, else a local one);
-    called before the run directory is touched, so a cluster that cannot be reached leaves nothing."""
+CONNECT_TIMEOUT_S = 30  # `--ray ADDRESS`: how long a cluster may take to answer (Ray itself retries for minutes)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """An explicit HOST:PORT (or ray://HOST:PORT) must accept a TCP connection within `timeout`."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise PhideError(f"--ray {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise PhideError(f"--ray {address}: no Ray cluster answers there within {timeout:.0f} s ({exc})") from None
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT_S):
+    """Ray, connected to the cluster `address` names ("auto": a running one, else a local one),
+    within `timeout` seconds or one PhideError; called before the run directory is touched, so a
+    cluster that cannot be reached leaves nothing."""
+    if address != "auto":
+        _probe(address, timeout)  # before Ray, which would retry an unreachable address for minutes
     try:
         import ray
         import ray.data  # noqa: F401  (Ray Data: the actor pool)
     except ImportError:
         raise PhideError("--ray needs Ray (pip install 'phide[scale]')") from None
     if not ray.is_initialized():
-        try:
-            ray.init(address=None if address == "auto" else address, log_to_driver=False,
-                     logging_level="WARNING")
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise PhideError(f"--ray {address}: cannot reach a Ray cluster ({exc})") from None
+        import threading
+
+        outcome: dict = {}
+
+        def init():
+            try:
+                ray.init(address=None if address == "auto" else address, log_to_driver=False,
+                         logging_level="WARNING")
+                outcome["ok"] = True
+            except Exception as exc:  # reported on the calling thread
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=init, name="ray-connect", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if "error" in outcome:
+            raise PhideError(f"--ray {address}: cannot reach a Ray cluster ({outcome['error']})") from None
+        if "ok" not in outcome:
+            raise PhideError(f"--ray {address}: the cluster did not answer within {timeout:.0f} s")
     return ray
 
 

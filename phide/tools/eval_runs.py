@@ -76,12 +76,27 @@ class RowWriter(rows_file.RowWriter):
 
 def paired_items(data_dir) -> list[dict]:
     """A paired directory's samples as work items: {"sample" (id), "question", "video", "events",
-    "answer" (or None)}, with the files checked (phide.io.paired)."""
+    "answer" (or None), "type"}, with the files checked up front (phide.io.paired; the event files
+    opened by `check_event_file`): a sample whose file is missing or bad gets "error" (its rows
+    become error rows, the run goes on)."""
+    from phide.io.events import check_event_file
     from phide.io.paired import read_paired_dir
 
-    return [{"sample": sample_id(i, s.extra), "question": s.question, "video": str(s.video), "events": str(s.events),
-             "answer": s.extra.get("answer"), "type": s.extra.get("type") or s.extra.get("task")}
-            for i, s in enumerate(read_paired_dir(data_dir))]
+    items = []
+    for i, s in enumerate(read_paired_dir(data_dir, keep_missing=True)):
+        item = {"sample": sample_id(i, s.extra), "question": s.question, "video": str(s.video),
+                "events": str(s.events), "answer": s.extra.get("answer"),
+                "type": s.extra.get("type") or s.extra.get("task")}
+        problem = s.problem
+        if problem is None:
+            try:
+                check_event_file(s.events)
+            except PhideError as exc:
+                problem = str(exc)
+        if problem is not None:
+            item["error"] = problem
+        items.append(item)
+    return items
 
 
 def item_request(item: dict, request: dict):
@@ -161,6 +176,12 @@ def run_eval(args, load_session) -> int:
         raise PhideError(f"--calibrate {n_cal} leaves no sample to evaluate ({len(samples)} in {args.data})")
     calibration_samples, samples = samples[:n_cal], samples[n_cal:]
     ids = [s["sample"] for s in samples]
+    refused = [s for s in samples if "error" in s]
+    if refused:  # listed once, up front; each becomes error rows and the run goes on
+        print(f"phide: eval: {len(refused)} of {len(samples)} samples refused (error rows; exit 1):", file=sys.stderr)
+        for s in refused:
+            print(f"phide: eval:   sample {s['sample']}: {s['error']}", file=sys.stderr)
+        sys.stderr.flush()
     if getattr(args, "ray", None):
         from phide.tools.eval_ray import connect
 
