@@ -240,6 +240,19 @@ class Planner:
         self.head_acc = dataclasses.replace(cal.head) if cal else Acceptance()
         self.draft_acc = dataclasses.replace(cal.draft) if cal else Acceptance()
         self.tokens = Acceptance(tau=cal.mean_new_tokens, samples=1) if cal else Acceptance(tau=0.0)
+        # The machine now vs when it was calibrated: a moving average of log(measured / predicted)
+        # over finished requests (one factor for every cost: load slows them together), so
+        # predictions follow the load; decisions compare predictions, which it scales alike.
+        self.load_log_scale = 0.0
+        self.off_streak = 0  # requests in a row whose prediction was off by more than OFF_FACTOR
+
+    LOAD_ALPHA = 0.5   # weight of the newest request in the load factor
+    OFF_FACTOR = 2.0   # a prediction this far off (either way) counts towards a warning
+    OFF_STREAK = 3     # ... for this many requests in a row
+
+    @property
+    def load_scale(self) -> float:
+        return math.exp(self.load_log_scale)
 
     def with_calibration(self, calibration: Calibration) -> "Planner":
         """The same planner, starting over from `calibration`."""
@@ -263,8 +276,9 @@ class Planner:
         costs = self.costs if self.has_head else dataclasses.replace(self.costs, head_step_s=0.0)
         acc = Acceptance(tau=self.head_acc.tau if self.has_head else self.draft_acc.tau,
                          window_accept_rate=self.draft_acc.window_accept_rate)
-        return predict(costs, acc, new_tokens=new_tokens, depth=self.depth, budget=self.budget,
-                       window_steps=self.window_steps, use_draft=self.has_draft)
+        preds = predict(costs, acc, new_tokens=new_tokens, depth=self.depth, budget=self.budget,
+                        window_steps=self.window_steps, use_draft=self.has_draft)
+        return {k: v * self.load_scale for k, v in preds.items()}
 
     def predict(self, plan: Plan, new_tokens: int) -> float | None:
         """The predicted seconds of `plan` for an answer of `new_tokens` (None: no calibration,
@@ -303,6 +317,29 @@ class Planner:
             plan = self._plan(mode, "forced", preds)
         return dataclasses.replace(plan, **split) if split else plan
 
+    def _observe_load(self, plan: Plan, stats: dict) -> None:
+        wall, n = stats.get("wall_s"), stats.get("new_tokens")
+        predicted = self.predict(plan, n) if wall and n else None  # scaled by the load so far
+        if not predicted:
+            return
+        ratio = wall / predicted
+        calibrated = ratio * self.load_scale  # against the calibration's own prediction
+        self.load_log_scale += self.LOAD_ALPHA * math.log(ratio)
+        off = calibrated > self.OFF_FACTOR or calibrated < 1 / self.OFF_FACTOR
+        self.off_streak = self.off_streak + 1 if off else 0
+        info = {"predicted_s": round(predicted, 6), "measured_over_predicted": round(ratio, 3),
+                "measured_over_calibrated": round(calibrated, 3), "load_scale": round(self.load_scale, 3)}
+        if self.off_streak >= self.OFF_STREAK:
+            info["warning"] = (f"the calibration's predictions were off by more than {self.OFF_FACTOR:g}x for "
+                               f"{self.off_streak} requests in a row (last {calibrated:.2f}x): this machine is not "
+                               f"as it was calibrated; the planner now scales its costs by {self.load_scale:.2f} "
+                               "(re-run `phide calibrate` if it stays)")
+            if self.off_streak == self.OFF_STREAK:
+                import sys
+
+                print(f"phide: warning: {info['warning']}", file=sys.stderr, flush=True)
+        stats["prediction"] = info
+
     def _plan(self, label: str, reason: str, preds: dict) -> Plan:
         split = {}
         if label.startswith("hide@"):
@@ -313,7 +350,11 @@ class Planner:
 
     def observe(self, plan: Plan, stats: dict) -> None:
         """Learn from a finished request's stats: its length, the tokens per verify of the round
-        drafter, the share of the first tree's levels the first verify accepted."""
+        drafter, the share of the first tree's levels the first verify accepted; and how fast
+        the machine is now (`load_scale`), from the request's time against its prediction for the
+        tokens it made. stats["prediction"] says both, and when predictions have been off by more
+        than OFF_FACTOR for OFF_STREAK requests in a row, why (also on stderr, once a streak)."""
+        self._observe_load(plan, stats)
         if stats.get("new_tokens"):
             self.tokens.update(float(stats["new_tokens"]))
         if stats.get("verifies", 0) < 2 or plan.schedule == "target-only":

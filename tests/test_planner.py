@@ -203,3 +203,28 @@ def test_a_forced_split_is_the_only_hide_candidate_and_every_plan_carries_it():
     uncalibrated = p.decide(30, "hide", {"draft_sms": 16})  # a split the calibration never measured
     assert (uncalibrated.draft_sms, uncalibrated.predicted_s) == (16, None)
     assert "not calibrated" in uncalibrated.reason
+
+
+def test_predictions_follow_the_machine_and_a_streak_of_misses_is_said(capsys):
+    """Calibrated on a busy machine: every request now runs in a third of its predicted time.
+    The load factor (a moving average of measured / predicted) brings predictions to within 25%
+    in a few requests; the choice between schedules does not change (every cost scales alike);
+    three misses by more than 2x in a row are said once on stderr and in the stats."""
+    planner = _planner()
+    plan = planner.decide(30, "auto")
+    base = planner.predictions(30)
+    errors, warned = [], []
+    for _ in range(6):
+        truth = planner.predict(plan, 30) / planner.load_scale / 3  # the quiet machine: 3x faster
+        stats = {"wall_s": truth, "new_tokens": 30, "verifies": 0}
+        before = planner.predict(plan, 30)
+        errors.append(abs(before - truth) / truth)
+        planner.observe(plan, stats)
+        warned.append("warning" in stats["prediction"])
+    assert errors[0] == pytest.approx(2.0) and errors[-1] < 0.25
+    assert all(b > a for a, b in zip(errors[1:], errors))  # shrinking every request
+    assert planner.decide(30, "auto").schedule == plan.schedule
+    assert {k: v * planner.load_scale for k, v in base.items()} == pytest.approx(planner.predictions(30))
+    assert warned == [False, False, True, True, True, True]  # 1/3 of the calibration's prediction each time
+    err = capsys.readouterr().err
+    assert err.count("phide: warning: the calibration's predictions were off by more than 2x for 3 requests") == 1
