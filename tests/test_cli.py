@@ -73,8 +73,12 @@ def test_calibrate_then_auto_plans_from_it(capsys, tiny_pair, tmp_path):
     assert [sp["draft_threads"] for sp in report["costs"]["splits"]] == [
         n for n in (1, 2, 4, 8) if n < torch.get_num_threads()]
     code, out, err = _run(capsys, "generate", *pair, "--prompt", "a dog", "--max-new-tokens", "8", "--json")
-    plan = json.loads(out)["stats"]["plan"]
+    got = json.loads(out)
+    plan = got["stats"]["plan"]
     assert code == 0 and plan["schedule"] == report["auto_picks"]["schedule"] and plan["predicted_s"] > 0
+    code, out, _ = _run(capsys, "generate", *pair, "--prompt", "a dog", "--max-new-tokens", "8", "--mode",
+                        "target-only", "--json")
+    assert got["token_ids"] == json.loads(out)["token_ids"]  # whatever auto picked, target-only's tokens
     code, out, err = _run(capsys, "generate", "--target", str(tiny_pair["target"]), "--draft",
                           str(tiny_pair["wrong"]), "--prompt", "a dog", "--max-new-tokens", "8", "--json")
     assert "no calibration" in json.loads(out)["stats"]["plan"]["reason"]
@@ -92,6 +96,8 @@ def test_sampling_is_seeded(capsys, tiny_pair):
     a = json.loads(_run(capsys, *args, "--seed", "3")[1])["token_ids"]
     b = json.loads(_run(capsys, *args, "--seed", "3")[1])["token_ids"]
     assert a == b
+    others = [json.loads(_run(capsys, *args, "--seed", str(seed))[1])["token_ids"] for seed in (4, 5)]
+    assert any(o != a for o in others)  # the seed is read: another one samples other tokens
 
 
 def _error(capsys, *argv):

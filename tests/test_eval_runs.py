@@ -82,7 +82,7 @@ def test_eval_writes_rows_summary_and_png(full_run):
     assert "identical" in stdout and "hide" in stdout
 
 
-def test_kill_9_then_resume_ends_with_the_uninterrupted_summary(full_run, toy_data, tmp_path):
+def test_kill_9_then_resume_ends_with_the_uninterrupted_summary(full_run, toy_data, tmp_path, monkeypatch):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "phide.cli", *_eval_args(toy_data, out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -97,12 +97,23 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_summary(full_run, toy_da
     proc.wait()
     before = len(_rows(out))
     assert 5 <= before < 18
+    finished = (out / RESULTS).read_bytes()
     with open(out / RESULTS, "a") as f:  # a row torn mid-write
         f.write('{"sample": "5", "mode": "hi')
     rc, _, err = run_cli(_eval_args(toy_data, out))
     assert rc == 2 and "--resume" in err  # a run directory is never overwritten
+    from phide.session import Session
+
+    calls = []
+    generate = Session.generate
+    monkeypatch.setattr(Session, "generate", lambda self, req, mode, *a, **k: calls.append(
+        (req.max_new_tokens, mode)) or generate(self, req, mode, *a, **k))
     rc, _, err = run_cli(_eval_args(toy_data, out, "--resume"))
     assert rc == 0, err
+    # the finished rows stay byte for byte; only the missing ones ran (after the three warm-ups)
+    assert (out / RESULTS).read_bytes().startswith(finished)
+    assert [c for c in calls if c[0] == 24] and len([c for c in calls if c[0] == 24]) == 18 - before
+    assert sorted(m for n, m in calls if n != 24) == sorted(MODES.split(","))
     rows = _rows(out)
     keys = [(r["sample"], r["mode"]) for r in rows]
     assert len(keys) == len(set(keys)) == 18
@@ -260,3 +271,55 @@ def test_ray_at_an_address_with_no_cluster_is_one_error_within_its_timeout(toy_d
     assert not out.exists()
     rc, _, err = run_cli(_eval_args(toy_data, out, "--ray", "nonsense"))
     assert rc == 2 and "expected auto, HOST:PORT or ray://HOST:PORT" in err
+
+
+def test_a_malformed_run_json_on_resume_is_one_error_line(full_run, toy_data, tmp_path):
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(full_run[0], edited)
+    (edited / "run.json").write_text("{not json")
+    rc, _, err = run_cli(_eval_args(toy_data, edited, "--resume"))
+    assert rc == 2 and err.count("phide: error:") == 1 and "run.json" in err and "Traceback" not in err
+
+
+def test_ray_without_ray_installed_is_one_error_line(toy_data, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *a, **k):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    rc, _, err = run_cli(_eval_args(toy_data, tmp_path / "run", "--ray", "auto"))
+    assert rc == 2 and "--ray needs Ray (pip install 'phide[scale]')" in err and err.count("phide: error:") == 1
+
+
+def test_a_repeated_row_is_written_once(tmp_path):
+    """A retried Ray task's repeat of a finished item: the writer drops it (the file holds each
+    (sample, mode) once), and says it did (False)."""
+    from phide.tools.eval_runs import RowWriter
+
+    path = tmp_path / RESULTS
+    row = {"sample": "0", "mode": "hide", "token_ids": [1]}
+    with RowWriter(path, set()) as write:
+        assert write(row) is True
+        assert write({**row, "token_ids": [2]}) is False
+        assert write({**row, "mode": "auto"}) is True
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [row, {**row, "mode": "auto"}]
+
+
+def test_worker_resources_per_cluster():
+    from phide.errors import PhideError
+    from phide.tools.eval_ray import worker_resources
+
+    assert worker_resources({"GPU": 4.0, "CPU": 64.0}, None) == (4, {"num_gpus": 1, "num_cpus": 1}, 0)
+    assert worker_resources({"GPU": 4.0}, 2) == (2, {"num_gpus": 1, "num_cpus": 1}, 0)
+    with pytest.raises(PhideError, match="one per worker"):
+        worker_resources({"GPU": 2.0}, 3)
+    n, res, threads = worker_resources({"CPU": 2.0}, 2)  # a 2-core laptop: a third each, one share free
+    assert n == 2 and res["num_cpus"] == pytest.approx(2 / 3) and threads == 1
+    assert worker_resources({"CPU": 16.0}, None) == (15, {"num_cpus": 1.0}, 1)

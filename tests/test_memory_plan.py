@@ -143,7 +143,10 @@ def test_plan_cli_json_contract_and_exit_codes():
     rc, out, err = run_cli(args + ["--gpu-memory", "24"])
     got = json.loads(out)
     chosen = next(p for p in got["plans"] if p["name"] == got["chosen"])
-    assert rc == 0 and chosen["target_quant"] == "none" and chosen["fits"]
+    # a 24 GB card: the exact target, the draft in NF4 (bitsandbytes, runs anywhere), not int4
+    # (torchao, CUDA only) though it fits as well
+    assert rc == 0 and got["chosen"] == "draft nf4" and chosen["draft_quant"] == "nf4"
+    assert chosen["target_quant"] == "none" and chosen["fits"]
     rc, out, err = run_cli(args + ["--gpu-memory", "8"])
     assert rc == 2 and json.loads(out)["chosen"] is None
     assert err.startswith("phide: error: nothing fits in 8 GB") and err.count("\n") == 1

@@ -67,6 +67,10 @@ def test_quantized_draft_keeps_the_toy_targets_tokens_in_every_mode(scheme, toy_
                     continue
                 result = session.generate(req, mode)
                 assert result.token_ids == ref, (scheme, variant, mode)
+                st = result.stats
+                if mode in ("sequential", "hide", "head-only"):  # the quantized draft (or the head) drafted
+                    assert st["faults"] == 0 and st["accepted_per_verify"] > 1, (scheme, variant, mode, st["faults"])
+                    assert mode == "head-only" or st["draft_forwards"] > 0
                 assert result.stats["memory_plan"]["draft_quant"] == scheme
                 assert result.stats["target_exact"] is True
 
@@ -107,6 +111,9 @@ def test_quantized_draft_keeps_a_transformers_llama_targets_tokens(scheme, tiny_
         assert rc == 0, err
         got = json.loads(out)
         assert got["token_ids"] == ref, (scheme, mode)
+        if mode != "auto":  # the quantized draft ran and its drafts were taken
+            assert got["stats"]["faults"] == 0 and got["stats"]["draft_forwards"] > 0
+            assert got["stats"]["accepted_per_verify"] > 1, (scheme, mode)
         assert got["stats"]["memory_plan"]["draft_quant"] == scheme
         assert got["stats"]["memory_plan"]["chosen_by"] == "flags"
 
