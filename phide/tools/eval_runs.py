@@ -74,21 +74,22 @@ class RowWriter(rows_file.RowWriter):
         super().__init__(path, lambda row: (row["sample"], row["mode"]), done)
 
 
-def paired_items(data_dir) -> list[dict]:
+def paired_items(data_dir, *, keep_bad: bool = False) -> list[dict]:
     """A paired directory's samples as work items: {"sample" (id), "question", "video", "events",
-    "answer" (or None), "type"}, with the files checked up front (phide.io.paired; the event files
-    opened by `check_event_file`): a sample whose file is missing or bad gets "error" (its rows
-    become error rows, the run goes on)."""
+    "answer" (or None), "type"}, with the files checked up front (phide.io.paired). keep_bad
+    (phide eval): the event files are opened too (`check_event_file`), and a sample whose file is
+    missing or bad gets "error" (its rows become error rows, the run goes on); else (phide
+    distill) a missing file is one PhideError for the whole set."""
     from phide.io.events import check_event_file
     from phide.io.paired import read_paired_dir
 
     items = []
-    for i, s in enumerate(read_paired_dir(data_dir, keep_missing=True)):
+    for i, s in enumerate(read_paired_dir(data_dir, keep_missing=keep_bad)):
         item = {"sample": sample_id(i, s.extra), "question": s.question, "video": str(s.video),
                 "events": str(s.events), "answer": s.extra.get("answer"),
                 "type": s.extra.get("type") or s.extra.get("task")}
         problem = s.problem
-        if problem is None:
+        if problem is None and keep_bad:
             try:
                 check_event_file(s.events)
             except PhideError as exc:
@@ -167,7 +168,7 @@ def run_eval(args, load_session) -> int:
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise PhideError(f"unknown mode {bad[0] if bad else '(none)'!r} in --modes (choose from {', '.join(MODES)})")
-    samples = paired_items(args.data)[: args.limit or None]
+    samples = paired_items(args.data, keep_bad=True)[: args.limit or None]
     ids = [s["sample"] for s in samples]
     if len(set(ids)) != len(ids):
         raise PhideError(f"{args.data}: sample ids repeat (\"id\" keys in samples.jsonl must be unique)")
