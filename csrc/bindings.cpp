@@ -23,10 +23,21 @@ TORCH_LIBRARY(phide, m) {
   m.def(
       "tree_accept_greedy(Tensor tokens, Tensor parents, Tensor target_choice)"
       " -> (Tensor, Tensor, Tensor)");
+  // The decoder's fused ops (one Triton kernel each on a GPU; the twins' ATen calls composed in
+  // C++ on a CPU, csrc/decoder_cpu.cpp): transformers' RMSNorm, the residual add fused before it,
+  // RoPE on q and k of a fused q/k/v projection with the layer's KV-cache write.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def(
+      "rope_kv_write(Tensor qkv, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache,"
+      " Tensor slots, int n_heads, int n_kv_heads) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(phide, CPU, m) {
   m.impl("tree_accept_greedy", &phide::tree_accept_greedy_cpu);
+  m.impl("rms_norm", &phide::rms_norm_cpu);
+  m.impl("add_rms_norm", &phide::add_rms_norm_cpu);
+  m.impl("rope_kv_write", &phide::rope_kv_write_cpu);
 }
 
 namespace py = pybind11;
@@ -58,7 +69,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         info["debug"] = false;
 #endif
         py::list ops;
-        ops.append("tree_accept_greedy");
+        for (const char* op : {"tree_accept_greedy", "rms_norm", "add_rms_norm", "rope_kv_write"}) {
+          ops.append(op);
+        }
         info["ops"] = ops;
         return info;
       },

@@ -15,4 +15,15 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 TensorTriple tree_accept_greedy_cpu(const at::Tensor& tokens, const at::Tensor& parents,
                                     const at::Tensor& target_choice);
 
+// The decoder's fused ops on a CPU: the twins' ATen calls, composed in C++ (csrc/decoder_cpu.cpp).
+// x, residual [..., H], weight [H] -> rms_norm(residual + x) [, residual + x].
+at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& x, const at::Tensor& residual,
+                                                    const at::Tensor& weight, double eps);
+// qkv [B, T, (Hq + 2 Hkv) D], cos/sin [B, T, D], k_cache/v_cache [B, Hkv, S, D] (written at
+// slots [B, T]) -> q [B, Hq, T, D] rotated.
+at::Tensor rope_kv_write_cpu(const at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& sin,
+                             at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots,
+                             int64_t n_heads, int64_t n_kv_heads);
+
 }  // namespace phide

@@ -25,3 +25,20 @@ def _tree_accept_greedy_fake(tokens, parents, target_choice):
     torch._check(target_choice.shape == tokens.shape, lambda: "target_choice must match [B, N]")
     return _tree_outputs(tokens)
 
+
+
+@torch.library.register_fake("phide::rms_norm")
+def _rms_norm_fake(x, weight, eps):
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype))
+
+
+@torch.library.register_fake("phide::add_rms_norm")
+def _add_rms_norm_fake(x, residual, weight, eps):
+    torch._check(residual.shape == x.shape, lambda: "residual must match x's shape")
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype)), torch.empty_like(x)
+
+
+@torch.library.register_fake("phide::rope_kv_write")
+def _rope_kv_write_fake(qkv, cos, sin, k_cache, v_cache, slots, n_heads, n_kv_heads):
+    B, T, _ = qkv.shape
+    return qkv.new_empty((B, n_heads, T, cos.shape[-1]))

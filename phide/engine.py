@@ -32,13 +32,18 @@ from phide.speculation.drafters import Drafters
 from phide.speculation.eagle_runner import EagleRunner
 from phide.speculation.runners import DraftRunner, TargetRunner
 from phide.speculation.static_step import StaticStep
-from phide.speculation.tree import Tree
+from phide.speculation.static_verify import StaticVerify
+from phide.speculation.tree import MAX_TREE_NODES, Tree
 
 
 # Rows of the draft's cache behind the CUDA-graph step (SpecConfig.draft_graph; one cache per
 # engine, so the graph's addresses stay fixed): an EventGPT prompt (~641 tokens) with a long answer
 # and the trees' scratch rows fit. A request that needs more runs dynamic draft steps.
 DRAFT_GRAPH_ROWS = 2048
+# Rows of the target's cache behind the static-shape verify (SpecConfig.target_graph; one cache
+# per engine, so the graphs' addresses stay fixed): Video-LLaVA's ~2,073-token prompt, a long
+# answer and the largest tree fit. A request that needs more runs dynamic verifies over its own cache.
+TARGET_GRAPH_ROWS = 2560
 # A verify commits the accepted path (at most depth + 1 nodes) in one tile of the KV-commit kernel
 # (phide.triton_kernels.kv_commit.MAX_PATH = 64 nodes).
 MAX_TREE_DEPTH = 63
@@ -49,6 +54,11 @@ MAX_TREE_DEPTH = 63
 def target_cache_rows(prompt_len: int, max_new: int, spec: "SpecConfig") -> int:
     """The prompt, the answer and the largest tree verified on top of them."""
     return prompt_len + max_new + max(spec.budget, spec.window_budget) + 1
+
+
+def target_graph_rows(cfg) -> int:
+    """Rows of the engine's static-verify cache (SpecConfig.target_graph) for a target config."""
+    return min(cfg.max_position_embeddings, TARGET_GRAPH_ROWS) + MAX_TREE_NODES
 
 
 def draft_cache_rows(prompt_len: int, max_new: int, spec: "SpecConfig", cross_vocab: bool) -> int:
@@ -68,12 +78,15 @@ class SpecConfig:
     """Tree shape. Round trees: `topk` children per expanded node, `depth` levels, `budget` nodes
     (root included). The draft's first tree (hide: grown inside the target's prefill until the
     target finishes; sequential: after it) is bounded by `window_depth` levels and `window_budget`
-    nodes. Two switches of the design's GPU path, off by default:
+    nodes. Three switches of the design's GPU path (the first two off by default):
     `draft_graph`: the draft's tree steps with static shapes (phide.speculation.static_step),
     captured as a CUDA graph on a GPU (once per engine, when it is built) and run eagerly on a CPU;
     `overlap`: post-verify overlap (phide.speculation.overlap), the drafter grows the next tree
     while the target verifies (a side stream on a GPU; on a CPU a thread lane, which measured no
-    gain on 2 cores)."""
+    gain on 2 cores);
+    `target_graph`: the target's verifies and decode steps at static shapes bucketed by tree size
+    (phide.speculation.static_verify), CUDA graphs captured when the engine is built; None (the
+    default) = on a GPU, off on a CPU, where the static forward runs eagerly as the graphs' twin."""
 
     topk: int = 4
     depth: int = 6
@@ -82,6 +95,7 @@ class SpecConfig:
     window_budget: int = 64
     draft_graph: bool = False
     overlap: bool = False
+    target_graph: bool | None = None
 
     def __post_init__(self):
         for name in ("topk", "depth", "budget", "window_depth", "window_budget"):
@@ -160,6 +174,11 @@ def acceptance_by_depth(stats_list) -> dict[str, float]:
     return {str(d): round(accepted[d] / reached[d], 4) for d in sorted(reached)}
 
 
+def _decoder_shape(cfg) -> tuple[int, int, int, int]:
+    """(hidden, heads, kv heads, head dim): what the norm and RoPE kernels are compiled for."""
+    return cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+
 def _as_frontend(side, draft_side: bool):
     if side is None or hasattr(side, "prepare"):
         return side
@@ -178,6 +197,10 @@ class Engine:
         self.draft_side = _as_frontend(draft, True)
         self.target = self.target_side.lm
         self.draft = self.draft_side.lm if self.draft_side is not None else None
+        # q/k/v and gate/up as one GEMM each (weights concatenated in place; names unchanged)
+        for lm in (self.target, self.draft):
+            if lm is not None:
+                lm.fuse_projections()
         self.eos = set(eos_token_ids if eos_token_ids is not None else self.target.cfg.eos_token_id)
         limit = min(self.target.cfg.vocab_size, self.draft.cfg.vocab_size) if self.draft is not None else 0
         self.shared_vocab = min(limit, shared_vocab) if shared_vocab is not None else limit
@@ -198,7 +221,9 @@ class Engine:
                                            draft_vocab=self.draft.cfg.vocab_size if self.draft is not None else None,
                                            shared_vocab=(self.draft.cfg.vocab_size if vocab_bridge is not None
                                                          else self.shared_vocab) or None,
-                                           head=head is not None)
+                                           head=head is not None,
+                                           decoders=tuple(_decoder_shape(m.cfg) for m in (self.target, self.draft, head)
+                                                          if m is not None))
         # SpecConfig.draft_graph: the draft's static-shape tree step over a cache of this engine,
         # made (and on a GPU captured as a CUDA graph) here, outside any request's window.
         self._draft_step = None
@@ -206,16 +231,31 @@ class Engine:
             rows = min(self.draft.cfg.max_position_embeddings, DRAFT_GRAPH_ROWS)
             self._draft_step = StaticStep(self.draft, self.draft.new_cache(1, rows + 1), self.spec.topk,
                                           graph=self.draft.device.type == "cuda")
+        # SpecConfig.target_graph: the target's static-shape verifies over a cache of this engine,
+        # one CUDA graph per tree-size bucket (and feature capture) captured here on a GPU.
+        self._target_step = None
+        on_gpu = self.target.device.type == "cuda"
+        if self.spec.target_graph or (self.spec.target_graph is None and on_gpu):
+            rows = target_graph_rows(cfg)
+            captures = (None, head.capture) if head is not None and getattr(head, "capture", None) else (None,)
+            self._target_step = StaticVerify(self.target, rows, captures=captures, graph=on_gpu)
 
     def _split_made(self, draft_sms: int, lanes) -> None:
         # A graph's kernels keep the context they were captured in: the draft's graph step gets
-        # one captured on this split's draft stream (before any request's window uses it).
+        # one captured on this split's draft stream (before any request's window uses it); the
+        # target's verify graphs are the primary context's, so its lanes' streams run them eagerly.
         if self._draft_step is not None and lanes[1].green_split is not None:
             self._draft_step.capture_on(draft_sms, lanes[1].stream)
+        if self._target_step is not None and lanes[1].green_split is not None:
+            for lane in lanes:
+                self._target_step.run_eagerly_on(lane.stream)
 
     def _split_evicted(self, draft_sms: int, lanes) -> None:
         if self._draft_step is not None:
             self._draft_step.drop(draft_sms)
+        if self._target_step is not None:
+            for lane in lanes:
+                self._target_step.forget_stream(lane.stream)
 
     def validate(self, req: Request, plan: Plan) -> None:
         if req.prompt is not None and not req.prompt.strip():
@@ -349,8 +389,12 @@ class Engine:
         # An EAGLE-3 head reads the target's low/middle/high layers: the target's forwards capture
         # them (in the same forward, on the device) when the plan drafts with the head.
         capture = self.head.capture if self.head is not None and schedule != "target-only" else None
-        runner = TargetRunner(self.target, target_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec),
-                              transfers, capture=capture)
+        need = target_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec)
+        static = self._target_step
+        if static is not None and need > static.rows:
+            stats["target_graph"] = f"off: the request needs {need} target cache rows, the graphs' cache holds {static.rows}"
+            static = None
+        runner = TargetRunner(self.target, need, transfers, capture=capture, static=static)
         with tl.phase("target_prefill", "target"):
             if prepared.embeds is not None:
                 runner.prefill_features = runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))

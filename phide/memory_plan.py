@@ -7,7 +7,8 @@ its own, said out loud (its answer is the quantized model's). For each plan it p
   weights   per component (LM, vision tower, projector, event adaptor, EAGLE head, draft adapter),
             each quantized linear as its library stores it (phide.models.quant);
   KV cache  the rows the engine allocates (phide.engine.*_cache_rows) for a prompt with a short
-            question, the answer and the largest tree;
+            question, the answer and the largest tree (the target's: the static verify's cache,
+            phide.engine.target_graph_rows, and its graphs' logits buffers);
   workspace the activations of the longest prefill (one decoder layer's worth at a time);
   context   the CUDA context and library workspaces (CUDA_CONTEXT_GIB, a stated constant).
 A plan fits when it needs at most 95% of the card (HEADROOM: allocator fragmentation and what
@@ -26,7 +27,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from phide.engine import SpecConfig, draft_cache_rows, head_cache_rows, target_cache_rows
+from phide.engine import SpecConfig, draft_cache_rows, head_cache_rows, target_cache_rows, target_graph_rows
+from phide.speculation.static_verify import BUCKETS
 from phide.errors import PhideError
 from phide.models import quant
 from phide.models.llama import LlamaConfig
@@ -325,7 +327,14 @@ def weight_parts(pair: PairShape, target_quant: str, draft_quant: str | None, dt
 def runtime_parts(pair: PairShape, with_draft: bool, spec: SpecConfig, max_new: int, dtype_bytes: int) -> dict[str, int]:
     """KV caches and the prefill workspace of one request."""
     t = pair.target
-    parts = {"target KV": target_cache_rows(t.prompt_tokens, max_new, spec) * kv_bytes_per_row(t.lm, dtype_bytes)}
+    need = target_cache_rows(t.prompt_tokens, max_new, spec)
+    parts = {"target KV": need * kv_bytes_per_row(t.lm, dtype_bytes)}
+    if spec.target_graph is not False:  # on a GPU the engine holds the static verify's cache ...
+        graph_rows = target_graph_rows(t.lm)
+        rows = graph_rows + (need if need > graph_rows else 0)  # (a request too long for it has its own)
+        parts["target KV"] = rows * kv_bytes_per_row(t.lm, dtype_bytes)
+        # ... and its graphs' logits buffers (fp32, per bucket and feature capture); the rest is small
+        parts["verify graphs"] = sum(BUCKETS) * t.lm.vocab_size * 4 * (2 if pair.head is not None else 1)
     work = prefill_workspace_bytes(t.lm, t.prompt_tokens, dtype_bytes)
     if pair.head is not None:
         parts["EAGLE head KV"] = head_cache_rows(t.prompt_tokens, max_new, spec) * kv_bytes_per_row(

@@ -9,7 +9,8 @@
 #      tree-attention / top-k Triton kernels compiled for real,
 #   3. the per-op microbenchmarks (torch twin vs Triton vs CUDA; CSV in profiling/results/): the
 #      verification kernels, tree-verify attention (Vicuna-7B MHA and a GQA layout) and the draft
-#      tree step top-k,
+#      tree step top-k; and the target's whole step per tree-size bucket (dynamic, static, CUDA
+#      graph) against the memory roofline on a 7B-shaped LLaMA (profiling/bench_step.py),
 #   4. the planner's projection (`phide plan`),
 #   5. an Nsight Systems trace of one toy request, when nsys is installed.
 #   6. the lane-overlap sweep: the toy pair's hide window with the draft on 8/16/24/32 SMs,
@@ -153,6 +154,11 @@ step_bench_attention_gqa() {
 
 step_bench_topk() {
     "$PY" profiling/bench_tree_topk.py --B 1 8 --F 4 8 --V 32064 128256 --k 4 8
+}
+
+step_bench_step() {
+    # a random LLaMA of Vicuna-7B's shape in bf16: launches, host time and step time vs roofline per bucket
+    "$PY" profiling/bench_step.py --shape llama7b --dtype bfloat16 --prefix 2048
 }
 
 step_plan() {

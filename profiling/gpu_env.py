@@ -184,6 +184,7 @@ STEPS = [
     ("bench_attention_mha", "3. microbenchmark: tree-verify attention (Vicuna-7B MHA)", False),
     ("bench_attention_gqa", "3. microbenchmark: tree-verify attention (GQA)", False),
     ("bench_topk", "3. microbenchmark: draft tree step top-k", False),
+    ("bench_step", "3. the target's step per tree-size bucket vs the roofline (a 7B-shaped LLaMA, profiling/bench_step.py)", False),
     ("plan", "4. planner projection for the real pair (phide plan)", False),
     ("nsys", "5. Nsight Systems trace", False),
     ("sweep_lanes", "6. lane-overlap sweep (draft on 8/16/24/32 SMs of a green-context split)", False),

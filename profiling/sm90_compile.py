@@ -69,8 +69,9 @@ def collect() -> list[dict]:
             for D in HEAD_DIMS:
                 for Hq, Hkv in HEADS:
                     for V in VOCABS:
+                        # the decoder's norm and RoPE/KV-write kernels for a model of these heads
                         for variant in kernel_variants(dtype, D, Hq, Hkv, V, MAX_TREE_NODES, topk=TOPK,
-                                                       logits_dtype=logits_dtype):
+                                                       logits_dtype=logits_dtype, decoders=((Hq * D, Hq, Hkv, D),)):
                             for launch in variant.launches("meta"):
                                 key = compile_key(launch, TARGET)
                                 job = jobs.setdefault(key, dict(launch=launch, variant=variant, cases=set()))
@@ -88,6 +89,10 @@ def _case(variant) -> tuple[str, str]:
         return str(s["D"]), f"H={s['H']} W={span}"
     if variant.op == "tree_topk":
         return "-", f"V={s['V']} k={s['k']}"
+    if variant.op == "rms_norm":
+        return "-", f"H={s['H']} residual={int(s['residual'])}"
+    if variant.op == "rope_kv_write":
+        return str(s["D"]), f"Hq={s['Hq']} Hkv={s['Hkv']}"
     return "-", f"V={s['V']}"
 
 

@@ -21,6 +21,7 @@ import time
 from contextlib import contextmanager
 
 import torch
+import torch.utils._python_dispatch
 
 
 class SimDevice:
@@ -209,3 +210,110 @@ class HostReads:
 
     def count(self, name: str | None = None) -> int:
         return len(self.log) if name is None else self.log.count(name)
+
+
+class FakeCuda:
+    """torch.cuda's stream and graph API faked the way a device behaves, for code that captures
+    CUDA graphs, on a CPU (`with FakeCuda(monkeypatch) as cuda:`).
+
+    A graph capture RECORDS the ATen ops dispatched inside it (a TorchDispatchMode), with the very
+    tensors they read and wrote; `replay()` runs that op list again: every op re-reads its inputs'
+    current contents and writes into the tensors the capture produced (the fixed addresses a real
+    graph writes), in-place ops mutate their captured targets. Python logic inside the capture is
+    not replayed, as on a GPU: a step whose result depends on host-side state read at capture
+    time replays stale work, and a host read of a device value while capturing raises (CUDA's
+    capture refuses it). Counts: `replays`, `captures`; streams carry a `context` ("primary" or a
+    green split's) and a `cuda_stream` handle."""
+
+    class Stream:
+        def __init__(self, name="side", context="primary"):
+            self.name, self.context, self.cuda_stream = name, context, id(self)
+
+        def wait_stream(self, other):
+            pass
+
+    def __init__(self, monkeypatch):
+        self.monkeypatch = monkeypatch
+        self.current = FakeCuda.Stream("default")
+        self.replays = 0
+        self.captures = 0
+        fake = self
+
+        class Graph:
+            def __init__(self):
+                self.ops = None
+                self.context = None
+
+            def replay(self):
+                fake.replays += 1
+                for func, args, kwargs, out in self.ops:
+                    result = func(*args, **kwargs)
+                    for dst, src in zip(_tensors(out), _tensors(result)):
+                        if dst is not src:
+                            dst.copy_(src)
+
+        self.Graph = Graph
+
+    def __enter__(self):
+        from contextlib import contextmanager
+
+        fake = self
+        mp = self.monkeypatch
+
+        @contextmanager
+        def stream(s):
+            before, fake.current = fake.current, s
+            try:
+                yield
+            finally:
+                fake.current = before
+
+        @contextmanager
+        def graph(g, stream=None, capture_error_mode="global"):
+            assert capture_error_mode == "thread_local", "capture must not catch other threads' allocations"
+            g.context = stream.context if stream is not None else fake.current.context
+            recorder = _Recorder()
+            with fake_stream(stream or fake.current), recorder:
+                yield
+            g.ops = recorder.ops
+            fake.captures += 1
+
+        fake_stream = stream
+        mp.setattr(torch.cuda, "Stream", lambda device=None, priority=0: FakeCuda.Stream("side"))
+        mp.setattr(torch.cuda, "stream", stream)
+        mp.setattr(torch.cuda, "current_stream", lambda device=None: fake.current)
+        mp.setattr(torch.cuda, "CUDAGraph", self.Graph)
+        mp.setattr(torch.cuda, "graph", graph)
+        mp.setattr(torch.cuda, "synchronize", lambda device=None: None)
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _tensors(x):
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (tuple, list)):
+        return [t for t in x if isinstance(t, torch.Tensor)]
+    return []
+
+
+class _Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """The ops of a capture, in order, with their argument and output tensors. Views alias what
+    they view (nothing to replay); ops whose schema aliases an output to an input (in-place, out=)
+    mutate that input on replay. Composite ops that MAY alias (`to`, `reshape`, `contiguous`:
+    a copy when they convert or move) are replayed: a copy made at capture is refreshed."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise RuntimeError("operation not permitted when stream is capturing (a host read inside a CUDA graph)")
+        out = func(*args, **kwargs)
+        if not func.is_view or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd"):
+            self.ops.append((func, args, kwargs, out))
+        return out

@@ -48,10 +48,13 @@ def _hf_greedy(hf, ids, n):
     return out[0, len(ids):].tolist()
 
 
-@pytest.mark.parametrize("draft", ["near", "wrong"])
-def test_greedy_identical_to_transformers_in_every_mode(models, draft):
+@pytest.mark.parametrize("draft,static", [("near", False), ("wrong", False), ("near", True)],
+                         ids=["near", "wrong", "near-static-verify"])
+def test_greedy_identical_to_transformers_in_every_mode(models, draft, static):
+    """static: the target's verifies at static shapes (SpecConfig.target_graph: the CUDA graphs'
+    eager twin on a CPU)."""
     engine = Engine(models["target"], models[draft], eos_token_ids=[2],
-                    spec=SpecConfig(topk=3, depth=5, budget=16, window_budget=40))
+                    spec=SpecConfig(topk=3, depth=5, budget=16, window_budget=40, target_graph=static))
     taus = []
     for i, prompt in enumerate(PROMPTS):
         ids = models["tok"](prompt)["input_ids"]
@@ -61,8 +64,12 @@ def test_greedy_identical_to_transformers_in_every_mode(models, draft):
             res = engine.generate(Request(prompt_ids=ids, max_new_tokens=n), mode)
             assert res.token_ids == ref, (prompt, mode)
             assert res.stats["faults"] == 0
+            if static:
+                assert "target_graph" not in res.stats
             if mode != "target-only":
                 taus.append(res.stats["accepted_per_verify"])
+    if static:  # every verify (trees of <= 40 nodes, prompts far from the cache's end) was static
+        assert engine._target_step.eager > 0
     if draft == "near":
         assert np.mean(taus) >= 3.0, taus
     else:
@@ -195,8 +202,9 @@ def _exact_two_token_law(hf, ids, temperature):
     return (p1[:, None] * p2).flatten().numpy()
 
 
-@pytest.mark.parametrize("mode", ["hide", "target-only"])
-def test_sampling_follows_target_distribution(tmp_path, mode):
+@pytest.mark.parametrize("mode,static", [("hide", False), ("target-only", False), ("hide", True)],
+                         ids=["hide", "target-only", "hide-static-verify"])
+def test_sampling_follows_target_distribution(tmp_path, mode, static):
     """End-to-end chi-square: first two sampled tokens of the engine vs the target's exact law,
     on a 6-token vocabulary where a tree of top-2 drafts often misses (the target's own sample is
     emitted)."""
@@ -210,7 +218,8 @@ def test_sampling_follows_target_distribution(tmp_path, mode):
                                             intermediate=64, init_std=0.3)).eval()
     dh.save_pretrained(tmp_path / "d")
     target, draft = load_llama(tmp_path / "t"), load_llama(tmp_path / "d")
-    engine = Engine(target, draft, eos_token_ids=[], spec=SpecConfig(topk=2, depth=3, budget=6, window_budget=6))
+    engine = Engine(target, draft, eos_token_ids=[],
+                    spec=SpecConfig(topk=2, depth=3, budget=6, window_budget=6, target_graph=static))
     ids = [1, 4, 3]
     law = _exact_two_token_law(hf, ids, 1.0)
     n = 3000
@@ -231,12 +240,13 @@ def test_sampling_follows_target_distribution(tmp_path, mode):
     assert p > 1e-3, (p, counts, law * n)
 
 
-def test_sampling_is_the_target_only_sample_in_every_mode(tiny_pair):
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static-verify"])
+def test_sampling_is_the_target_only_sample_in_every_mode(tiny_pair, static):
     """Position-keyed Gumbel sampling: with the same seed, every mode emits exactly the tokens
     target-only sampling draws, whatever the draft proposed (so hide's timing-dependent window
-    tree cannot change a seeded sample)."""
+    tree cannot change a seeded sample); with static verifies too."""
     target, draft = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
-    engine = Engine(target, draft, eos_token_ids=[])
+    engine = Engine(target, draft, eos_token_ids=[], spec=SpecConfig(target_graph=static))
     ids = [1, 17, 42, 99, 5]
     accepted = 0.0
     for seed in range(6):

@@ -182,7 +182,7 @@ def test_gpu_check_without_a_gpu_runs_the_cpu_steps_and_writes_its_report(tmp_pa
     assert not any("pip install" in c for c in calls)  # nothing built or installed
     assert "-m phide.cli plan" in calls and "profiling/sm90_compile.py" in calls
     assert any("tests/test_triton_kernels.py" in c for c in calls)
-    assert "== summary: 3 run, 0 failed, 13 skipped" in out.stdout
+    assert "== summary: 3 run, 0 failed, 14 skipped" in out.stdout
     files = {f.name for f in report.iterdir()}
     assert {"environment.txt", "summary.txt", "plan.log", "sm90_compile.log", "test_triton_interp.log"} <= files
     assert "nvcc" in (report / "environment.txt").read_text()
@@ -240,7 +240,7 @@ def test_gpu_check_failed_build_skips_only_the_extension_steps(tmp_path):
     assert "-m phide.cli plan" in calls and any("sweep_lanes.py" in c for c in calls)
     assert "profiling/bench_tree_accept.py --backends torch" in calls
     assert "cpp backend skipped: the CUDA extension's build failed" in text
-    assert "== summary: 13 run, 1 failed, 3 skipped" in text
+    assert "== summary: 14 run, 1 failed, 3 skipped" in text
     assert "  FAILED: 1. build the CUDA extension (exit 3)" in text
 
 
@@ -254,7 +254,7 @@ def test_gpu_check_without_nvcc_skips_the_build_and_goes_on(tmp_path):
     assert "profiling/bench_tree_accept.py --backends torch" in calls
     assert "-m phide.cli plan" in calls
     assert "skipped: nvcc not found" in text and "FAILED" not in text
-    assert "== summary: 13 run, 0 failed, 4 skipped" in text
+    assert "== summary: 14 run, 0 failed, 4 skipped" in text
 
 
 @needs_bash
@@ -268,5 +268,5 @@ def test_gpu_check_a_failing_step_does_not_stop_the_rest(tmp_path):
     assert "FAILED: 2. Triton kernels compiled for the device (exit 3)" in text
     assert calls[-1] == "profiling/sm90_compile.py"  # the last step still ran
     assert f"nsys_trace phide/toy/bundled/target phide/toy/bundled/draft -> {tmp_path}/report/nsys_hide" in calls
-    assert "== summary: 15 run, 1 failed, 0 skipped" in text
+    assert "== summary: 16 run, 1 failed, 0 skipped" in text
     assert (tmp_path / "report" / "test_triton.log").exists()

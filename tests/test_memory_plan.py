@@ -94,17 +94,22 @@ def test_real_pair_shape_from_configs(real_pair):
     assert d.other_params["event adaptor"] == 4096 * 4096 + 4096
 
 
-def test_real_pair_both_bf16_total_by_hand(real_pair):
-    spec = SpecConfig()
+@pytest.mark.parametrize("graphs", [True, False], ids=["verify-graphs", "no-target-graph"])
+def test_real_pair_both_bf16_total_by_hand(real_pair, graphs):
+    spec = SpecConfig(target_graph=None if graphs else False)
     parts = mp.plan_parts(real_pair, "none", "none", spec=spec, max_new=64, dtype="bfloat16")
     lm_t, lm_d = 6_738_939_904, 6_738_415_616
     assert real_pair.head.kind == "eagle2"
     weights = 2 * (lm_t + 290_583_552 + 20_979_712 + mp.eagle_head_params(real_pair.head.cfg)
                    + lm_d + 303_507_456 + 20_979_712 + 16_781_312)
-    kv = 524_288 * ((2076 + 64 + 64 + 1) + (642 + 64 + 32 * 4 + 64 + 2)) + 16_384 * (2076 + 64 + 6 * 4 + 64 + 2)
+    # on a GPU the target's rows are the static verify's cache (min(4096, 2560) + 64 rows), and its
+    # graphs keep a [N, 32064] fp32 logits buffer per bucket and feature capture (two with a head)
+    target_rows = 2560 + 64 if graphs else 2076 + 64 + 64 + 1
+    graph_buffers = (1 + 8 + 16 + 24 + 32 + 48 + 64) * 32064 * 4 * 2 if graphs else 0
+    kv = 524_288 * (target_rows + (642 + 64 + 32 * 4 + 64 + 2)) + 16_384 * (2076 + 64 + 6 * 4 + 64 + 2)
     work = (2076 + 642) * ((6 * 4096 + 3 * 11008) * 2 + 2 * 4096 * 4)
     head_features = 2076 * 4096 * 2  # the prompt's final features the EAGLE-2 head reads
-    assert sum(parts.values()) == weights + kv + work + head_features + 2 ** 29
+    assert sum(parts.values()) == weights + kv + graph_buffers + work + head_features + 2 ** 29
 
 
 def test_real_pair_24_gb_keeps_the_target_exact(real_pair):

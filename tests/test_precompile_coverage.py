@@ -127,7 +127,7 @@ def test_every_launch_of_every_schedule_was_precompiled(monkeypatch):
         want = _precompiled_keys(engine.kernels)
         rec = _Recorder(monkeypatch)
         for mode in ("target-only", "sequential", "hide", "head-only"):
-            for n in (5, 6, 13):
+            for n in (5, 13):  # prompts of two lengths mod 16 (the verify test above sweeps them all)
                 rec.where = f"{mode} prompt={n} draft_graph={draft_graph}"
                 res = engine.generate(Request(prompt_ids=list(range(1, n + 1)), max_new_tokens=6), mode)
                 assert res.stats["faults"] == 0, res.stats

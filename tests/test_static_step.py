@@ -213,7 +213,7 @@ def test_a_green_split_gets_its_own_graph_captured_and_replayed_on_its_draft_str
     split = SimpleNamespace(close=lambda: closed.append(16))
     lanes = (SimpleNamespace(stream=Stream("green target", "green:rest"), green_split=split),
              SimpleNamespace(stream=green, green_split=split))
-    engine = SimpleNamespace(_draft_step=step)
+    engine = SimpleNamespace(_draft_step=step, _target_step=None)
     splits = LaneSplits(torch.device("cpu"), make=lambda device, sms: lanes, max_splits=1,
                         on_new=lambda sms, l: Engine._split_made(engine, sms, l),
                         on_evict=lambda sms, l: Engine._split_evicted(engine, sms, l))

@@ -169,12 +169,32 @@ class TreeAttention:
     ancestors [B, T] int64: bit j set iff node j is the node itself or one of its ancestors
         (so T <= 64; larger trees keep the dense mask).
     n_nodes [B] int64: real nodes per request; nodes past it are padding (attention output 0).
+    Two facts the caller knows on the host, which spare the torch twin's masks (the kernel reads
+    neither): padded = some request may hold padding nodes; sees_every_row = every node sees every
+    row of [0, kv_len) (one node on top of its prefix: a decode step).
     """
 
     prefix_len: torch.Tensor
     tree_start: torch.Tensor
     ancestors: torch.Tensor
     n_nodes: torch.Tensor
+    # Set by for_layers where attention runs the torch twin: its dense [B, N, kv_len] mask and
+    # the real-node mask, built once per forward instead of once per layer.
+    padded: bool = True
+    sees_every_row: bool = False
+    visibility: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+
+    def for_layers(self, kv_len: int, like: torch.Tensor, head_dim: int) -> "TreeAttention":
+        """This tree as every layer of one forward reads it (`like`: a tensor of the forward's
+        device and dtype): with the twin's masks precomputed when the twin is what runs."""
+        if self.visibility is not None or ops.tree_attention_uses_kernel(like.device.type, like.dtype, head_dim):
+            return self
+        from dataclasses import replace
+
+        if self.sees_every_row and not self.padded:
+            return replace(self, visibility=(None, None))
+        mask, padding = ops.tree_attention_masks(self, kv_len)
+        return replace(self, visibility=(None if self.sees_every_row else mask, padding if self.padded else None))
 
 
 # attn_mask value for a prefill of cache rows 0..T-1 (see LlamaModel.forward): no mask tensor.
@@ -188,10 +208,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return ops.rms_norm(x, self.weight, self.eps)
+
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor | None,
+                    kernels: ops.DecoderOps | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(residual + x), residual + x): the residual add before the norm, fused (residual
+        None: x is the stream itself). kernels: the forward's ops.decoder_ops."""
+        if residual is None:
+            return (kernels.rms_norm if kernels else ops.rms_norm)(x, self.weight, self.eps), x
+        return (kernels.add_rms_norm if kernels else ops.add_rms_norm)(x, residual, self.weight, self.eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -205,7 +230,81 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos_ + _rotate_half(x) * sin_
 
 
-class Attention(nn.Module):
+def _fusable(*linears: nn.Linear) -> bool:
+    """Plain dense linears on one device and dtype (not quantized, not on meta): their weights can
+    be one GEMM's."""
+    ws = [m.weight for m in linears]
+    return (all(type(m) is nn.Linear and type(m.weight) is nn.Parameter for m in linears)
+            and len({(w.device, w.dtype) for w in ws}) == 1 and ws[0].device.type != "meta")
+
+
+def _fuse_weights(linears: tuple[nn.Linear, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Concatenate the linears' weights (and biases) along the output dim into one tensor and make
+    each linear's parameters views of it: one GEMM reads them all, checkpoint names and
+    state_dict() stay as they were, and no weight is held twice."""
+    fused = {}
+    for name in ("weight", "bias"):
+        parts = [getattr(m, name) for m in linears]
+        if parts[0] is None:
+            fused[name] = None
+            continue
+        whole = torch.cat([p.detach() for p in parts], dim=0)
+        at = 0
+        for m, p in zip(linears, parts):
+            rows = p.shape[0]
+            setattr(m, name, nn.Parameter(whole[at:at + rows], requires_grad=p.requires_grad))
+            at += rows
+        fused[name] = whole
+    return fused["weight"], fused["bias"]
+
+
+class _Fused:
+    """The fused weight of several linears (their parameters are views of it)."""
+
+    def __init__(self, linears: tuple[nn.Linear, ...]):
+        self.first = linears[0]
+        self.weight, self.bias = _fuse_weights(linears)
+
+    def usable(self) -> bool:
+        """Where no gradient is wanted (the engine's inference forwards); a model being trained
+        runs its separate linears, whose parameters autograd sees."""
+        return not torch.is_grad_enabled() or not self.first.weight.requires_grad
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class _FusesLinears(nn.Module):
+    """A module whose linears named `_FUSED` may run as one GEMM (`fuse`). Whatever replaces their
+    parameters (.to(), a load with assign=True) makes them fused again, so the fused weight is
+    never stale."""
+
+    _FUSED: tuple[str, ...] = ()
+
+    def __init__(self):
+        super().__init__()
+        self.fused: _Fused | None = None
+        self.register_load_state_dict_post_hook(lambda module, _: module._refuse())
+
+    def fuse(self) -> None:
+        linears = tuple(getattr(self, n) for n in self._FUSED)
+        if self.fused is None and _fusable(*linears):
+            self.fused = _Fused(linears)
+
+    def _refuse(self) -> None:
+        if self.fused is not None:
+            self.fused = None
+            self.fuse()
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._refuse()
+        return out
+
+
+class Attention(_FusesLinears):
+    _FUSED = ("q_proj", "k_proj", "v_proj")  # fuse(): q, k and v in one GEMM
+
     def __init__(self, cfg: LlamaConfig, in_features: int | None = None):
         """in_features: the width q/k/v read (default hidden_size; an EAGLE-3 head's layer reads
         [token embedding, feature], 2 * hidden_size)."""
@@ -218,25 +317,27 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(width, self.hkv * self.d, bias=bias)
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=bias)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree=None):
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused
+        if fused is not None and fused.usable():
+            return fused(x)
+        return torch.cat((self.q_proj(x), self.k_proj(x), self.v_proj(x)), dim=-1)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree=None, kernels=None):
         """x [B,T,hidden]; cos/sin [B,T,D]; k_cache/v_cache [B,Hkv,S,D] (one layer, written in
         place at `slots` [B,T]); attn_mask [B,T,kv_len] bool (True = attend), not read when
-        `tree` (a TreeAttention over rows [0, kv_len)) is given."""
+        `tree` (a TreeAttention over rows [0, kv_len)) is given. kernels: the forward's
+        ops.decoder_ops (None: chosen here)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.h, self.d).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.hkv, self.d).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.hkv, self.d).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        b_idx = torch.arange(B, device=x.device).unsqueeze(1).expand(B, T)
-        # Advanced indices around a slice put the indexed dims first: [B, T, Hkv, D].
-        k_cache[b_idx, :, slots] = k.transpose(1, 2).to(k_cache.dtype)
-        v_cache[b_idx, :, slots] = v.transpose(1, 2).to(v_cache.dtype)
+        k = kernels or ops.decoder_ops(x, self.d)
+        # one GEMM for q, k, v; one op rotates q and k and writes k and v into the cache
+        q = k.rope_kv_write(self._qkv(x), cos, sin, k_cache, v_cache, slots, self.h, self.hkv)
         keys, values = k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
         if attn_mask is CAUSAL:  # a prefill from row 0: the fused causal path, no mask tensor
             out = ops.causal_attention(q, keys, values)
         elif tree is not None:
-            out = ops.tree_attention(q, keys, values, tree.prefix_len, tree.tree_start, tree.ancestors,
-                                     tree.n_nodes)
+            out = k.tree_attention(q, keys, values, tree.prefix_len, tree.tree_start, tree.ancestors,
+                                   tree.n_nodes, visibility=tree.visibility)
         else:
             out = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=attn_mask.unsqueeze(1), enable_gqa=self.h != self.hkv
@@ -244,7 +345,9 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.h * self.d))
 
 
-class MLP(nn.Module):
+class MLP(_FusesLinears):
+    _FUSED = ("gate_proj", "up_proj")  # fuse(): gate and up in one GEMM
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         bias = cfg.mlp_bias
@@ -254,6 +357,10 @@ class MLP(nn.Module):
         self.act = _ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
+        fused = self.fused
+        if fused is not None and fused.usable():
+            gate, up = fused(x).chunk(2, dim=-1)
+            return self.down_proj(self.act(gate) * up)
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -265,10 +372,15 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree=None):
-        h = self.input_layernorm(x)
-        x = x + self.self_attn(h, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree=None, kernels=None):
+        """x: the previous layer's MLP output, residual: the stream before it (None for the first
+        layer: x is the stream). The residual adds are fused into the norms after them, so this
+        returns (the MLP's output, the stream after attention, the stream entering this layer):
+        the stream after the layer is the sum of the first two. kernels: ops.decoder_ops."""
+        h, entering = self.input_layernorm.add_forward(x, residual, kernels)
+        attn = self.self_attn(h, cos, sin, k_cache, v_cache, slots, attn_mask, kv_len, tree, kernels)
+        h, stream = self.post_attention_layernorm.add_forward(attn, entering, kernels)
+        return self.mlp(h), stream, entering
 
 
 class LlamaModel(nn.Module):
@@ -325,16 +437,31 @@ class LlamaModel(nn.Module):
         if attn_mask is CAUSAL and kv_len != positions.shape[-1]:
             raise ValueError("a CAUSAL forward covers cache rows 0..T-1: kv_len must equal T")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        # Everything that depends only on positions or the tree, built once for all layers.
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
+        if tree is not None:
+            tree = tree.for_layers(kv_len, x, self.cfg.head_dim)
+        kernels = ops.decoder_ops(x, self.cfg.head_dim)
         taken: dict[int, torch.Tensor] = {}
+        residual = None
         for i, layer in enumerate(self.layers):
+            x, residual, entering = layer(x, residual, cos, sin, cache.k[i], cache.v[i], slots, attn_mask, kv_len,
+                                          tree, kernels)
             if capture and i in capture:
-                taken[i] = x
-            x = layer(x, cos, sin, cache.k[i], cache.v[i], slots, attn_mask, kv_len, tree)
+                taken[i] = entering
+        hidden, stream = self.norm.add_forward(x, residual, kernels)
         if not capture:
-            return self.norm(x)
-        taken[len(self.layers)] = x
-        return self.norm(x), torch.cat([taken[i] for i in capture], dim=-1)
+            return hidden
+        taken[len(self.layers)] = stream
+        return hidden, torch.cat([taken[i] for i in capture], dim=-1)
+
+    def fuse_projections(self) -> "LlamaModel":
+        """q/k/v and gate/up of every layer as one GEMM each (their weights concatenated in place,
+        the checkpoint names kept as views). Idempotent; quantized layers stay as they are."""
+        for layer in self.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        return self
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 logits [..., V] (see `lm_head_fp32`)."""

@@ -31,7 +31,7 @@ def _as_cpu(x) -> torch.Tensor:
     return t.detach().contiguous()
 
 
-def _layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
+def packed_layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
     offsets, total = [], 0
     for t in tensors:
         offsets.append(total)
@@ -39,7 +39,7 @@ def _layout(tensors: list[torch.Tensor]) -> tuple[list[int], int]:
     return offsets, total
 
 
-def _views(buf: torch.Tensor, tensors: list[torch.Tensor], offsets: list[int]) -> list[torch.Tensor]:
+def packed_views(buf: torch.Tensor, tensors: list[torch.Tensor], offsets: list[int]) -> list[torch.Tensor]:
     """`buf` (uint8, one packed copy) seen as the parts: each a view of its dtype and shape."""
     out = []
     for t, off in zip(tensors, offsets):
@@ -67,7 +67,7 @@ class Transfers:
         """Host tensors or int lists -> device tensors of the same dtypes and shapes, in ONE copy
         (from pinned memory, non-blocking on a GPU)."""
         host = [_as_cpu(p) for p in parts]
-        offsets, total = _layout(host)
+        offsets, total = packed_layout(host)
         buf = torch.empty(total, dtype=torch.uint8, pin_memory=self.pinned)
         for t, off in zip(host, offsets):
             n = t.numel() * t.element_size()
@@ -75,13 +75,29 @@ class Transfers:
                 buf[off:off + n] = t.reshape(-1).view(torch.uint8)
         self._count("h2d")
         dev = buf if self.device.type == "cpu" else buf.to(self.device, non_blocking=True)
-        return _views(dev, host, offsets)
+        return packed_views(dev, host, offsets)
+
+    def upload_into(self, buffer: torch.Tensor, offsets: list[int], *parts) -> None:
+        """Host parts -> the device buffer `buffer` (uint8), laid out at `offsets` (packed_layout of
+        parts of these shapes and dtypes), in ONE copy: what a static-shape step (a CUDA graph
+        reading fixed addresses) uploads into."""
+        host = [_as_cpu(p) for p in parts]
+        laid, total = packed_layout(host)
+        if laid != list(offsets) or total > buffer.numel():
+            raise ValueError("upload_into: the parts do not have the buffer's layout")
+        staging = torch.empty(buffer.numel(), dtype=torch.uint8, pin_memory=self.pinned)
+        for t, off in zip(host, offsets):
+            n = t.numel() * t.element_size()
+            if n:
+                staging[off:off + n] = t.reshape(-1).view(torch.uint8)
+        self._count("h2d")
+        buffer.copy_(staging, non_blocking=self.pinned)
 
     def download(self, *parts: torch.Tensor) -> list[torch.Tensor]:
         """Device tensors -> host tensors of the same dtypes and shapes, in ONE read (the only
         host sync it costs)."""
         parts = [p.detach().contiguous() for p in parts]
-        offsets, total = _layout(parts)
+        offsets, total = packed_layout(parts)
         buf = torch.zeros(total, dtype=torch.uint8, device=parts[0].device if parts else self.device)
         for t, off in zip(parts, offsets):
             n = t.numel() * t.element_size()
@@ -89,4 +105,4 @@ class Transfers:
                 buf[off:off + n] = t.reshape(-1).view(torch.uint8)
         host = buf.cpu() if buf.device.type != "cpu" else buf
         self._count("d2h")
-        return _views(host, parts, offsets)
+        return packed_views(host, parts, offsets)

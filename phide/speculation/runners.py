@@ -17,6 +17,7 @@ from phide.models.llama import CAUSAL, LlamaModel, TreeAttention
 from phide.ops.reference.tree_attention import ancestor_bits
 from phide.runtime.transfers import Transfers
 from phide.speculation.static_step import StaticStep
+from phide.speculation.static_verify import StaticVerify
 from phide.speculation.tree import MAX_TREE_NODES, Tree, TreeGrower, adopt_subtree, verify_layout
 
 
@@ -36,11 +37,16 @@ class TargetRunner:
     tree, the acceptance walk and the KV commit, all on the device)."""
 
     def __init__(self, model: LlamaModel, max_len: int, transfers: Transfers | None = None,
-                 capture: tuple[int, ...] | None = None):
+                 capture: tuple[int, ...] | None = None, static: StaticVerify | None = None):
         """capture: the layers whose input states an EAGLE-3 head fuses (LlamaModel.forward's
-        `capture`); then the features kept are those [.., len(capture) * H], else the final ones."""
+        `capture`); then the features kept are those [.., len(capture) * H], else the final ones.
+        static: the engine's static-shape verify (its cache, at least max_len rows, is this
+        request's; trees with a bucket run there, as a CUDA graph on a GPU)."""
         self.model = model
-        self.cache = model.new_cache(1, max_len)
+        if static is not None and static.rows < max_len:
+            raise ValueError(f"the static verify's cache holds {static.rows} rows, the request needs {max_len}")
+        self.static = static
+        self.cache = static.cache if static is not None else model.new_cache(1, max_len)
         self.transfers = transfers or Transfers(model.device)
         self.capture = tuple(capture) if capture else None
         self.length = 0
@@ -86,6 +92,32 @@ class TargetRunner:
             raise RuntimeError("target KV cache too small for this tree")
         depths = torch.tensor(tree.depths(), dtype=torch.int64)
         width = int(depths.max()) + 1  # the longest path the walk can accept: the commit moves no more
+        bucket = self.static.bucket_for(N, self.length) if self.static is not None else None
+        if bucket is not None:  # static shapes: the graph (or its eager twin) over the bucket's buffer
+            self.transfers.upload_into(bucket.buffer, bucket.offsets, *self.static.host_parts(
+                bucket, tree.tokens, depths + self.length, tree.parents, ancestor_bits(tree.parents),
+                depths + produced, self.length))
+            logits, features = self.static.run(bucket, self.capture, self.length, N)
+            p = bucket.parts
+            tokens, parents, noise_pos, base = p["tokens"][:N], p["parents"][:N], p["noise_positions"][:N], p["base"]
+            logits, features = logits[:N], features[:N]
+        else:
+            tokens, parents, noise_pos, base, logits, features = self._forward_dynamic(tree, depths, produced)
+        self.forwards += 1
+        self.last_features = features
+        choice = ops.gumbel_choices(logits, temperature, seed, noise_pos)
+        nodes, out, n_acc = ops.tree_accept_greedy(tokens.view(1, N), parents.view(1, N), choice.view(1, N))
+        ops.kv_commit(self.cache.k, self.cache.v, base, nodes[:, :width], n_acc)
+        n_host, path, emitted = self.transfers.download(n_acc, nodes[0, :width], out[0, : width + 1])
+        n = int(n_host[0])
+        self.last_path = nodes[0, : n + 1]
+        self.length += n + 1
+        return n, path[: n + 1].tolist(), emitted[: n + 1].tolist()
+
+    def _forward_dynamic(self, tree: Tree, depths: torch.Tensor, produced: int):
+        """The verify forward at the tree's own shape: (tokens, parents, noise positions, base,
+        logits [N, V] fp32, features [N, F]), the index arrays on the device from one upload."""
+        N = len(tree)
         rows = torch.arange(self.length, self.length + N, dtype=torch.int64)
         host = [torch.tensor(tree.tokens, dtype=torch.int64), depths + self.length, rows,
                 torch.tensor(tree.parents, dtype=torch.int64), depths + produced,
@@ -98,22 +130,14 @@ class TargetRunner:
         tokens, pos, slots, parents, noise_pos, base, n_nodes, layout = self.transfers.upload(*host)
         if N <= MAX_TREE_NODES:
             mask = None
-            tree_attn = TreeAttention(prefix_len=base, tree_start=base, ancestors=layout.view(1, N), n_nodes=n_nodes)
+            tree_attn = TreeAttention(prefix_len=base, tree_start=base, ancestors=layout.view(1, N), n_nodes=n_nodes,
+                                      padded=False, sees_every_row=N == 1)
         else:
             mask, tree_attn = layout, None
         out = self.model(tokens.view(1, N), positions=pos.view(1, N), cache=self.cache, slots=slots.view(1, N),
                          attn_mask=mask, kv_len=self.length + N, tree=tree_attn, capture=self.capture)
         hidden, features = out if self.capture else (out, out)
-        self.forwards += 1
-        self.last_features = features[0]
-        choice = ops.gumbel_choices(self.model.logits(hidden)[0], temperature, seed, noise_pos)
-        nodes, out, n_acc = ops.tree_accept_greedy(tokens.view(1, N), parents.view(1, N), choice.view(1, N))
-        ops.kv_commit(self.cache.k, self.cache.v, base, nodes[:, :width], n_acc)
-        n_host, path, emitted = self.transfers.download(n_acc, nodes[0, :width], out[0, : width + 1])
-        n = int(n_host[0])
-        self.last_path = nodes[0, : n + 1]
-        self.length += n + 1
-        return n, path[: n + 1].tolist(), emitted[: n + 1].tolist()
+        return tokens, parents, noise_pos, base, self.model.logits(hidden)[0], features[0]
 
     def accepted_features(self) -> torch.Tensor:
         """The target's features [n + 1, F] at the last verify's accepted nodes (root first), on

@@ -6,7 +6,13 @@ what is compiled there is exactly what the launchers launch.
 
 from __future__ import annotations
 
+import threading
 from typing import Any, NamedTuple
+
+# Triton's interpreter (TRITON_INTERPRET=1) patches triton.language inside a kernel's module, and
+# the helpers it calls, while the kernel runs: two threads interpreting kernels at once (the hide
+# window's two lanes on a CPU) would undo each other's patches. Compiled launches never take it.
+_INTERPRETER_LOCK = threading.Lock()
 
 
 class Launch(NamedTuple):
@@ -16,6 +22,10 @@ class Launch(NamedTuple):
     options: dict  # constexprs by name, then launch options (num_warps, num_stages, ...)
 
     def __call__(self) -> None:
+        if type(self.kernel).__name__ == "InterpretedFunction":
+            with _INTERPRETER_LOCK:
+                self.kernel[self.grid](*self.args, **self.options)
+            return
         self.kernel[self.grid](*self.args, **self.options)
 
     @property

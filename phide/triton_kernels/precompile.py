@@ -46,7 +46,7 @@ class Variant:
     `dtype` its data (q and the cache, or the logits), `shape` the sizes `inputs` builds tensors
     of, `config` the launcher's selection for them (for display)."""
 
-    op: str  # "tree_attention" | "tree_topk" | "gumbel_choices" | "kv_commit"
+    op: str  # "tree_attention" | "tree_topk" | "gumbel_choices" | "kv_commit" | "rms_norm" | "rope_kv_write"
     dtype: torch.dtype
     shape: dict = field(hash=False)
     config: tuple = field(hash=False)
@@ -70,7 +70,8 @@ class Variant:
 def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads: int, vocab: int,
                     max_tree_nodes: int = MAX_TREE_NODES, *, topk: int | tuple[int, ...] = 4,
                     draft_vocab: int | None = None, shared_vocab: int | None = None, head: bool = False,
-                    logits_dtype: torch.dtype = _ENGINE_LOGITS, prefix_len: int = 2048) -> list[Variant]:
+                    logits_dtype: torch.dtype = _ENGINE_LOGITS, prefix_len: int = 2048,
+                    decoders: tuple[tuple[int, int, int, int], ...] = ()) -> list[Variant]:
     """The launcher calls that cover every kernel variant the engine launches for one model.
 
     dtype, head_dim, n_heads, n_kv_heads: the target's KV cache and attention (tree attention and
@@ -79,9 +80,13 @@ def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads:
     (a tuple for several, e.g. (4, 1): a cross-vocabulary draft grows chains); head: an EAGLE
     head drafts too, its logits over the target's whole vocabulary feeding the same top-k;
     max_tree_nodes: the largest tree verified; prefix_len: the prefix the tree attention cases
-    use (any length compiles the same kernels)."""
+    use (any length compiles the same kernels); decoders: (hidden, heads, kv heads, head dim) of
+    every decoder the engine runs in `dtype` (target, draft, head), whose norms and RoPE /
+    KV-write kernels are built per shape."""
     from phide.triton_kernels.gumbel_verify import gumbel_config
     from phide.triton_kernels.kv_commit import MAX_PATH, commit_config
+    from phide.triton_kernels.rms_norm import norm_config
+    from phide.triton_kernels.rope_kv_write import rope_config
     from phide.triton_kernels.tree_attention import MAX_HEAD_DIM, attention_config
     from phide.triton_kernels.tree_topk import MAX_K, topk_config
 
@@ -114,6 +119,11 @@ def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads:
             (greedy, gumbel_config(vocab)))
     for w in range(2, min(max_tree_nodes, MAX_PATH) + 1):  # a one-node path moves nothing
         add("kv_commit", dtype, dict(H=n_kv_heads, W=w, D=head_dim), commit_config(w, head_dim), w)
+    for hidden, heads, kv_heads, dim in sorted(set(decoders)):
+        for residual in (False, True):  # the first layer's norm and the final one; the fused add
+            add("rms_norm", dtype, dict(R=2, H=hidden, residual=residual), (hidden, residual, norm_config(hidden)))
+        add("rope_kv_write", dtype, dict(T=2, Hq=heads, Hkv=kv_heads, D=dim),
+            (heads, kv_heads, dim, rope_config(heads + 2 * kv_heads, dim)))
     return variants
 
 
@@ -195,8 +205,26 @@ def _commit_inputs(dev, dtype, H, W, D):
                 accept_len=torch.tensor([W - 1], device=dev))
 
 
+def _norm_inputs(dev, dtype, R, H, residual):
+    # The decoder's activations [B, T, H] (GEMM outputs: contiguous), the norm weight [H].
+    zeros = dict(device=dev, dtype=dtype)
+    return dict(x=torch.zeros(1, R, H, **zeros), weight=torch.zeros(H, **zeros), eps=1e-6,
+                residual=torch.zeros(1, R, H, **zeros) if residual else None)
+
+
+def _rope_inputs(dev, dtype, T, Hq, Hkv, D):
+    # The fused q/k/v GEMM's output, the forward's RoPE tables, one layer of KVCache.k / .v
+    # ([L, B, Hkv, S, D] indexed by layer) and the upload's cache rows.
+    zeros = dict(device=dev, dtype=dtype)
+    S = 2 * MAX_TREE_NODES
+    return dict(qkv=torch.zeros(1, T, (Hq + 2 * Hkv) * D, **zeros), cos=torch.zeros(1, T, D, **zeros),
+                sin=torch.zeros(1, T, D, **zeros), k_cache=torch.zeros(2, 1, Hkv, S, D, **zeros)[1],
+                v_cache=torch.zeros(2, 1, Hkv, S, D, **zeros)[1],
+                slots=torch.arange(T, dtype=torch.int64).view(1, T).to(dev), n_heads=Hq, n_kv_heads=Hkv)
+
+
 _INPUTS = {"tree_attention": _attention_inputs, "tree_topk": _topk_inputs, "gumbel_choices": _gumbel_inputs,
-           "kv_commit": _commit_inputs}
+           "kv_commit": _commit_inputs, "rms_norm": _norm_inputs, "rope_kv_write": _rope_inputs}
 
 
 def _launches(op: str, inputs: dict) -> list:
@@ -212,6 +240,14 @@ def _launches(op: str, inputs: dict) -> list:
         from phide.triton_kernels.gumbel_verify import gumbel_choices_launches
 
         return gumbel_choices_launches(**inputs)[1]
+    if op == "rms_norm":
+        from phide.triton_kernels.rms_norm import rms_norm_launches
+
+        return rms_norm_launches(**inputs)[2]
+    if op == "rope_kv_write":
+        from phide.triton_kernels.rope_kv_write import rope_kv_write_launches
+
+        return rope_kv_write_launches(**inputs)[1]
     from phide.triton_kernels.kv_commit import kv_commit_launches
 
     return kv_commit_launches(**inputs)

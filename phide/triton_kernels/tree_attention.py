@@ -305,7 +305,9 @@ def tree_attention_launches(q, k_cache, v_cache, prefix_len, tree_start, ancesto
     _check(q, k_cache, v_cache, ancestors)
     B, Hq, N, D = q.shape
     _, Hkv, S, _ = k_cache.shape
-    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    # [B, N, Hq, D] in memory: the decoder's o_proj reads the heads of a node side by side, so its
+    # transpose back is a view, not a copy per layer
+    out = torch.empty(B, N, Hq, D, dtype=q.dtype, device=q.device).transpose(1, 2)
     if out.numel() == 0:
         return out, []
     dev = q.device

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from phide.formats import MAX_TREE_NODES  # one int64 ancestor bitmask per node
 
-__all__ = ["MAX_TREE_NODES", "ancestor_bits", "tree_visibility", "tree_attention_torch"]
+__all__ = ["MAX_TREE_NODES", "ancestor_bits", "tree_visibility", "tree_masks", "tree_attention_torch"]
 
 
 def ancestor_bits(parents: list[int]) -> list[int]:
@@ -52,6 +52,14 @@ def tree_visibility(prefix_len, tree_start, ancestors, kv_len: int) -> torch.Ten
     return prefix[:, None, :] | (in_tree[:, None, :] & (bit != 0))
 
 
+def tree_masks(prefix_len, tree_start, ancestors, n_nodes, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(visibility [B, N, kv_len] bool, padding [B, N] bool: node i >= n_nodes[b]): everything
+    the twin builds from the tree alone, once for all the layers of a forward."""
+    nodes = torch.arange(ancestors.shape[1], device=ancestors.device)[None, :]
+    padding = nodes >= n_nodes.to(ancestors.device).view(-1, 1)
+    return tree_visibility(prefix_len, tree_start, ancestors, kv_len), padding
+
+
 def tree_attention_torch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -61,23 +69,28 @@ def tree_attention_torch(
     ancestors: torch.Tensor,
     n_nodes: torch.Tensor,
     scale: float | None = None,
+    visibility: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Attention of every tree node over its visible cache rows.
 
     q: [B, Hq, N, D] (RoPE applied); k_cache, v_cache: [B, Hkv, S, D], one layer with the tree's
     own rows already written (Hq a multiple of Hkv: query head h reads KV head h // (Hq / Hkv));
     prefix_len, tree_start, n_nodes: [B] int; ancestors: [B, N] int64 bitmasks;
-    scale: None = 1 / sqrt(D) (as SDPA). Returns [B, Hq, N, D] in q's dtype, zero for padding
-    nodes. Requires tree_start[b] + n_nodes[b] <= S.
+    scale: None = 1 / sqrt(D) (as SDPA); visibility: `tree_masks(...)` for these rows, when
+    precomputed (one forward's layers share it), either part None when the caller knows it
+    changes nothing (every row visible; no padding node). Returns [B, Hq, N, D] in q's dtype
+    (laid out [B, N, Hq, D] in memory, as the kernel writes it), zero for padding nodes. Requires tree_start[b] + n_nodes[b] <= S.
     """
     B, Hq, N, D = q.shape
     if N > MAX_TREE_NODES:
         raise ValueError(f"{N} tree nodes: the ancestor bitmask holds at most {MAX_TREE_NODES}")
     Hkv, S = k_cache.shape[1], k_cache.shape[2]
-    mask = tree_visibility(prefix_len, tree_start, ancestors, S)
+    mask, padding = visibility if visibility is not None else tree_masks(prefix_len, tree_start, ancestors, n_nodes, S)
     out = F.scaled_dot_product_attention(
-        q, k_cache, v_cache, attn_mask=mask.unsqueeze(1), scale=scale, enable_gqa=Hq != Hkv
+        q, k_cache, v_cache, attn_mask=None if mask is None else mask.unsqueeze(1), scale=scale,
+        enable_gqa=Hq != Hkv
     )
-    real = torch.arange(N, device=q.device)[None, :] < n_nodes.to(q.device).view(-1, 1)  # [B, N]
-    # torch.where, not a multiply: a padding row with nothing visible is NaN inside SDPA.
-    return torch.where(real[:, None, :, None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    # a fill, not a multiply: a padding row with nothing visible is NaN inside SDPA.
+    out = out if padding is None else out.masked_fill(padding[:, None, :, None], 0.0)
+    # the kernel's layout, [B, N, Hq, D] in memory (the decoder reads each node's heads together)
+    return out.transpose(1, 2).contiguous().transpose(1, 2) if N > 1 else out
