@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", type=Path, default=Path(__file__).parent / "results" / "ab_commits.csv")
     ap.add_argument("--allow-dirty", action="store_true")
     args = ap.parse_args(argv)
+    if run_context()["dirty"] and not args.allow_dirty:  # refuse before the run, not after it
+        raise SystemExit("ab_commits: the tree has uncommitted changes (commit first, or --allow-dirty)")
     commits = [rev(args.old), rev(args.new)]
     work = Path(tempfile.mkdtemp(prefix="phide-ab-"))
     so = sorted((ROOT / "phide").glob("_C*.so"))
