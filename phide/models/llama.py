@@ -22,6 +22,7 @@ from torch import nn
 
 from phide import ops
 from phide.errors import PhideError
+from phide.ops.reference.rope import rotate_half
 
 _ACTIVATIONS = {
     "silu": F.silu,
@@ -219,15 +220,10 @@ class RMSNorm(nn.Module):
         return (kernels.add_rms_norm if kernels else ops.add_rms_norm)(x, residual, self.weight, self.eps)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x [B,heads,T,D] rotated by cos/sin [B,T,D] (rope_cos_sin)."""
     cos_, sin_ = cos.unsqueeze(1), sin.unsqueeze(1)
-    return x * cos_ + _rotate_half(x) * sin_
+    return x * cos_ + rotate_half(x) * sin_
 
 
 def _fusable(*linears: nn.Linear) -> bool:

@@ -17,7 +17,7 @@ import contextlib
 
 import torch
 
-from phide.models.llama import _rotate_half
+from phide.ops.reference.rope import rotate_half
 
 
 @contextlib.contextmanager
@@ -41,8 +41,8 @@ def attention_rows(attn, x, cos, sin, rows: slice, n_keys: int) -> torch.Tensor:
     xs = x[:n_keys]
     q = attn.q_proj(x[rows]).view(-1, h, d).transpose(0, 1)             # [Hq, R, D]
     k = attn.k_proj(xs).view(-1, hkv, d).transpose(0, 1)                  # [Hkv, K, D]
-    q = q * cos[rows] + _rotate_half(q) * sin[rows]
-    k = k * cos[:n_keys] + _rotate_half(k) * sin[:n_keys]
+    q = q * cos[rows] + rotate_half(q) * sin[rows]
+    k = k * cos[:n_keys] + rotate_half(k) * sin[:n_keys]
     k = k.repeat_interleave(h // hkv, dim=0)                               # [Hq, K, D]
     scores = (q @ k.transpose(1, 2)).float() / d ** 0.5                   # [Hq, R, K]
     r = torch.arange(rows.start, rows.stop, device=x.device)[:, None]

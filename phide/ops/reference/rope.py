@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["rope_kv_write_torch"]
+__all__ = ["rotate_half", "rope_kv_write_torch"]
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
@@ -29,7 +29,7 @@ def rope_kv_write_torch(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     heads = qkv.view(B, T, n_heads + 2 * n_kv_heads, D)
     qk = heads[:, :, : n_heads + n_kv_heads]
     c, s = cos.unsqueeze(2), sin.unsqueeze(2)  # [B, T, 1, D]: every head of a token
-    rotated = qk * c + _rotate_half(qk) * s  # q and k heads in one pass
+    rotated = qk * c + rotate_half(qk) * s  # q and k heads in one pass
     k = rotated[:, :, n_heads:].to(k_cache.dtype)
     v = heads[:, :, n_heads + n_kv_heads:].to(v_cache.dtype)
     if B == 1:  # one request: a row copy along the slot dim (no batch index to build)
