@@ -21,7 +21,7 @@ TORCH_LIBRARY(phide, m) {
   // Greedy tree walk: accept a child while its token equals the target's choice at its parent
   // (its argmax, or its Gumbel-max sample: phide.ops.gumbel_choices).
   m.def(
-      "tree_accept_greedy(Tensor tokens, Tensor parents, Tensor target_choice)"
+      "accept_path(Tensor tokens, Tensor parents, Tensor target_choice)"
       " -> (Tensor, Tensor, Tensor)");
   // The decoder's fused ops (one Triton kernel each on a GPU; the twins' ATen calls composed in
   // C++ on a CPU, csrc/decoder_cpu.cpp): transformers' RMSNorm, the residual add fused before it,
@@ -34,7 +34,7 @@ TORCH_LIBRARY(phide, m) {
 }
 
 TORCH_LIBRARY_IMPL(phide, CPU, m) {
-  m.impl("tree_accept_greedy", &phide::tree_accept_greedy_cpu);
+  m.impl("accept_path", &phide::accept_path_cpu);
   m.impl("rms_norm", &phide::rms_norm_cpu);
   m.impl("add_rms_norm", &phide::add_rms_norm_cpu);
   m.impl("rope_kv_write", &phide::rope_kv_write_cpu);
@@ -69,7 +69,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         info["debug"] = false;
 #endif
         py::list ops;
-        for (const char* op : {"tree_accept_greedy", "rms_norm", "add_rms_norm", "rope_kv_write"}) {
+        for (const char* op : {"accept_path", "rms_norm", "add_rms_norm", "rope_kv_write"}) {
           ops.append(op);
         }
         info["ops"] = ops;

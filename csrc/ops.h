@@ -12,7 +12,7 @@ using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 // tokens, parents, target_choice: [B, N] int64 -> (accept_nodes [B, N], out_tokens [B, N],
 // accept_len [B]) int64. CPU implementation (csrc/tree_accept_cpu.cpp).
-TensorTriple tree_accept_greedy_cpu(const at::Tensor& tokens, const at::Tensor& parents,
+TensorTriple accept_path_cpu(const at::Tensor& tokens, const at::Tensor& parents,
                                     const at::Tensor& target_choice);
 
 // The decoder's fused ops on a CPU: the twins' ATen calls, composed in C++ (csrc/decoder_cpu.cpp).

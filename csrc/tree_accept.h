@@ -1,6 +1,6 @@
 // Tree acceptance walk for ONE request: torch-free, host and device callable.
 //
-// tree_accept_greedy_one is the compiled twin of `tree_accept_greedy_torch` in
+// accept_path_one is the compiled twin of `accept_path_torch` in
 // phide/ops/reference/accept.py and must reproduce it exactly: same traversal order, same
 // tie-breaking (the first matching sibling wins). Any change here needs the same change there
 // (and tests/test_ext.py compares the two on random trees). Sampling needs no other walk: the
@@ -40,7 +40,7 @@ PHIDE_HOST_DEVICE inline int64_t tree_next_child(int64_t N, const int64_t* paren
 
 // Greedy walk: accept a child while its token equals the target's choice at its parent.
 //   target_choice [N] int64: the target's choice after node i (argmax, or Gumbel-max sample).
-PHIDE_HOST_DEVICE inline int64_t tree_accept_greedy_one(int64_t N, const int64_t* tokens,
+PHIDE_HOST_DEVICE inline int64_t accept_path_one(int64_t N, const int64_t* tokens,
                                                         const int64_t* parents,
                                                         const int64_t* target_choice,
                                                         int64_t* accept_nodes, int64_t* out_tokens) {

@@ -1,4 +1,4 @@
-// Input validation shared by the CPU and CUDA glue of the tree_accept_greedy op (torch side).
+// Input validation shared by the CPU and CUDA glue of the accept_path op (torch side).
 // Violations raise RuntimeError in Python (TORCH_CHECK) with the op name and what was expected.
 #pragma once
 
@@ -34,7 +34,7 @@ inline void check_tree_inputs(const at::Tensor& tokens, const at::Tensor& parent
 
 inline void check_greedy_inputs(const at::Tensor& tokens, const at::Tensor& parents,
                                 const at::Tensor& target_choice) {
-  const char* op = "phide::tree_accept_greedy";
+  const char* op = "phide::accept_path";
   check_tree_inputs(tokens, parents, op);
   check_tensor(target_choice, op, "target_choice", at::kLong, 2);
   TORCH_CHECK(target_choice.sizes() == tokens.sizes(), op, ": target_choice must be [B, N] = ",

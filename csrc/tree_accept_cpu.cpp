@@ -1,4 +1,4 @@
-// CPU glue for the tree_accept_greedy op: checks, output allocation, a parallel loop over
+// CPU glue for the accept_path op: checks, output allocation, a parallel loop over
 // requests calling the torch-free walk in tree_accept.h. Registered in csrc/bindings.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -38,9 +38,9 @@ TensorTriple empty_outputs(const at::Tensor& tokens) {
 
 }  // namespace
 
-TensorTriple tree_accept_greedy_cpu(const at::Tensor& tokens, const at::Tensor& parents,
+TensorTriple accept_path_cpu(const at::Tensor& tokens, const at::Tensor& parents,
                                     const at::Tensor& target_choice) {
-  const char* op = "phide::tree_accept_greedy";
+  const char* op = "phide::accept_path";
   check_greedy_inputs(tokens, parents, target_choice);
   check_cpu(tokens, op);
   check_topological(parents, op);
@@ -57,7 +57,7 @@ TensorTriple tree_accept_greedy_cpu(const at::Tensor& tokens, const at::Tensor& 
   at::parallel_for(0, B, /*grain_size=*/256, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t o = b * N;
-      len[b] = tree_accept_greedy_one(N, tok + o, par + o, choice + o, nodes + o, out + o);
+      len[b] = accept_path_one(N, tok + o, par + o, choice + o, nodes + o, out + o);
     }
   });
   return {accept_nodes, out_tokens, accept_len};

@@ -1,4 +1,4 @@
-// CUDA glue for the tree_accept_greedy op: checks, device guard, current stream, output
+// CUDA glue for the accept_path op: checks, device guard, current stream, output
 // allocation, then the torch-free launcher of csrc/kernels/tree_accept.cuh. Compiled only with
 // PHIDE_BUILD_CUDA=1; the schema is defined in csrc/bindings.cpp.
 //
@@ -29,14 +29,14 @@ TensorTriple empty_outputs(const at::Tensor& tokens) {
 
 }  // namespace
 
-TensorTriple tree_accept_greedy_cuda(const at::Tensor& tokens, const at::Tensor& parents,
+TensorTriple accept_path_cuda(const at::Tensor& tokens, const at::Tensor& parents,
                                      const at::Tensor& target_choice) {
-  const char* op = "phide::tree_accept_greedy";
+  const char* op = "phide::accept_path";
   check_greedy_inputs(tokens, parents, target_choice);
   check_cuda(tokens, op);
   const c10::cuda::CUDAGuard guard(tokens.device());
   auto [accept_nodes, out_tokens, accept_len] = empty_outputs(tokens);
-  const cudaError_t err = kernels::tree_accept_greedy_launch(
+  const cudaError_t err = kernels::accept_path_launch(
       tokens.size(0), tokens.size(1), tokens.data_ptr<int64_t>(), parents.data_ptr<int64_t>(),
       target_choice.data_ptr<int64_t>(), accept_nodes.data_ptr<int64_t>(),
       out_tokens.data_ptr<int64_t>(), accept_len.data_ptr<int64_t>(),
@@ -48,5 +48,5 @@ TensorTriple tree_accept_greedy_cuda(const at::Tensor& tokens, const at::Tensor&
 }  // namespace phide
 
 TORCH_LIBRARY_IMPL(phide, CUDA, m) {
-  m.impl("tree_accept_greedy", &phide::tree_accept_greedy_cuda);
+  m.impl("accept_path", &phide::accept_path_cuda);
 }

@@ -31,7 +31,7 @@ def load_extension() -> bool:
         return False
     import torch
 
-    if not hasattr(torch.ops.phide, "tree_accept_greedy"):
+    if not hasattr(torch.ops.phide, "accept_path"):
         return False
     import phide._fake_ops  # noqa: F401  (register_fake for every compiled op)
 

@@ -19,8 +19,8 @@ def _tree_outputs(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return accept_nodes, out_tokens, accept_len
 
 
-@torch.library.register_fake("phide::tree_accept_greedy")
-def _tree_accept_greedy_fake(tokens, parents, target_choice):
+@torch.library.register_fake("phide::accept_path")
+def _accept_path_fake(tokens, parents, target_choice):
     torch._check(parents.shape == tokens.shape, lambda: "parents must match tokens [B, N]")
     torch._check(target_choice.shape == tokens.shape, lambda: "target_choice must match [B, N]")
     return _tree_outputs(tokens)

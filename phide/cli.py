@@ -1,7 +1,7 @@
 """phide: lossless speculative decoding, the draft hidden inside the target's prefill.
 
-Commands: generate | trace | calibrate | demo | bench | eval | dsec-clips | plan | distill (the contract is in
-ARCHITECTURE.md). Every command that runs requests loads its pair through
+Commands: generate | trace | calibrate | demo | bench | eval | dsec-clips | plan | distill (their flags and
+JSON output, the fixed contract: docs/cli.md). Every command that runs requests loads its pair through
 `phide.session.load_session` and runs them through `Session.generate`.
 
 Bad input prints exactly one line `phide: error: ...` on stderr and exits 2; progress goes to
@@ -17,7 +17,7 @@ import os
 import sys
 
 from phide.errors import PhideError
-from phide.modes import MODES
+from phide import schedules
 
 QUANT_SCHEMES = ("none", "int8", "nf4", "int4")  # phide.models.quant.SCHEMES (not imported: the CLI starts light)
 
@@ -91,7 +91,7 @@ def _add_request_args(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--events", help="event file: DSEC events.h5, .npz, or .npy (needs an EventGPT draft)")
     gen.add_argument("--allow-pickle", action="store_true",
                      help="allow EventGPT's pickled .npy event files (only for files you trust)")
-    gen.add_argument("--mode", choices=list(MODES), default="auto",
+    gen.add_argument("--mode", choices=list(schedules.modes()), default="auto",
                      help="auto (default): the planner picks from this machine's calibration; hide: the draft "
                      "prefills and drafts inside the target's prefill; head-only: the EAGLE head drafts; "
                      "sequential; target-only")
@@ -288,6 +288,12 @@ def _resolve_device(device: str, dtype: str):
 SHAPE_FIELDS = ("topk", "depth", "budget", "window_depth", "window_budget")
 
 
+def _runs_target_alone(mode: str) -> bool:
+    """A schedule that drafts nothing (target-only) needs no draft or head loaded."""
+    sch = schedules.get(mode)
+    return not (sch.drafts_rounds or sch.needs_draft)
+
+
 def session_from_args(args, *, calibration="auto"):
     """The session the pair arguments describe (`phide.session.load_session`: the one loader).
     `--mode target-only` loads the target alone: nothing else would run."""
@@ -295,7 +301,8 @@ def session_from_args(args, *, calibration="auto"):
 
     device, dtype = _resolve_device(args.device, args.dtype)
     shape = {k: getattr(args, k) for k in SHAPE_FIELDS if getattr(args, k, None) is not None}
-    alone = getattr(args, "mode", None) == "target-only"
+    mode = getattr(args, "mode", None)
+    alone = mode in schedules.names() and _runs_target_alone(mode)
     if args.target_quant != "none":
         print(f"phide: the target is quantized ({args.target_quant}): the answer is the quantized target's own and "
               "may differ from the exact model's", file=sys.stderr)
@@ -312,7 +319,7 @@ def _run_request(args):
 
     if not args.prompt.strip():
         raise PhideError("the prompt is empty")
-    if args.mode in ("hide", "sequential") and not args.draft:
+    if args.mode in schedules.names() and schedules.get(args.mode).needs_draft and not args.draft:
         raise PhideError(f"--draft is required for --mode {args.mode}")
     events = args.events
     if events is not None and args.allow_pickle:

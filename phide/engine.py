@@ -1,7 +1,8 @@
-"""The speculative engine: runs one request under a Plan (target-only, head-only, sequential, or
-hide: the draft runs inside the target's prefill), exactly as given; phide.planner decides plans.
+"""The speculative engine: runs one request under a Plan exactly as given (its schedule:
+phide.schedules, one file each; phide.planner decides plans).
 
-Every schedule runs the same round: grow a tree (or none), verify it in ONE target forward, accept
+A schedule runs the prefill phase (where the draft works relative to the target's prefill);
+then every schedule runs the same round: grow a tree (or none), verify it in ONE target forward, accept
 the longest valid path plus a bonus token, commit the KV. target-only is that round with an
 empty tree (a plain decode step), so all schedules share one code path for the target and differ
 only in where draft work happens. The draft can only ever change how many target forwards are
@@ -16,23 +17,24 @@ from typing import Any
 
 import torch
 
-from phide import ops
-from phide.errors import DraftFault, PhideError
-from phide.modes import SCHEDULES
+from phide import ops, schedules
+from phide.errors import PhideError
 from phide.models.frontends import IdsFrontend, Prepared
 from phide.models.llama import LlamaModel
 from phide.models.vocab import TextBridge
-from phide.runtime.cpu_lanes import CpuLane
-from phide.runtime.signals import DeviceClock, Window
+from phide.runtime.signals import DeviceClock
 from phide.runtime.timeline import Timeline
 from phide.runtime.transfers import Transfers
 from phide.runtime.window_lanes import LaneSplits, WindowLanes
-from phide.speculation.cross_vocab import ROOT_FROM_TARGET, CrossVocabDraft
+from phide.schedules.base import RequestRun
+from phide.speculation.cross_vocab import CrossVocabDraft
+from phide.speculation.drafter import Drafter
 from phide.speculation.drafters import Drafters
 from phide.speculation.eagle_runner import EagleRunner
 from phide.speculation.runners import DraftRunner, TargetRunner
 from phide.speculation.static_step import StaticStep
 from phide.speculation.static_verify import StaticVerify
+from phide.speculation.stats import RequestStats
 from phide.speculation.tree import MAX_TREE_NODES, Tree
 
 
@@ -111,11 +113,9 @@ class SpecConfig:
 class Plan:
     """What one request runs, exactly: the schedule and the lane split while both lanes work.
 
-    schedule: "target-only" (no drafting), "head-only" (the EAGLE head drafts every round, the
-    draft model never runs), "sequential" (the target prefills, then the draft prefills and grows
-    the first tree, then rounds), "hide" (the draft prepares, prefills and grows the first tree
-    inside the target's input preparation and prefill). After the first tree, rounds are drafted
-    by the head when there is one, else by the draft model.
+    schedule: a registered schedule's name (phide.schedules: target-only, head-only, sequential,
+    hide). After the first tree, rounds are drafted by the head when there is one, else by the
+    draft model.
     draft_threads: CPU, intra-op threads the draft lane reserves (the target keeps the rest);
     draft_sms: GPU, SMs of the draft lane's green context; 0 = no split (the lanes share).
     predicted_s / reason: the planner's prediction and why it chose this (None / "" when forced
@@ -128,8 +128,7 @@ class Plan:
     reason: str = ""
 
     def __post_init__(self):
-        if self.schedule not in SCHEDULES:
-            raise PhideError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        schedules.get(self.schedule)  # an unknown name is the caller's error
         if self.draft_threads < 0 or self.draft_sms < 0:
             raise PhideError("a lane split must be >= 0 threads / SMs")
 
@@ -212,6 +211,8 @@ class Engine:
         self.draft_adapter = draft_adapter  # distilled output adapter of the draft (optional)
         # draft_sms -> (target, draft) CudaLanes, made once; a green split gets its own graph step
         self.lane_splits = LaneSplits(self.target.device, on_new=self._split_made, on_evict=self._split_evicted)
+        # The ops' backend (PHIDE_OPS), chosen once here: no op reads the environment per call.
+        self.ops_backend = ops.choose_backend()
         # Every Triton kernel variant the requests will launch, compiled now, not inside one
         # (a GPU; nothing to do on a CPU with the torch references).
         cfg = self.target.cfg
@@ -261,13 +262,10 @@ class Engine:
         if req.prompt is not None and not req.prompt.strip():
             raise PhideError("the prompt is empty")
         if req.max_new_tokens < 1:
-            raise PhideError("--max-new-tokens must be a positive integer")
+            raise PhideError("max_new_tokens must be a positive integer")
         if req.temperature < 0 or req.temperature != req.temperature:
-            raise PhideError("--temperature must be >= 0")
-        if plan.schedule in ("sequential", "hide") and self.draft_side is None:
-            raise PhideError(f"the {plan.schedule} schedule needs a draft model")
-        if plan.schedule == "head-only" and self.head is None:
-            raise PhideError("the head-only schedule needs an EAGLE head (phide distill)")
+            raise PhideError("temperature must be >= 0")
+        schedules.get(plan.schedule).validate(self, req)
         for side in (self.target_side, self.draft_side):  # every loaded side, whatever the plan
             if side is not None:
                 side.check(req)
@@ -279,24 +277,24 @@ class Engine:
         dropped (`stats["faults"]`) and the target goes on alone."""
         plan = Plan(plan) if isinstance(plan, str) else plan
         self.validate(req, plan)
+        schedule = schedules.get(plan.schedule)
         clock = DeviceClock(self.target.device)  # the request's origin; device time on a GPU
         tl = Timeline(clock)
         t_start = clock.origin_host
         if self.target.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.target.device)
-        stats = {"mode": plan.schedule, "plan": plan.as_stats(), "faults": 0, "draft_tokens_in_window": 0}
+        stats = RequestStats(mode=plan.schedule, plan=plan.as_stats())
         transfers = Transfers(self.target.device)  # every host<->device copy of the request, counted
+        run = RequestRun(self, req, plan, schedule, tl, clock, transfers, stats)
         try:
-            target, prepared, first_tree, draft = self._prefill(req, plan, tl, clock, transfers, stats)
-            head = None
-            if plan.schedule != "target-only" and self.head is not None:
-                head = self._head_runner(req, target, prepared, transfers)
-            drafters = Drafters(self, stats, tl, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms,
-                                draft=draft, head=head, first_tree=first_tree)
+            pre = schedule.prefill(run)
+            target, prepared = pre.target, pre.prepared
+            head = self._head_runner(run, target, prepared) if schedule.drafts_rounds and self.head else None
+            drafters = Drafters(self.spec, stats, tl, lane_splits=self.lane_splits, draft_threads=plan.draft_threads,
+                                draft_sms=plan.draft_sms, draft=pre.draft, head=head, first_tree=pre.first_tree)
             out: list[int] = []
             root = prepared.ids[-1]
-            verifies = drafts_emitted = 0
-            accepted: list[tuple[int, int]] = []  # per verify: (drafts accepted, depth of the tree)
+            drafts_emitted = 0
             ahead = None
             try:
                 while len(out) < req.max_new_tokens:
@@ -305,13 +303,12 @@ class Engine:
                     with tl.phase("verify", "target"):  # forward, acceptance walk and KV commit
                         n_acc, path, tokens = target.verify(tree, req.temperature, int(req.seed), len(out))
                     depth = tree.max_depth() if len(tree) > 1 else 0
-                    if verifies == 0:  # how good the first tree was (the planner learns from it)
-                        stats["first_verify_accepted"] = n_acc
-                        stats["first_tree_depth"] = depth
+                    if stats.verifies == 0:  # how good the first tree was (the planner learns from it)
+                        stats.first_verify_accepted, stats.first_tree_depth = n_acc, depth
                         # the first tokens reached the host: time to first token
-                        stats["first_token_s"] = round(time.perf_counter() - t_start, 6)
-                    accepted.append((n_acc, depth))
-                    verifies += 1
+                        stats.first_token_s = round(time.perf_counter() - t_start, 6)
+                    stats.accepted_by_verify.append((n_acc, depth))
+                    stats.verifies += 1
                     new = tokens[: n_acc + 1]
                     done = False
                     for i, t in enumerate(new):
@@ -330,43 +327,38 @@ class Engine:
         finally:
             # The request's caches were allocated on the lanes' streams: however it ended (a
             # raise included), work queued there must drain before their memory is reused.
-            if plan.schedule == "hide" or self.spec.overlap:
+            if schedule.uses_lanes or self.spec.overlap:
                 WindowLanes.for_engine(self.lane_splits, plan.draft_threads, plan.draft_sms).finish_request()
         wall = time.perf_counter() - t_start  # the tokens were read on the host: their work is done
         tl.resolve()
-        stats.update(
-            target_forwards=target.forwards,
-            draft_forwards=draft.forwards if draft is not None else 0,
-            head_forwards=head.forwards if head is not None else 0,
-            head_kind=self.head.kind if head is not None else None,
-            verifies=verifies,
-            # tau: tokens emitted per verify forward (accepted drafts + the bonus, after the cut
-            # at EOS / max_new_tokens)
-            accepted_per_verify=round(len(out) / max(verifies, 1), 4),
-            accepted_drafts_per_verify=round(drafts_emitted / max(verifies, 1), 4),
-            accepted_by_verify=accepted,
-            new_tokens=len(out),
-            wall_s=round(wall, 6),
-            tokens_per_s=round(len(out) / wall, 3) if wall > 0 else 0.0,
-            h2d_copies=transfers.h2d,
-            d2h_reads=transfers.d2h,
-            phases=tl.totals(),
-            **({"phases_host": tl.host_totals()} if tl.clock is not None else {}),
-            **self._memory_stats(),
-        )
-        return Result(out, stats, tl)
+        verifies = max(stats.verifies, 1)
+        stats.target_forwards = target.forwards
+        stats.draft_forwards = pre.draft.forwards if pre.draft is not None else 0
+        stats.head_forwards = head.forwards if head is not None else 0
+        stats.head_kind = self.head.kind if head is not None else None
+        # tau: tokens emitted per verify forward (accepted drafts + the bonus, after the cut at EOS /
+        # max_new_tokens)
+        stats.accepted_per_verify = round(len(out) / verifies, 4)
+        stats.accepted_drafts_per_verify = round(drafts_emitted / verifies, 4)
+        stats.new_tokens = len(out)
+        stats.wall_s = round(wall, 6)
+        stats.tokens_per_s = round(len(out) / wall, 3) if wall > 0 else 0.0
+        stats.h2d_copies, stats.d2h_reads = transfers.h2d, transfers.d2h
+        stats.phases = tl.totals()
+        if tl.clock is not None:
+            stats.phases_host = tl.host_totals()
+        stats.peak_memory_mb, stats.peak_memory_kind = self._peak_memory()
+        return Result(out, stats.as_dict(), tl)
 
-    def _memory_stats(self) -> dict:
+    def _peak_memory(self) -> tuple[float, str]:
         if self.target.device.type == "cuda":
-            return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(self.target.device) / 2**20, 1),
-                    "peak_memory_kind": "gpu_max_allocated"}
+            return round(torch.cuda.max_memory_allocated(self.target.device) / 2**20, 1), "gpu_max_allocated"
         import resource
 
         # ru_maxrss is in KiB on Linux: the process's peak resident set so far (not per request).
-        return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "peak_memory_kind": "cpu_peak_rss"}
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu_peak_rss"
 
-    # ------------------------------------------------------------------ pieces
+    # ------------------------------------------------------------------ the schedules' prefill steps
     def _check_positions(self, lm: LlamaModel, prepared: Prepared, req: Request, side: str) -> None:
         """A prompt (plus the answer) must fit the model's positions: past them RoPE extrapolates
         and the model was never trained there."""
@@ -375,163 +367,68 @@ class Engine:
             raise PhideError(f"the {side} prompt is {n} tokens, longer than the {side}'s "
                              f"max_position_embeddings ({limit})")
         if side == "target" and n + req.max_new_tokens > limit:
-            raise PhideError(f"the prompt ({n} tokens) plus --max-new-tokens ({req.max_new_tokens}) exceed the "
+            raise PhideError(f"the prompt ({n} tokens) plus max_new_tokens ({req.max_new_tokens}) exceed the "
                              f"target's max_position_embeddings ({limit}); ask for at most {limit - n} new tokens")
 
-    def _prepare_target(self, req, schedule, tl, transfers, stats) -> tuple[TargetRunner, Prepared]:
+    def prepare_target(self, run: RequestRun) -> tuple[TargetRunner, Prepared]:
         """Target lane: input preparation, then the prefill of the prompt minus its last token."""
+        req, tl = run.req, run.tl
         with tl.phase("target_prepare", "target"):
             prepared = self.target_side.prepare(req)
-        return self._prefill_target(req, schedule, prepared, tl, transfers, stats), prepared
-
-    def _prefill_target(self, req, schedule: str, prepared: Prepared, tl, transfers, stats) -> TargetRunner:
         self._check_positions(self.target, prepared, req, "target")
         # An EAGLE-3 head reads the target's low/middle/high layers: the target's forwards capture
-        # them (in the same forward, on the device) when the plan drafts with the head.
-        capture = self.head.capture if self.head is not None and schedule != "target-only" else None
+        # them (in the same forward, on the device) when the rounds draft with the head.
+        capture = self.head.capture if self.head is not None and run.schedule.drafts_rounds else None
         need = target_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec)
         static = self._target_step
         if static is not None and need > static.rows:
-            stats["target_graph"] = f"off: the request needs {need} target cache rows, the graphs' cache holds {static.rows}"
+            run.stats.target_graph = (f"off: the request needs {need} target cache rows, the graphs' cache holds "
+                                      f"{static.rows}")
             static = None
-        runner = TargetRunner(self.target, need, transfers, capture=capture, static=static)
+        runner = TargetRunner(self.target, need, run.transfers, capture=capture, static=static)
         with tl.phase("target_prefill", "target"):
-            if prepared.embeds is not None:
-                runner.prefill_features = runner.prefill(embeds=prepared.embeds[:, :-1].to(self.target.device))
-            else:
-                runner.prefill_features = runner.prefill(prepared.ids[:-1])
-        stats.update({f"target_{k}": v for k, v in prepared.info.items()})
-        return runner
+            embeds = prepared.embeds[:, :-1].to(self.target.device) if prepared.embeds is not None else None
+            runner.prefill_features = runner.prefill(None if embeds is not None else prepared.ids[:-1], embeds)
+        run.stats.input_info.update({f"target_{k}": v for k, v in prepared.info.items()})
+        return runner, prepared
 
-    def _prepare_draft(self, req, tl, transfers, stats) -> DraftRunner:
+    def prepare_draft(self, run: RequestRun) -> Drafter:
         """Draft lane: input preparation and prefill; the draft's last prompt token is its root."""
-        spec = self.spec
+        req, tl = run.req, run.tl
         with tl.phase("draft_prepare", "draft"):
             prepared = self.draft_side.prepare(req)
         self._check_positions(self.draft, prepared, req, "draft")
         cross = self.bridge is not None
-        need = draft_cache_rows(len(prepared.ids), req.max_new_tokens, spec, cross)
+        need = draft_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec, cross)
         static = self._draft_step
-        if static is not None and need > static.trash:
-            stats["draft_graph"] = f"off: the request needs {need} draft cache rows, the graph's cache holds {static.trash}"
+        if static is not None and need > static.capacity:
+            run.stats.draft_graph = (f"off: the request needs {need} draft cache rows, the graph's cache holds "
+                                     f"{static.capacity}")
             static = None
         runner = DraftRunner(self.draft, need, self.draft.cfg.vocab_size if cross else self.shared_vocab,
-                             adapter=self.draft_adapter, static=static, transfers=transfers)
+                             adapter=self.draft_adapter, static=static, transfers=run.transfers)
         with tl.phase("draft_prefill", "draft"):
-            device = self.draft.device
-            if prepared.embeds is not None:
-                runner.prefill(embeds=prepared.embeds[:, :-1].to(device), last_token=prepared.ids[-1])
-            else:
-                runner.prefill(prepared.ids[:-1], last_token=prepared.ids[-1])
-        stats.update({f"draft_{k}": v for k, v in prepared.info.items()})
-        return CrossVocabDraft(runner, self.bridge, prepared.ids) if cross else runner
+            embeds = prepared.embeds[:, :-1].to(self.draft.device) if prepared.embeds is not None else None
+            runner.prefill(None if embeds is not None else prepared.ids[:-1], embeds, last_token=prepared.ids[-1])
+        run.stats.input_info.update({f"draft_{k}": v for k, v in prepared.info.items()})
+        if not cross:
+            return runner
+        return CrossVocabDraft(runner, self.bridge, prepared.ids, target_vocab=self.shared_vocab)
 
-    def _grow_first_tree(self, draft, stop=None, on_step=None) -> Tree:
+    def grow_first_tree(self, draft: Drafter, stop=None, on_step=None) -> Tree:
         """The draft's first tree: the window's shape (grown inside the target's prefill in hide,
         after it in sequential)."""
         spec = self.spec
         return draft.grow(budget=spec.window_budget, topk=spec.topk, max_depth=spec.window_depth,
                           max_expansions=spec.window_depth * spec.topk, stop=stop, on_step=on_step)
 
-    def _head_runner(self, req, target: TargetRunner, prepared: Prepared, transfers) -> EagleRunner:
+    def _head_runner(self, run: RequestRun, target: TargetRunner, prepared: Prepared) -> EagleRunner:
         """The continuation head's runner, primed with the prompt's (embedding, feature) pairs."""
         with torch.inference_mode():
             embeds = (prepared.embeds[0].to(self.target.device) if prepared.embeds is not None else
-                      self.target.embed_tokens(transfers.upload(torch.tensor(prepared.ids, dtype=torch.int64))[0]))
+                      self.target.embed_tokens(run.transfers.upload(torch.tensor(prepared.ids, dtype=torch.int64))[0]))
         runner = EagleRunner(self.head, self.target, target,
-                             head_cache_rows(len(prepared.ids), req.max_new_tokens, self.spec))
+                             head_cache_rows(len(prepared.ids), run.req.max_new_tokens, self.spec))
         hidden = target.prefill_features
         runner.add_prompt(embeds, hidden[0] if hidden is not None else None, prepared.ids[-1])
         return runner
-
-    def _prefill(self, req, plan: Plan, tl, clock, transfers, stats):
-        """Input preparation and prefills for the schedule.
-
-        Returns (target runner, target Prepared, first tree or None, draft runner or None when
-        the schedule runs no draft or the draft failed).
-        """
-        if plan.schedule in ("target-only", "head-only"):
-            target, prepared = self._prepare_target(req, plan.schedule, tl, transfers, stats)
-            return target, prepared, None, None
-        if plan.schedule == "sequential":
-            target, prepared = self._prepare_target(req, plan.schedule, tl, transfers, stats)
-            try:
-                draft = self._prepare_draft(req, tl, transfers, stats)
-                if self.head is None:  # the draft drafts every round: no separate first tree
-                    return target, prepared, None, draft
-                # With a continuation head the draft only grows the first tree: the same work
-                # as in hide, but after the target's prefill instead of inside it.
-                with tl.phase("draft_grow", "draft"):
-                    tree = self._grow_first_tree(draft)
-                self._check_tree(tree, prepared.ids[-1])
-                return target, prepared, tree, draft
-            except PhideError:
-                raise  # bad input for the draft side is the user's error, not a draft fault
-            except Exception as exc:
-                self._fault(stats, exc)
-                return target, prepared, None, None
-
-        # hide: the draft lane prepares, prefills and grows the first tree while the target
-        # lane prepares its input and prefills. The window ends when the target's prefill is
-        # DONE on the device (a signal), not when its launch returns.
-        window = Window()
-        lane: dict = {}
-        progress: list = []  # (signal after the step, candidates so far): the root, then each step
-        lanes = WindowLanes.for_engine(self.lane_splits, plan.draft_threads, plan.draft_sms)
-        stats["window_lanes"] = lanes.describe()
-
-        def draft_lane():
-            try:
-                with lanes.draft():
-                    lane["runner"] = runner = self._prepare_draft(req, tl, transfers, stats)
-                    with tl.phase("draft_grow", "draft"):
-                        lane["tree"] = self._grow_first_tree(
-                            runner, stop=window, on_step=lambda n: progress.append((clock.record(), n)))
-            except BaseException as exc:  # reported on the main thread
-                lane["error"] = exc
-
-        done = CpuLane("draft", lanes.draft_threads).submit(draft_lane)
-        try:
-            with lanes.target():
-                with tl.phase("target_prepare", "target"):
-                    prepared = self.target_side.prepare(req)
-                target = self._prefill_target(req, plan.schedule, prepared, tl, transfers, stats)
-                window.arm(clock.record())  # on the target's stream, after its prefill
-        finally:
-            window.close()  # the target lane failed before arming it: end the window now
-            done.wait()  # draft_lane keeps its own errors in lane["error"]
-            lanes.join()
-        if isinstance(lane.get("error"), PhideError):
-            raise lane["error"]
-        if "error" in lane:
-            self._fault(stats, lane["error"])
-            return target, prepared, None, None
-        tree = lane["tree"]
-        try:
-            self._check_tree(tree, prepared.ids[-1])
-        except DraftFault as exc:
-            self._fault(stats, exc)
-            return target, prepared, None, None
-        # What the draft had FINISHED when the target's prefill finished, both in device time.
-        end = window.end().done_at()
-        inside = [n for sig, n in progress if sig.done_at() <= end]
-        stats["draft_tokens_in_window"] = min(max(inside, default=0), len(tree) - 1)
-        stats["draft_steps_in_window"] = max(0, len(inside) - 1)  # the first entry is the root's
-        return target, prepared, tree, lane["runner"]
-
-    def _check_tree(self, tree: Tree, root: int, vocab: int | None = None) -> None:
-        """A draft's tree must hang off the committed root and propose only ids the verifier may
-        take (`vocab`: the shared vocabulary for the draft, the target's for the head)."""
-        vocab = self.shared_vocab if vocab is None else vocab
-        if tree.tokens[0] == ROOT_FROM_TARGET and self.bridge is not None:
-            tree.tokens[0] = root
-        if tree.tokens[0] != root:
-            raise DraftFault("draft tree root is not the last committed token")
-        if any(not 0 <= t < vocab for t in tree.tokens[1:]):
-            raise DraftFault("draft proposed a token outside the shared vocabulary")
-
-    @staticmethod
-    def _fault(stats: dict, exc: BaseException) -> bool:
-        stats["faults"] += 1
-        stats.setdefault("fault_messages", []).append(f"{type(exc).__name__}: {exc}")
-        return False

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from phide.schedules import TARGET_ONLY
 from phide.engine import SpecConfig, draft_cache_rows, head_cache_rows, target_cache_rows, target_graph_rows
 from phide.speculation.static_verify import BUCKETS
 from phide.errors import PhideError
@@ -435,7 +436,7 @@ def plans(pair: PairShape, gpu_memory_gb: float, *, cal, spec: SpecConfig, max_n
     """Every placement with its predicted GiB (on the busiest GPU), whether it fits a card of
     `gpu_memory_gb`, and its predicted speedup over unquantized target-only (`cal`: a planner
     Calibration, measured or projected)."""
-    base = predicted_time(cal, pair, "none", None, 1, spec, max_new, schedule="target-only")
+    base = predicted_time(cal, pair, "none", None, 1, spec, max_new, schedule=TARGET_ONLY)
     out = []
     for name, tq, dq, gpus in layouts:
         if dq is not None and pair.draft is None:

@@ -4,17 +4,10 @@ machine's measured costs (a calibration, `phide calibrate`) and the acceptance s
 picks the fastest, falling back to target-only when nothing beats it by a margin. With no
 calibration it knows nothing of the draft's cost, so `auto` runs target-only (never slower).
 
-Schedules (phide.engine.Plan)
-  target-only       prepare + prefill + N decode steps
-  head-only         prepare + prefill, then rounds drafted by the EAGLE head
-  sequential        target prepare + prefill, then draft prepare + prefill + the first tree
-                    (`window_steps` draft steps), then rounds
-  hide(split)       the draft lane runs with a reserved split (SMs on a GPU, intra-op threads on a
-                    CPU) during the target's input preparation and prefill; the target's prefill
-                    stretches (`SplitCosts.target_prefill_s`); the draft's prepare + prefill + as
-                    many tree steps as fit happen inside the window
-After the first tree every schedule continues with the cheap drafter (the EAGLE head) when there is
-one, else with the draft model: rounds of (tree growth + one verify) emitting `tau` tokens each.
+Each schedule predicts its own cost (`Schedule.predict`, in its file under phide/schedules/; the
+hide schedule one candidate per calibrated lane split, labelled "hide@<split>"). After the first
+tree every schedule continues with the cheap drafter (the EAGLE head) when there is one, else with
+the draft model: rounds of (tree growth + one verify) emitting `tau` tokens each.
 
 The cost model is deliberately plain (a few measured numbers); `phide bench` prints its
 predictions beside the measured times, and profiling/calibrate.py checks them on scenes the
@@ -30,150 +23,42 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from phide import schedules
 from phide.engine import Plan
 from phide.errors import PhideError
+from phide.schedules.costs import Acceptance, Candidate, Costs, SplitCosts, TreeShape, split_label
+from phide.schedules.hide import hide_window, window_draft_steps
+
+__all__ = ["Acceptance", "Calibration", "Costs", "Planner", "SplitCosts", "hide_window", "pick", "predict",
+           "window_draft_steps", "h100_projection", "load_calibration", "save_calibration", "calibration_dir"]
 
 CALIBRATION_VERSION = 2
 
 
-@dataclass
-class SplitCosts:
-    """Costs while the draft lane holds a split: `draft_threads` intra-op threads of a CPU or
-    `draft_sms` SMs of a GPU (0 and 0: the lanes share everything)."""
-
-    target_prefill_s: float      # the target's prefill with the draft lane busy alongside
-    draft_prefill_s: float       # the draft's prepare + prefill on its split, alongside the target
-    draft_step_s: float          # one draft tree step on its split, alongside the target
-    draft_threads: int = 0
-    draft_sms: int = 0
-
-    @property
-    def label(self) -> str:
-        if self.draft_sms:
-            return f"hide@{self.draft_sms}sm"
-        return f"hide@{self.draft_threads}t" if self.draft_threads else "hide@shared"
+def candidates(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, budget: int = 24,
+               window_steps: int = 8, use_draft: bool = True) -> list[Candidate]:
+    """Every registered schedule's candidates (`Schedule.predict`); without a draft, none of the
+    schedules that need one."""
+    shape = TreeShape(depth=depth, budget=budget, window_steps=window_steps)
+    return [c for sch in schedules.all_schedules() if use_draft or not sch.needs_draft
+            for c in sch.predict(costs, acc, shape, new_tokens)]
 
 
-@dataclass
-class Costs:
-    """Seconds. Solo numbers are with the whole machine; `splits` lists the lane splits a
-    hide schedule may use."""
-
-    target_prepare_s: float      # input preparation (video decode/resize, vision tower)
-    prepare_idle: bool           # True when preparation leaves the device idle (GPU: CPU-side decode)
-    target_prefill_s: float
-    target_step_s: float         # one decode step (= verify of a lone root)
-    verify_extra_per_node_s: float  # verify(n nodes) = target_step_s + n * this
-    draft_prefill_s: float       # draft prepare + prefill, solo
-    draft_step_s: float          # one draft tree step, solo
-    head_step_s: float           # one continuation-head tree step (0 with no head)
-    splits: list[SplitCosts] = field(default_factory=list)
-
-    @staticmethod
-    def from_dict(d: dict) -> "Costs":
-        d = dict(d)
-        d["splits"] = [SplitCosts(**s) for s in d.get("splits", [])]
-        return Costs(**d)
-
-
-@dataclass
-class Acceptance:
-    """Tokens emitted per verify (accepted drafts + the bonus) for round trees from a drafter,
-    and the fraction of the first tree's levels the first verify accepts; each with the number
-    of observations behind it (0: a prior, which the first observation replaces)."""
-
-    tau: float = 1.0
-    window_accept_rate: float = 0.0
-    samples: int = 0
-    window_samples: int = 0
-
-    def update(self, tau: float, weight: float = 0.2) -> None:
-        """Online estimate: exponential average of observed tokens per verify."""
-        self.tau = tau if self.samples == 0 else (1 - weight) * self.tau + weight * tau
-        self.samples += 1
-
-    def update_window(self, rate: float, weight: float = 0.2) -> None:
-        self.window_accept_rate = rate if self.window_samples == 0 else (
-            (1 - weight) * self.window_accept_rate + weight * rate)
-        self.window_samples += 1
-
-
-def _rounds_time(costs: Costs, tokens: float, tau: float, depth: int, budget: int, step_s: float) -> float:
-    """Time to emit `tokens` with round trees: per round `depth` drafter steps (`step_s` each:
-    the head's, or the draft's when there is no head) and one verify of `budget` nodes. With no
-    drafter (step_s 0) or nothing accepted (tau <= 1): plain decode steps."""
-    if tokens <= 0:
-        return 0.0
-    if step_s <= 0 or tau <= 1.0:
-        return tokens * costs.target_step_s
-    per_round = depth * step_s + costs.target_step_s + budget * costs.verify_extra_per_node_s
-    return math.ceil(tokens / tau) * per_round
-
-
-def _first_tree_tokens(steps: int, acc: Acceptance) -> float:
-    """Expected tokens a first tree of `steps` levels contributes beyond the bonus."""
-    return min(steps, steps * acc.window_accept_rate)
-
-
-def hide_window(costs: Costs, sp: SplitCosts) -> tuple[float, float]:
-    """(window seconds, seconds of it left for tree steps after the draft's prepare + prefill;
-    negative: the target waits). The window is the target's preparation plus its (stretched)
-    prefill. Where preparation leaves the device idle (a GPU while the CPU decodes video) the
-    draft runs solo there, and only the rest of its prefill runs on its split alongside the target."""
-    prep = costs.target_prepare_s
-    window = prep + sp.target_prefill_s
-    if costs.prepare_idle:
-        solo = min(costs.draft_prefill_s, prep)
-        draft_ready = solo + (costs.draft_prefill_s - solo) * sp.draft_prefill_s / costs.draft_prefill_s
-    else:
-        draft_ready = sp.draft_prefill_s
-    return window, window - draft_ready
-
-
-def window_draft_steps(costs: Costs, sp: SplitCosts, window_steps: int) -> float:
-    """Draft tree steps expected to finish inside the window (fractional; capped at window_steps):
-    the spare time in draft forwards, less the first (it caches the root, no tree step) and half
-    a step (on average the one in flight when the window closes does not count)."""
-    _, spare = hide_window(costs, sp)
-    return max(0.0, min(float(window_steps), spare / sp.draft_step_s - 1.5)) if spare > 0 else 0.0
-
-
-def predict(costs: Costs, acc: Acceptance, *, new_tokens: int, depth: int = 6, budget: int = 24,
-            window_steps: int = 8, use_draft: bool = True) -> dict[str, float]:
-    """Every candidate schedule's predicted seconds, by label: "target-only", "head-only" (with
-    a head), "sequential" and one "hide@<split>" per calibrated split (with a draft)."""
-    base = costs.target_prepare_s + costs.target_prefill_s
-    out = {"target-only": base + new_tokens * costs.target_step_s}
-    if costs.head_step_s > 0:
-        out["head-only"] = base + _rounds_time(costs, new_tokens, acc.tau, depth, budget, costs.head_step_s)
-    if not use_draft:
-        return out
-    step = costs.head_step_s if costs.head_step_s > 0 else costs.draft_step_s  # the round drafter
-    # sequential: the full first tree after the prefill
-    k = window_steps
-    first = costs.target_step_s + k * costs.verify_extra_per_node_s  # one verify of the first tree
-    gain = _first_tree_tokens(k, acc)
-    out["sequential"] = (base + costs.draft_prefill_s + k * costs.draft_step_s + first
-                         + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
-    for sp in costs.splits:
-        window, spare = hide_window(costs, sp)
-        k = int(window_draft_steps(costs, sp, window_steps))
-        wait = max(0.0, -spare)  # the target waits for the draft's prefill to end
-        gain = _first_tree_tokens(k, acc)
-        out[sp.label] = (window + wait + costs.target_step_s + k * costs.verify_extra_per_node_s
-                         + _rounds_time(costs, new_tokens - gain - 1, acc.tau, depth, budget, step))
-    return out
+def predict(costs: Costs, acc: Acceptance, **kw) -> dict[str, float]:
+    """Every candidate's predicted seconds, by label (`candidates`)."""
+    return {c.label: c.seconds for c in candidates(costs, acc, **kw)}
 
 
 def pick(preds: dict[str, float], margin: float = 0.03) -> tuple[str, str]:
     """(label, reason): the fastest of `predict`'s candidates, or target-only unless another
     beats it by more than `margin` (relative): a near tie is not worth a draft's risk."""
-    alone = preds["target-only"]
+    base = schedules.TARGET_ONLY
+    alone = preds[base]
     label, t = min(preds.items(), key=lambda kv: kv[1])
-    if label == "target-only" or t > alone * (1 - margin):
-        return "target-only", (f"no schedule beats target-only by {margin:.0%} "
-                               f"(best {label} {t * 1e3:.1f} ms vs {alone * 1e3:.1f} ms)")
-    return label, f"{label} predicted {t * 1e3:.1f} ms vs target-only {alone * 1e3:.1f} ms"
+    if label == base or t > alone * (1 - margin):
+        return base, (f"no schedule beats {base} by {margin:.0%} "
+                      f"(best {label} {t * 1e3:.1f} ms vs {alone * 1e3:.1f} ms)")
+    return label, f"{label} predicted {t * 1e3:.1f} ms vs {base} {alone * 1e3:.1f} ms"
 
 
 # ----------------------------------------------------------------------------- calibration files
@@ -268,53 +153,56 @@ class Planner:
         """The answer length to plan for: the mean seen so far, at most the request's limit."""
         return max(1, min(max_new_tokens, round(self.tokens.tau))) if self.tokens.samples else max_new_tokens
 
-    def predictions(self, new_tokens: int) -> dict[str, float]:
-        """Every candidate's predicted seconds for an answer of `new_tokens` (empty without a
-        calibration)."""
+    def candidates(self, new_tokens: int) -> list[Candidate]:
+        """Every candidate (`planner.candidates`) for an answer of `new_tokens`, its seconds
+        scaled by the load (empty without a calibration)."""
         if self.costs is None:
-            return {}
+            return []
         costs = self.costs if self.has_head else dataclasses.replace(self.costs, head_step_s=0.0)
         acc = Acceptance(tau=self.head_acc.tau if self.has_head else self.draft_acc.tau,
                          window_accept_rate=self.draft_acc.window_accept_rate)
-        preds = predict(costs, acc, new_tokens=new_tokens, depth=self.depth, budget=self.budget,
-                        window_steps=self.window_steps, use_draft=self.has_draft)
-        return {k: v * self.load_scale for k, v in preds.items()}
+        found = candidates(costs, acc, new_tokens=new_tokens, depth=self.depth, budget=self.budget,
+                           window_steps=self.window_steps, use_draft=self.has_draft)
+        return [dataclasses.replace(c, seconds=c.seconds * self.load_scale) for c in found]
+
+    def predictions(self, new_tokens: int) -> dict[str, float]:
+        """Every candidate's predicted seconds by label (empty without a calibration)."""
+        return {c.label: c.seconds for c in self.candidates(new_tokens)}
 
     def predict(self, plan: Plan, new_tokens: int) -> float | None:
         """The predicted seconds of `plan` for an answer of `new_tokens` (None: no calibration,
         or a split the calibration did not measure)."""
-        label = plan.schedule
-        if plan.schedule == "hide":
-            label = SplitCosts(0, 0, 0, draft_threads=plan.draft_threads, draft_sms=plan.draft_sms).label
-        return self.predictions(new_tokens).get(label)
+        return self.predictions(new_tokens).get(schedules.get(plan.schedule).label(plan))
 
-    def decide(self, max_new_tokens: int, mode: str = "auto", split: dict | None = None) -> Plan:
+    def decide(self, max_new_tokens: int, mode: str = schedules.AUTO, split: dict | None = None) -> Plan:
         """The Plan for a request of at most `max_new_tokens` under `mode`: "auto" (the fastest
-        predicted schedule, target-only unless another beats it by `margin`), or a forced
-        schedule ("hide" takes the best calibrated split). `split` ({"draft_threads": n} or
-        {"draft_sms": n}) forces the lane split: hide is considered at that split only, and
-        every plan carries it (it is also where post-verify overlap grows)."""
-        preds = self.predictions(self._expected_tokens(max_new_tokens))
+        predicted candidate, target-only unless another beats it by `margin`), or a forced
+        schedule (its best candidate: for hide, the best calibrated split). `split`
+        ({"draft_threads": n} or {"draft_sms": n}) forces the lane split: candidates with a split
+        are considered at that split only, and every plan carries it (it is also where post-verify
+        overlap grows)."""
+        cands = self.candidates(self._expected_tokens(max_new_tokens))
         if split:
-            forced = SplitCosts(0, 0, 0, **split).label
-            preds = {k: v for k, v in preds.items() if not k.startswith("hide@") or k == forced}
-        if mode == "auto":
-            if not preds:
-                plan = Plan("target-only", reason="no calibration of this pair on this machine: target-only "
-                                                  "(run `phide calibrate`, or `phide eval --calibrate N`)")
+            forced = split_label(**split)
+            cands = [c for c in cands if not c.split or c.label == forced]
+        if mode == schedules.AUTO:
+            if not cands:
+                plan = Plan(schedules.TARGET_ONLY, reason="no calibration of this pair on this machine: "
+                            f"{schedules.TARGET_ONLY} (run `phide calibrate`, or `phide eval --calibrate N`)")
             else:
-                plan = self._plan(*pick(preds, self.margin), preds)
-        elif mode == "hide":
-            hides = {k: v for k, v in preds.items() if k.startswith("hide@")}
-            if hides:
-                label = min(hides, key=hides.get)
-                plan = self._plan(label, f"forced; the best calibrated split, {label}", preds)
-            else:
-                plan = Plan("hide", **(split or self.default_split),
+                plan = self._plan(*pick({c.label: c.seconds for c in cands}, self.margin), cands)
+        else:
+            mine = [c for c in cands if c.schedule == mode]
+            if mine:
+                best = min(mine, key=lambda c: c.seconds)
+                plan = self._plan(best.label, f"forced; the best calibrated split, {best.label}" if best.split
+                                  else "forced", cands)
+            elif schedules.get(mode).uses_lanes:
+                plan = Plan(mode, **(split or self.default_split),
                             reason="forced; " + ("the given split, not calibrated" if split else
                                                  "no calibrated split, the default one"))
-        else:
-            plan = self._plan(mode, "forced", preds)
+            else:
+                plan = Plan(mode, reason="forced")
         return dataclasses.replace(plan, **split) if split else plan
 
     def _observe_load(self, plan: Plan, stats: dict) -> None:
@@ -340,13 +228,10 @@ class Planner:
                 print(f"phide: warning: {info['warning']}", file=sys.stderr, flush=True)
         stats["prediction"] = info
 
-    def _plan(self, label: str, reason: str, preds: dict) -> Plan:
-        split = {}
-        if label.startswith("hide@"):
-            sp = next(s for s in self.costs.splits if s.label == label)
-            split = dict(draft_threads=sp.draft_threads, draft_sms=sp.draft_sms)
-        return Plan("hide" if label.startswith("hide@") else label, predicted_s=preds.get(label), reason=reason,
-                    **split)
+    @staticmethod
+    def _plan(label: str, reason: str, cands: list[Candidate]) -> Plan:
+        c = next(c for c in cands if c.label == label)
+        return Plan(c.schedule, predicted_s=c.seconds, reason=reason, **c.split)
 
     def observe(self, plan: Plan, stats: dict) -> None:
         """Learn from a finished request's stats: its length, the tokens per verify of the round
@@ -357,14 +242,15 @@ class Planner:
         self._observe_load(plan, stats)
         if stats.get("new_tokens"):
             self.tokens.update(float(stats["new_tokens"]))
-        if stats.get("verifies", 0) < 2 or plan.schedule == "target-only":
+        schedule = schedules.get(plan.schedule)
+        if stats.get("verifies", 0) < 2 or not schedule.drafts_rounds:
             return
         if stats.get("head_forwards"):
             self.head_acc.update(stats["accepted_per_verify"])
         elif stats.get("draft_forwards"):
             self.draft_acc.update(stats["accepted_per_verify"])
         steps = stats.get("first_tree_depth")
-        if steps and plan.schedule in ("sequential", "hide"):
+        if steps and schedule.grows_first_tree:
             self.draft_acc.update_window(min(1.0, stats.get("first_verify_accepted", 0) / steps))
 
 

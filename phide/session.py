@@ -21,7 +21,7 @@ import torch
 
 from phide.engine import Engine, Request, Result, SpecConfig
 from phide.errors import PhideError
-from phide.modes import MODES
+from phide import schedules
 from phide.planner import Calibration, Planner, calibration_dir, load_calibration
 
 
@@ -29,17 +29,17 @@ from phide.planner import Calibration, Planner, calibration_dir, load_calibratio
 class Session:
     engine: Engine
     planner: Planner
-    target: Any                      # the target frontend (tokenizer, prompt building)
-    draft: Any = None                # the draft frontend, or None
+    target_side: Any                 # the target frontend (tokenizer, prompt building), as Engine.target_side
+    draft_side: Any = None           # the draft frontend, or None
     key: dict | None = None          # what the calibration is keyed by (`pair_key`)
     memory_plan: dict | None = None  # the weight formats loaded and their predicted memory (`memory_plan`)
 
-    def generate(self, req: Request, mode: str = "auto", split: dict | None = None) -> Result:
+    def generate(self, req: Request, mode: str = schedules.AUTO, split: dict | None = None) -> Result:
         """Run one request: the planner decides the plan for `mode` (with `split`, that lane
         split: {"draft_threads": n} or {"draft_sms": n}), the engine runs it, the planner learns
         from the result. stats["mode"] is `mode`; stats["plan"] says what ran."""
-        if mode not in MODES:
-            raise PhideError(f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        if mode not in schedules.modes():
+            raise PhideError(f"unknown mode {mode!r} (choose from {', '.join(schedules.modes())})")
         plan = self.planner.decide(req.max_new_tokens, mode, split)
         result = self.engine.generate(req, plan)
         self.planner.observe(plan, result.stats)
@@ -50,7 +50,7 @@ class Session:
         return result
 
     def decode(self, ids: list[int]) -> str:
-        return self.target.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.target_side.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def resolve_device(device: str, dtype: str):

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "profiling"))
 from harness import append_csv, run_context, time_us  # noqa: E402
 
 from phide._ext import load_extension  # noqa: E402
-from phide.ops.reference.accept import tree_accept_greedy_torch  # noqa: E402
+from phide.ops.reference.accept import accept_path_torch  # noqa: E402
 
 CSV_PATH = ROOT / "profiling" / "results" / "tree_accept.csv"
 
@@ -75,8 +75,8 @@ def main() -> None:
         for N in args.N:
             for B in args.B:
                 tokens, parents, choice = make_inputs(B, N, V)
-                fns = {"torch": lambda: tree_accept_greedy_torch(tokens, parents, choice),
-                       "cpp": lambda: torch.ops.phide.tree_accept_greedy(tokens, parents, choice)}
+                fns = {"torch": lambda: accept_path_torch(tokens, parents, choice),
+                       "cpp": lambda: torch.ops.phide.accept_path(tokens, parents, choice)}
                 us = {}
                 for backend in args.backends:
                     us[backend] = time_us(fns[backend], args.min_time, args.min_iters)

@@ -102,7 +102,7 @@ import torch
 from phide._ext import load_extension
 if not load_extension():
     sys.exit("gpu_check: phide._C does not load after the build")
-if not torch._C._dispatch_has_kernel_for_dispatch_key("phide::tree_accept_greedy", "CUDA"):
+if not torch._C._dispatch_has_kernel_for_dispatch_key("phide::accept_path", "CUDA"):
     sys.exit("gpu_check: phide._C was built without its CUDA kernel")
 print("gpu_check: phide._C loads, with its CUDA kernel")
 EOF

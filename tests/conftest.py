@@ -42,3 +42,13 @@ def tiny_pair(tmp_path_factory):
     write_tiny_llama(other, seed=3, tokenizer_dir=other, hidden=64, layers=2, heads=4, kv_heads=2,
                      intermediate=128)
     return {"target": target, "near": near, "wrong": wrong, "other_vocab": other}
+
+
+@pytest.fixture(autouse=True)
+def _ops_backend_per_test():
+    """Each test starts with the ops' backend unchosen (PHIDE_OPS read at the first op or engine)."""
+    from phide import ops
+
+    ops._chosen = None
+    yield
+    ops._chosen = None

@@ -8,7 +8,7 @@ from phide import ops
 from phide.models.loading import load_llama
 from phide.models.tiny import tiny_llama_config
 from phide.ops.reference.kv_commit import commit_accepted_path
-from phide.speculation.tree import Tree, stack_trees, verify_batch_layout, verify_layout
+from phide.speculation.tree import Tree, stack_trees, tree_layout
 
 TREES = [
     Tree([5, 6, 7], [-1, 0, 1]),
@@ -42,7 +42,8 @@ def test_batched_verify_matches_single(tmp_path):
     for tree, prefix in zip(TREES, prefixes):
         cache = model.new_cache(1, 32)
         _prefill(model, cache, prefix)
-        pos, slots, mask = verify_layout(tree, prefix.shape[1])
+        one_tree = tree_layout([tree], [prefix.shape[1]])
+        pos, slots, mask = one_tree.positions, one_tree.slots, one_tree.mask()
         logits = model.logits(model(torch.tensor([tree.tokens]), positions=pos, cache=cache, slots=slots,
                                     attn_mask=mask, kv_len=prefix.shape[1] + len(tree)))[0]
         single.append((logits, cache))
@@ -54,7 +55,8 @@ def test_batched_verify_matches_single(tmp_path):
         _prefill(model, one, prefix)
         cache.k[:, b], cache.v[:, b] = one.k[:, 0], one.v[:, 0]
     tokens, parents = stack_trees(TREES, N)
-    pos, slots, mask = verify_batch_layout(TREES, lens, N)
+    layout = tree_layout(TREES, lens, N)
+    pos, slots, mask = layout.positions, layout.slots, layout.mask()
     logits = model.logits(model(tokens, positions=pos, cache=cache, slots=slots, attn_mask=mask,
                                 kv_len=mask.shape[-1]))
     for b, tree in enumerate(TREES):
@@ -72,12 +74,12 @@ def test_batched_verify_matches_single(tmp_path):
     logits = model.logits(model(tokens, positions=pos, cache=cache2, slots=slots, attn_mask=mask,
                                 kv_len=mask.shape[-1]))
     choice = torch.argmax(logits, -1)
-    nodes, out, n_acc = ops.tree_accept_greedy(tokens, parents, choice)
+    nodes, out, n_acc = ops.accept_path(tokens, parents, choice)
     assert n_acc.max() >= 1
     base = torch.tensor(lens)
     commit_accepted_path(cache2.k, cache2.v, base, nodes, n_acc)
     for b in range(B):
-        single_nodes, single_out, single_n = ops.tree_accept_greedy(tokens[b:b + 1, : len(TREES[b])],
+        single_nodes, single_out, single_n = ops.accept_path(tokens[b:b + 1, : len(TREES[b])],
                                                                     parents[b:b + 1, : len(TREES[b])],
                                                                     choice[b:b + 1, : len(TREES[b])])
         a = int(single_n[0])

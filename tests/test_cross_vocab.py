@@ -90,16 +90,16 @@ def test_cross_vocab_plumbing_accepts_a_right_draft(tiny_pair):
 
     engine = Engine(TextFrontend(target, t_tok), OracleFrontend(), eos_token_ids=list(target.cfg.eos_token_id),
                     vocab_bridge=bridge, spec=SpecConfig(depth=6, budget=7))
-    orig = engine._prepare_draft
+    orig = engine.prepare_draft
 
-    def prepare_with_oracle(req, tl, transfers, stats):
-        wrapper = orig(req, tl, transfers, stats)
+    def prepare_with_oracle(run):
+        wrapper = orig(run)
         assert isinstance(wrapper, CrossVocabDraft)
         wrapper.runner = _OracleRunner(future, ref)
         ref[0] = wrapper
         return wrapper
 
-    engine._prepare_draft = prepare_with_oracle
+    engine.prepare_draft = prepare_with_oracle
     res = engine.generate(Request(prompt=prompt, max_new_tokens=40), "sequential")
     assert res.token_ids == only.token_ids
     assert res.stats["accepted_per_verify"] >= 3.0, res.stats

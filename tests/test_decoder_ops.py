@@ -17,6 +17,7 @@ from phide.models.llama import LlamaConfig, LlamaModel, TreeAttention, rope_cos_
 from phide.ops.launch_count import LaunchCount
 from phide.ops.reference.rms_norm import add_rms_norm_torch, rms_norm_torch
 from phide.ops.reference.rope import rope_kv_write_torch
+from ops_choice import use_ops  # noqa: E402
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -256,9 +257,9 @@ def test_decode_hint_changes_nothing(monkeypatch):
 
 def test_decoder_ops_follow_the_backend(monkeypatch, ext):
     x = torch.zeros(1, 2, 8)
-    monkeypatch.setenv("PHIDE_OPS", "torch")
+    use_ops(monkeypatch, "torch")
     assert ops.decoder_ops(x, 4).add_rms_norm is ops.add_rms_norm
-    monkeypatch.setenv("PHIDE_OPS", "auto")
+    use_ops(monkeypatch, "auto")
     with torch.inference_mode():
         assert ops.decoder_ops(x, 4).add_rms_norm is torch.ops.phide.add_rms_norm
     assert ops.decoder_ops(x, 4).add_rms_norm is ops.add_rms_norm  # grad mode: the twins' autograd

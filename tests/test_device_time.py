@@ -15,6 +15,7 @@ from phide.planner import Costs, SplitCosts, window_draft_steps
 from phide.runtime.signals import DeviceClock, HostSignal, Window
 from phide.runtime.window_lanes import WindowLanes
 from sim_device import AsyncPrefill, ModelStandIn, SimClock, SimDevice, SimLanes
+from ops_choice import use_ops  # noqa: E402
 
 PREFILL_S = 0.25  # the target's prefill, in (simulated) device time
 STEP_S = 0.01     # each draft forward, paced so the count does not hang on the machine's speed
@@ -140,7 +141,7 @@ def test_host_traffic_budgets(tiny_pair, backend, monkeypatch):
     from phide.speculation.tree import Tree
     from sim_device import HostReads
 
-    monkeypatch.setenv("PHIDE_OPS", backend)
+    use_ops(monkeypatch, backend)
     target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
     ids = [1, 17, 42, 99, 5, 23]
     with HostReads() as reads:

@@ -178,7 +178,7 @@ def test_bad_runs_are_one_clear_error(toy, uninterrupted, tmp_path):
 def test_distill_on_a_gpu_trains_in_bf16_autocast(toy, tmp_path):
     """On a GPU: the frozen pair in bf16, the head's fp32 master weights under bf16 autocast,
     online and offline features; the saved head loads and drafts (the answers' identity in bf16
-    is reported: near-ties may differ, README's numerics table)."""
+    is reported: near-ties may differ, the numerics table in docs/gpu.md)."""
     for extra in ([], ["--features", str(tmp_path / "f")]):
         out = tmp_path / f"gpu{len(extra)}"
         rc, stdout, err = run_cli(_args(toy, out, "--device", "cuda", *extra))

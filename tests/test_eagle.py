@@ -10,7 +10,7 @@ from phide.distill.features import Entry, OnlineSource
 from phide.distill.head import fit_head, new_head
 from phide.distill.validate import top1_by_step
 from phide.engine import Engine, Request, SpecConfig
-from phide.modes import SCHEDULES
+from phide import schedules
 from phide.errors import PhideError
 from phide.models.heads import load_head
 from phide.models.loading import load_llama, load_tokenizer
@@ -84,7 +84,7 @@ def test_engine_with_head_is_lossless_and_accepts(trained, tiny_pair):
         ids = trained["tok"](prompt)["input_ids"]
         ref = trained["hf"].generate(torch.tensor([ids]), do_sample=False, max_new_tokens=30, eos_token_id=2,
                                      pad_token_id=0)[0, len(ids):].tolist()
-        for mode in SCHEDULES:
+        for mode in schedules.names():
             res = engine.generate(Request(prompt_ids=ids, max_new_tokens=30), mode)
             assert res.token_ids == ref, (prompt, mode)
             assert res.stats["faults"] == 0, res.stats.get("fault_messages")

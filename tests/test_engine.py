@@ -173,7 +173,7 @@ def test_bad_requests(models):
     long_prompt = [1] + [5] * models["target"].cfg.max_position_embeddings
     for eng, req, plan, msg in [
         (engine, Request(prompt_ids=[]), "hide", "empty"),
-        (engine, Request(prompt_ids=[1, 5], max_new_tokens=0), "hide", "max-new-tokens"),
+        (engine, Request(prompt_ids=[1, 5], max_new_tokens=0), "hide", "max_new_tokens"),
         (engine, Request(prompt_ids=[1, 5]), "fast", "schedule"),
         (engine, Request(prompt_ids=[1, 10**6]), "hide", "vocabulary"),
         (engine, Request(prompt_ids=[1, 5], temperature=-1.0), "hide", "temperature"),

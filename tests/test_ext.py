@@ -19,7 +19,8 @@ import torch  # noqa: E402
 
 from phide import ops  # noqa: E402
 from phide._ext import load_extension  # noqa: E402
-from phide.ops.reference.accept import tree_accept_greedy_torch  # noqa: E402
+from phide.ops.reference.accept import accept_path_torch  # noqa: E402
+from ops_choice import use_ops  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,8 +112,8 @@ def test_greedy_matches_twin(B, V, n_batches):
     for k in range(n_batches):
         N = rng.choice([1, 2, 5, 13, 16, 21])
         tokens, parents, choice = random_batch(rng, B, N, V)
-        got = torch.ops.phide.tree_accept_greedy(tokens, parents, choice)
-        want = tree_accept_greedy_torch(tokens, parents, choice)
+        got = torch.ops.phide.accept_path(tokens, parents, choice)
+        want = accept_path_torch(tokens, parents, choice)
         assert_same(got, want, f"greedy B={B} N={N} V={V} batch {k}")
         depths += got[2].tolist()
     print(f"greedy B={B} V={V} accept_len histogram:", torch.bincount(torch.tensor(depths)).tolist())
@@ -128,7 +129,7 @@ def _small_inputs(B=3, N=9, V=11):
 
 def test_opcheck_greedy():
     tokens, parents, choice = _small_inputs()
-    torch.library.opcheck(torch.ops.phide.tree_accept_greedy.default, (tokens, parents, choice))
+    torch.library.opcheck(torch.ops.phide.accept_path.default, (tokens, parents, choice))
 
 
 def test_torch_compile_fullgraph():
@@ -136,7 +137,7 @@ def test_torch_compile_fullgraph():
     tokens, parents, choice = _small_inputs()
 
     def step(tokens, parents, choice):
-        return torch.ops.phide.tree_accept_greedy(tokens, parents, choice)[2] + 1
+        return torch.ops.phide.accept_path(tokens, parents, choice)[2] + 1
 
     compiled = torch.compile(step, fullgraph=True, backend="eager")
     args = (tokens, parents, choice)
@@ -147,8 +148,8 @@ def test_ops_backends_agree(monkeypatch):
     tokens, parents, choice = _small_inputs(B=6, N=16, V=50)
     results = {}
     for backend in ("torch", "cpp"):
-        monkeypatch.setenv("PHIDE_OPS", backend)
-        results[backend] = ops.tree_accept_greedy(tokens, parents, choice)
+        use_ops(monkeypatch, backend)
+        results[backend] = ops.accept_path(tokens, parents, choice)
     assert_same(results["cpp"], results["torch"], "phide.ops greedy")
 
 
@@ -157,7 +158,7 @@ def test_ops_backends_agree(monkeypatch):
 
 def test_bad_input_raises():
     tokens, parents, choice = _small_inputs()
-    greedy = torch.ops.phide.tree_accept_greedy
+    greedy = torch.ops.phide.accept_path
     with pytest.raises(RuntimeError, match="tokens must be Long"):
         greedy(tokens.int(), parents, choice)
     with pytest.raises(RuntimeError, match=r"parents must be \[B, N\]"):
@@ -175,9 +176,9 @@ def test_unsorted_tree_is_rejected_like_the_twin():
     parents = torch.tensor([[-1, 2, 0]])  # parent after child
     choice = torch.tensor([[2, 3, 3]])
     with pytest.raises(RuntimeError, match="not topologically sorted"):  # an asynchronous assert
-        tree_accept_greedy_torch(tokens, parents, choice)
+        accept_path_torch(tokens, parents, choice)
     with pytest.raises(ValueError, match="not topologically sorted"):
-        torch.ops.phide.tree_accept_greedy(tokens, parents, choice)
+        torch.ops.phide.accept_path(tokens, parents, choice)
 
 
 # ----------------------------------------------------------------------------- CUDA (GPU machines)
@@ -186,12 +187,12 @@ def test_unsorted_tree_is_rejected_like_the_twin():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_matches_twin():
-    if not torch._C._dispatch_has_kernel_for_dispatch_key("phide::tree_accept_greedy", "CUDA"):
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("phide::accept_path", "CUDA"):
         pytest.skip("phide._C was built without CUDA (rebuild with PHIDE_BUILD_CUDA=1)")
     rng = random.Random(3)
     for B, V in ((1, 1000), (5, 7), (37, 1000), (130, 7)):  # 130 > one block of 128 threads
         for N in (1, 5, 16, 21):
             tokens, parents, choice = random_batch(rng, B, N, V)
-            got = torch.ops.phide.tree_accept_greedy(tokens.cuda(), parents.cuda(), choice.cuda())
-            want = tree_accept_greedy_torch(tokens, parents, choice)
+            got = torch.ops.phide.accept_path(tokens.cuda(), parents.cuda(), choice.cuda())
+            want = accept_path_torch(tokens, parents, choice)
             assert_same([t.cpu() for t in got], want, f"CUDA greedy B={B} N={N} V={V}")

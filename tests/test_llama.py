@@ -7,7 +7,7 @@ from transformers import LlamaForCausalLM
 from phide.errors import PhideError
 from phide.models.loading import load_llama
 from phide.models.tiny import tiny_llama_config
-from phide.speculation.tree import Tree, verify_layout
+from phide.speculation.tree import Tree, tree_layout
 
 CONFIGS = {
     "gqa": dict(heads=4, kv_heads=2),
@@ -72,7 +72,8 @@ def test_tree_forward_equals_each_path(tmp_path):
     pos = torch.arange(P).unsqueeze(0)
     ours(prefix, positions=pos, cache=cache, slots=pos,
          attn_mask=torch.ones(P, P, dtype=torch.bool).tril().unsqueeze(0), kv_len=P)
-    positions, slots, mask = verify_layout(tree, P)
+    layout = tree_layout([tree], [P])
+    positions, slots, mask = layout.positions, layout.slots, layout.mask()
     logits = ours.logits(ours(torch.tensor([tree.tokens]), positions=positions, cache=cache, slots=slots,
                               attn_mask=mask, kv_len=P + len(tree)))[0]
     for node in range(len(tree)):

@@ -154,7 +154,7 @@ def test_planner_drops_an_always_wrong_draft(tiny_pair):
     costs = _costs(head_step_s=0.0, draft_step_s=1 * MS, draft_prefill_s=5 * MS, splits=[])
     prior = Calibration(costs, Acceptance(), Acceptance(3.0, window_accept_rate=0.9, samples=0), 12)
     session = Session(Engine(target, wrong, eos_token_ids=[]),
-                      Planner(prior, has_draft=True, has_head=False), target=None)
+                      Planner(prior, has_draft=True, has_head=False), target_side=None)
     alone = Engine(target, eos_token_ids=[])
     plans = []
     for i in range(4):

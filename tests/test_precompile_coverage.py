@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from kernel_marks import needs_triton  # first: sets TRITON_INTERPRET
+from ops_choice import use_ops  # noqa: E402
 
 pytestmark = needs_triton
 
@@ -75,7 +76,7 @@ def test_every_verify_and_draft_step_launch_was_precompiled(dtype, head_dim, mon
     from phide.speculation.runners import DraftRunner, TargetRunner
     from phide.speculation.tree import Tree
 
-    monkeypatch.setenv("PHIDE_OPS", "triton")
+    use_ops(monkeypatch, "triton")
     target, draft = _models(dtype, head_dim)
     engine = Engine(target, draft, eos_token_ids=[])
     want = _precompiled_keys(engine.kernels)
@@ -116,7 +117,7 @@ def test_every_launch_of_every_schedule_was_precompiled(monkeypatch):
     from phide.engine import Engine, Request, SpecConfig
     from phide.models.eagle3 import Eagle3Head
 
-    monkeypatch.setenv("PHIDE_OPS", "triton")
+    use_ops(monkeypatch, "triton")
     target, draft = _models(torch.bfloat16, 80, draft_vocab=300)  # 300: not a multiple of 16, the target's 320 is
     head = Eagle3Head(target.cfg, capture=(0, 1), draft_vocab=200).to(torch.bfloat16).eval()
     want = None
@@ -132,7 +133,7 @@ def test_every_launch_of_every_schedule_was_precompiled(monkeypatch):
                 res = engine.generate(Request(prompt_ids=list(range(1, n + 1)), max_new_tokens=6), mode)
                 assert res.stats["faults"] == 0, res.stats
         monkeypatch.undo()
-        monkeypatch.setenv("PHIDE_OPS", "triton")
+        use_ops(monkeypatch, "triton")
         assert {v.split()[0] for v in rec.keys.values()} >= {"_tree_topk_kernel", "_kv_commit_kernel",
                                                             "_gumbel_argmax_kernel", "_prefix_partial_kernel"}
         missing = {k: v for k, v in rec.keys.items() if k not in want}

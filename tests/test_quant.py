@@ -14,7 +14,7 @@ import torch
 
 from cli_run import run_cli
 from phide.errors import PhideError
-from phide.modes import MODES
+from phide import schedules
 from phide.models import quant
 
 pytest.importorskip("torchao")
@@ -58,11 +58,11 @@ def test_quantized_draft_keeps_the_toy_targets_tokens_in_every_mode(scheme, toy_
 
     for variant in ("main", "no-head"):  # the head drafts rounds in main; the quantized draft every round without it
         session = _quiet(bundled_session, variant, calibration=None, draft_quant=scheme)
-        assert _stored_as(session.draft.lm.layers[0].mlp.up_proj) == scheme
-        assert _stored_as(session.target.lm.layers[0].mlp.up_proj) == "none"
+        assert _stored_as(session.draft_side.lm.layers[0].mlp.up_proj) == scheme
+        assert _stored_as(session.target_side.lm.layers[0].mlp.up_proj) == "none"
         assert session.memory_plan["draft_quant"] == scheme
         for req, ref in zip(toy_requests, toy_reference):
-            for mode in MODES:
+            for mode in schedules.modes():
                 if variant == "no-head" and mode == "head-only":
                     continue
                 result = session.generate(req, mode)
@@ -81,7 +81,7 @@ def test_the_quantized_draft_really_drafts_with_quantized_weights(toy_requests):
     from phide.tools.bench import bundled_session
 
     def draft_logits(session):
-        d = session.draft
+        d = session.draft_side
         ids = torch.tensor([list(range(3, 40))])
         n = ids.shape[1]
         cache = d.lm.new_cache(1, n)
@@ -236,7 +236,7 @@ def test_a_staged_load_reaches_the_gpu_quantized(monkeypatch):
 def test_quantized_draft_on_a_gpu(scheme, toy_requests):
     """On a GPU: the quantized draft loads staged (the peak while loading stays near what is
     finally held), and in fp32 (int8, nf4) the tokens equal target-only's in hide and sequential;
-    int4 needs bf16, where tokens may differ from target-only by near-ties (see README, Numerics),
+    int4 needs bf16, where tokens may differ from target-only by near-ties (see docs/gpu.md, Numerics),
     so it is only run and checked for faults."""
     from phide.tools.bench import bundled_session
 

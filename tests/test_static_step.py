@@ -54,7 +54,7 @@ def test_static_step_matches_the_dynamic_step(tiny_pair, topk):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     # every real cache row identical; only the static runner's trash row differs
     rows = r_dyn.cache.max_len
-    assert r_sta.cache.max_len == rows + 1 and r_sta.static.trash == rows
+    assert r_sta.cache.max_len == rows + 1 and r_sta.static.capacity == rows
     torch.testing.assert_close(r_sta.cache.k[:, :, :, :rows], r_dyn.cache.k)
 
 
@@ -110,7 +110,7 @@ def test_the_graph_step_is_made_once_per_engine_outside_any_window(tiny_pair, mo
     engine = Engine(target, near, spec=SpecConfig(topk=3, depth=4, budget=10, draft_graph=True), eos_token_ids=[])
     assert made == [threading.current_thread().name]
     step = engine._draft_step
-    assert step.trash == min(near.cfg.max_position_embeddings, DRAFT_GRAPH_ROWS)
+    assert step.capacity == min(near.cfg.max_position_embeddings, DRAFT_GRAPH_ROWS)
     ids = load_tokenizer(tiny_pair["target"])("Describe the scene.")["input_ids"]
     for mode in ("hide", "sequential", "hide"):
         res = engine.generate(Request(prompt_ids=ids, max_new_tokens=12), mode)

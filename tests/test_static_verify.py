@@ -1,6 +1,6 @@
 """The target's static-shape verify (phide.speculation.static_verify): what the dynamic verify
 computes, bucket by bucket; lossless in the engine; and with torch.cuda's graph API faked as a
-device behaves (tests/sim_device.FakeCuda: a replay re-runs the captured ops on the captured
+device behaves (`FakeCuda` in tests/sim_device.py: a replay re-runs the captured ops on the captured
 tensors), every verify and decode step after warm-up is exactly one replay, while a tree with no
 bucket and a green split's stream run eagerly."""
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from phide.errors import DraftFault
-from phide.speculation.tree import Tree, TreeGrower, ancestor_mask, chain, stack_trees, verify_layout
+from phide.speculation.tree import Tree, TreeGrower, ancestor_mask, chain, stack_trees, tree_layout
 
 
 def test_chain_and_depths():
@@ -31,9 +31,10 @@ def test_ancestor_mask_and_padding():
     assert torch.equal(m, expect)
 
 
-def test_verify_layout():
+def test_tree_layout_places_the_tree_after_its_prefix():
     t = Tree(tokens=[5, 6, 7, 8], parents=[-1, 0, 0, 2])
-    pos, slots, mask = verify_layout(t, 10)
+    layout = tree_layout([t], [10])
+    pos, slots, mask = layout.positions, layout.slots, layout.mask()
     assert pos.tolist() == [[10, 11, 11, 12]]
     assert slots.tolist() == [[10, 11, 12, 13]]
     assert mask.shape == (1, 4, 14) and mask[0, :, :10].all()

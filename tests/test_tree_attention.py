@@ -7,9 +7,10 @@ from kernel_marks import DEVICE, needs_interpreter, needs_triton  # first: sets 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from phide.speculation.tree import Tree, stack_trees, tree_attention_layout, verify_batch_layout  # noqa: E402
+from phide.speculation.tree import Tree, stack_trees, tree_layout  # noqa: E402
 from phide.ops.reference.tree_attention import (MAX_TREE_NODES, ancestor_bits, tree_attention_torch,  # noqa: E402
                                                 tree_visibility)
+from ops_choice import use_ops  # noqa: E402
 
 
 # Kernel vs twin, per dtype (atol, rtol): fp32 differs by summation order only; fp16/bf16 also
@@ -101,8 +102,8 @@ def test_twin_matches_loop_reference():
 def test_structured_layout_is_the_dense_mask():
     trees = [Tree([1, 2, 3, 4], [-1, 0, 0, 2]), Tree([5], [-1]), Tree([6, 7, 8], [-1, 0, 1])]
     lens, n = [3, 9, 0], 5
-    _, _, mask = verify_batch_layout(trees, lens, n)
-    ta = tree_attention_layout(trees, lens, n)
+    layout = tree_layout(trees, lens, n)
+    mask, ta = layout.mask(), layout.tree_attention()
     assert ta.n_nodes.tolist() == [4, 1, 3] and torch.equal(ta.tree_start, ta.prefix_len)
     assert torch.equal(tree_visibility(ta.prefix_len, ta.tree_start, ta.ancestors, mask.shape[2]), mask)
 
@@ -119,13 +120,14 @@ def _tiny_model():
 def _decoder_tree_vs_dense(model, monkeypatch, backend):
     """Prefill two requests of different lengths, then verify two different trees with the dense
     mask and with the structured TreeAttention; returns both logits and the real-node mask."""
-    monkeypatch.setenv("PHIDE_OPS", backend)
+    use_ops(monkeypatch, backend)
     trees = [Tree([3, 4, 5, 6, 7], [-1, 0, 0, 1, 3]), Tree([8, 9, 10], [-1, 0, 0])]
     lens, n = [6, 11], 5
     tokens, _ = stack_trees(trees, n)
-    pos, slots, mask = verify_batch_layout(trees, lens, n)
+    layout = tree_layout(trees, lens, n)
+    pos, slots, mask = layout.positions, layout.slots, layout.mask()
     out = []
-    for tree_attn in (None, tree_attention_layout(trees, lens, n)):
+    for tree_attn in (None, layout.tree_attention()):
         cache = model.new_cache(2, 20)
         prompt = torch.arange(22).view(2, 11) % 60
         causal = torch.ones(11, 11, dtype=torch.bool).tril().expand(2, 11, 11).clone()
@@ -232,7 +234,7 @@ def test_engine_greedy_tokens_same_with_triton_attention_and_topk(tiny_pair, mon
     ids = [1, 17, 42, 99, 5]
     ref, got = {}, {}
     for backend, out in (("torch", ref), ("triton", got)):
-        monkeypatch.setenv("PHIDE_OPS", backend)
+        use_ops(monkeypatch, backend)
         for mode in ("target-only", "sequential"):
             out[mode] = engine.generate(Request(prompt_ids=ids, max_new_tokens=8), mode).token_ids
         if backend == "torch":

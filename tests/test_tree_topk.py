@@ -10,6 +10,7 @@ import torch  # noqa: E402
 from phide.errors import DraftFault  # noqa: E402
 from phide.speculation.tree import TreeGrower  # noqa: E402
 from phide.ops.reference.tree_topk import tree_topk_torch  # noqa: E402
+from ops_choice import use_ops  # noqa: E402
 
 NINF, NAN, INF = float("-inf"), float("nan"), float("inf")
 # The interpreter runs kernels in numpy, which warns on the log(0) / inf - inf of degenerate rows.
@@ -152,7 +153,7 @@ def test_grower_builds_the_same_tree_on_both_backends(monkeypatch):
     monkeypatch.setattr(kernel, "tree_topk_triton", lambda *a: calls.append(1) or real(*a))
     trees = {}
     for backend in ("torch", "triton"):
-        monkeypatch.setenv("PHIDE_OPS", backend)
+        use_ops(monkeypatch, backend)
         grower = TreeGrower(0, table[0], topk=3, max_depth=4)
         while grower.can_grow():
             grower.step(_table_expand(grower, table))

@@ -21,6 +21,7 @@ from phide.ops.reference.hash_noise import (  # noqa: E402
     log_f32,
     seed_key,
 )
+from ops_choice import use_ops  # noqa: E402
 
 try:
     import triton
@@ -325,11 +326,11 @@ def test_engine_with_triton_kernels_matches_the_torch_twins(tiny_pair, monkeypat
     ids = [1, 17, 42, 99, 5]
     for temperature in (0.0, 0.9):
         ref = {}
-        monkeypatch.setenv("PHIDE_OPS", "torch")
+        use_ops(monkeypatch, "torch")
         for mode in ("target-only", "hide"):
             ref[mode] = engine.generate(Request(prompt_ids=ids, max_new_tokens=10, temperature=temperature,
                                                 seed=4), mode).token_ids
-        monkeypatch.setenv("PHIDE_OPS", "triton")
+        use_ops(monkeypatch, "triton")
         for mode in ("target-only", "hide"):
             got = engine.generate(Request(prompt_ids=ids, max_new_tokens=10, temperature=temperature,
                                           seed=4), mode).token_ids
@@ -349,7 +350,7 @@ def test_a_tree_wider_than_a_kernel_tile_commits_only_its_path(tiny_pair, monkey
     target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
     ids = [1, 17, 42, 99, 5]
     ref = Engine(target, eos_token_ids=[]).generate(Request(prompt_ids=ids, max_new_tokens=10), "target-only")
-    monkeypatch.setenv("PHIDE_OPS", "triton")
+    use_ops(monkeypatch, "triton")
     sizes = []
     verify = TargetRunner.verify
     monkeypatch.setattr(TargetRunner, "verify", lambda self, tree, *a: sizes.append(len(tree)) or verify(self, tree, *a))
@@ -396,8 +397,8 @@ def test_the_engine_prepares_its_kernels_at_load_only_when_it_launches_them(tiny
     from phide.models.loading import load_llama
 
     target, near = load_llama(tiny_pair["target"]), load_llama(tiny_pair["near"])
-    monkeypatch.setenv("PHIDE_OPS", "torch")
+    use_ops(monkeypatch, "torch")
     assert Engine(target, near).kernels == []
-    monkeypatch.setenv("PHIDE_OPS", "triton")
+    use_ops(monkeypatch, "triton")
     ops_listed = {v.op for v in Engine(target, near).kernels}
     assert {"tree_attention", "tree_topk", "gumbel_choices", "kv_commit"} <= ops_listed

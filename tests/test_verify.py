@@ -16,8 +16,8 @@ from phide.ops.reference import accept as V  # noqa: E402
 from phide.ops.reference.kv_commit import commit_accepted_path, gather_rows_  # noqa: E402
 
 GREEDY = [
-    pytest.param(V.tree_accept_greedy_torch, id="twin"),
-    pytest.param(ops.tree_accept_greedy, id="ops"),
+    pytest.param(V.accept_path_torch, id="twin"),
+    pytest.param(ops.accept_path, id="ops"),
 ]
 
 
@@ -206,7 +206,7 @@ def test_greedy_random_trees_invariants_and_ops_agree(fn):
             prev, node = int(accept_nodes[b, i - 1]), int(accept_nodes[b, i])
             first = next(c for c in kids[prev] if int(tokens[b, c]) == int(choice[b, prev]))
             assert node == first
-    ref = V.tree_accept_greedy_torch(tokens, parents, choice)
+    ref = V.accept_path_torch(tokens, parents, choice)
     for o, r in zip(out, ref):
         assert torch.equal(o.to(torch.int64), r)
 

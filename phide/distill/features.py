@@ -120,7 +120,7 @@ class OnlineSource:
     def draft_hidden(self, e: Entry) -> torch.Tensor:
         """The frozen draft over its own prompt + the target's answer: its final states at the A
         positions whose next token is an answer token [A, Hd]."""
-        from phide.speculation.runners import causal_inputs
+        from phide.speculation.runners import cache_new_rows
 
         draft_side = self.engine.draft_side
         lm = draft_side.lm
@@ -130,8 +130,7 @@ class OnlineSource:
                   lm.embed_tokens(torch.tensor(prep.ids, dtype=torch.int64, device=dev)))
         x = torch.cat([prompt, lm.embed_tokens(torch.tensor(e.answer, dtype=torch.int64, device=dev))]).unsqueeze(0)
         n, P = x.shape[1], prompt.shape[0]
-        pos, mask = causal_inputs(0, n, dev)
-        hidden = lm(inputs_embeds=x, positions=pos, cache=lm.new_cache(1, n), slots=pos, attn_mask=mask, kv_len=n)
+        hidden = cache_new_rows(lm, lm.new_cache(1, n), 0, n, dev, inputs_embeds=x)
         return hidden[0, P - 1: n - 1]
 
     def adapter_batch(self, entries: list[Entry]) -> AdapterBatch:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from phide.schedules import HEAD_ONLY
 from phide.distill.features import item_request
 from phide.distill.ttt import ttt_forward
 from phide.models.llama import rope_inv_freq
@@ -38,7 +39,7 @@ def validate_head(engine, head, held: list, source, *, max_new_tokens: int, ttt_
         runner = Engine(engine.target_side, None, head=h, eos_token_ids=sorted(engine.eos), spec=engine.spec)
         stats, same = [], 0
         for e in held:  # the answers are the target's own greedy ones at the same max_new_tokens
-            res = runner.generate(item_request(e.item, max_new_tokens), "head-only")
+            res = runner.generate(item_request(e.item, max_new_tokens), HEAD_ONLY)
             stats.append(res.stats)
             same += res.token_ids == e.answer
         out = {"val_tau": sum(s["new_tokens"] for s in stats) / max(1, sum(s["verifies"] for s in stats)),

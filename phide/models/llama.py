@@ -163,7 +163,7 @@ class KVCache:
 class TreeAttention:
     """A tree-verify batch, described instead of masked: pass it as `LlamaModel.forward(tree=...)`
     and attention runs through `ops.tree_attention` (no dense [B, T, kv_len] mask is read).
-    phide.speculation.tree.tree_attention_layout builds it.
+    phide.speculation.tree.VerifyLayout.tree_attention builds it.
 
     prefix_len [B] int64: committed cache rows, visible to every node.
     tree_start [B] int64: cache row of tree node 0; the forward's slots must be tree_start + j.

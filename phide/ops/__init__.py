@@ -21,15 +21,27 @@ _BACKENDS = ("auto", "torch", "cpp", "triton")
 
 # The ops that are ONE kernel launch on the GPU path (a Triton or CUDA kernel there; a torch twin
 # on a CPU). phide.ops.launch_count counts each call of these once, whatever its twin dispatches.
-ONE_KERNEL_OPS = ("tree_accept_greedy", "gumbel_choices", "kv_commit", "tree_attention", "tree_topk",
+ONE_KERNEL_OPS = ("accept_path", "gumbel_choices", "kv_commit", "tree_attention", "tree_topk",
                   "causal_attention", "rms_norm", "add_rms_norm", "rope_kv_write")
 
 
-def backend() -> str:
-    choice = os.environ.get("PHIDE_OPS", "auto").strip().lower() or "auto"
+_chosen: str | None = None  # the backend in force (choose_backend); None: not chosen yet
+
+
+def choose_backend(name: str | None = None) -> str:
+    """Choose the backend for every op from now on: `name`, or PHIDE_OPS (default auto). An
+    engine chooses once when it is built; ops called before any choice read PHIDE_OPS then."""
+    global _chosen
+    choice = (name if name is not None else os.environ.get("PHIDE_OPS", "auto")).strip().lower() or "auto"
     if choice not in _BACKENDS:
         raise ValueError(f"PHIDE_OPS={choice!r}: expected one of {', '.join(_BACKENDS)}")
+    _chosen = choice
     return choice
+
+
+def backend() -> str:
+    """The backend in force (no environment read per op call)."""
+    return _chosen if _chosen is not None else choose_backend()
 
 
 def _use_compiled(*tensors: torch.Tensor) -> bool:
@@ -47,17 +59,19 @@ def _use_compiled(*tensors: torch.Tensor) -> bool:
     if device == "cpu":
         return True
     return device == "cuda" and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "phide::tree_accept_greedy", "CUDA"
+        "phide::accept_path", "CUDA"
     )
 
 
-def tree_accept_greedy(tokens, parents, target_choice):
-    """Greedy tree walk. See `phide.ops.reference.accept.tree_accept_greedy_torch` for shapes."""
+def accept_path(tokens, parents, target_choice):
+    """The acceptance walk over a verified tree: from the root, follow the child equal to its
+    parent's target choice (the argmax, or the Gumbel-max sample: `gumbel_choices`) while there is
+    one. See `phide.ops.reference.accept.accept_path_torch` for shapes."""
     if _use_compiled(tokens):
-        return torch.ops.phide.tree_accept_greedy(
+        return torch.ops.phide.accept_path(
             tokens.contiguous(), parents.contiguous(), target_choice.contiguous()
         )
-    return _twin.tree_accept_greedy_torch(tokens, parents, target_choice)
+    return _twin.accept_path_torch(tokens, parents, target_choice)
 
 
 def _use_triton(t: torch.Tensor) -> bool:

@@ -11,19 +11,25 @@ losslessness does not depend on it, since the target verifies every proposal.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from phide.models.vocab import TextBridge
+from phide.speculation.drafter import Drafter
 from phide.speculation.runners import DraftRunner
 from phide.speculation.tree import Tree, chain
 
-# Root placeholder of trees from a cross-vocabulary draft: the engine puts the target's root there.
+# Root of the trees of a cross-vocabulary draft: it grows its first tree before the target's
+# prompt exists (hide), so it cannot know the target's root id; `anchor` puts it there.
 ROOT_FROM_TARGET = -1
 
 
-class CrossVocabDraft:
-    """Wraps a DraftRunner (draft vocabulary) to propose chains of target ids through text."""
+class CrossVocabDraft(Drafter):
+    """Wraps a DraftRunner (draft vocabulary) to propose chains of target ids through text;
+    `target_vocab`: the ids it may propose (the target's vocabulary)."""
 
-    def __init__(self, runner: DraftRunner, bridge: TextBridge, prompt_ids: list[int]):
+    def __init__(self, runner: DraftRunner, bridge: TextBridge, prompt_ids: list[int], target_vocab: int):
         self.runner, self.bridge = runner, bridge
+        self.vocab = target_vocab
         self.prompt_rows = len(prompt_ids)  # rows after the first grow caches the last prompt token
         self.prompt_last = prompt_ids[-1]
         self.generated: list[int] = []  # committed target ids
@@ -39,6 +45,11 @@ class CrossVocabDraft:
                                   stop=stop, on_step=on_step)
         proposals = self.bridge.proposals(self.generated, self.draft_gen + d_tree.tokens[1:])
         return chain(ROOT_FROM_TARGET, proposals[:depth])
+
+    def anchor(self, tree: Tree, root: int) -> Tree:
+        if tree.tokens[0] != ROOT_FROM_TARGET:
+            return tree
+        return replace(tree, tokens=[root, *tree.tokens[1:]])
 
     def commit(self, tree: Tree, accept_nodes: list[int], bonus: int) -> None:
         self.generated += [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)]

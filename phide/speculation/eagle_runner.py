@@ -17,7 +17,8 @@ import threading
 import torch
 
 from phide.models.llama import LlamaModel
-from phide.speculation.runners import causal_inputs
+from phide.speculation.drafter import Drafter
+from phide.speculation.runners import cache_new_rows
 from phide.speculation.tree import Tree, TreeGrower, adopt_subtree
 
 
@@ -28,11 +29,13 @@ def accepted_pairs(target_runner, tree: Tree, accept_nodes: list[int], bonus: in
     return [tree.tokens[n] for n in accept_nodes[1:]] + [int(bonus)], target_runner.accepted_features()
 
 
-class EagleRunner:
+class EagleRunner(Drafter):
+    kind = "head"
     can_grow_ahead = True  # post-verify overlap: grow_assuming / settle (phide.speculation.overlap)
 
     def __init__(self, head, target_lm: LlamaModel, target_runner, max_len: int):
         self.head, self.lm, self.target = head, target_lm, target_runner
+        self.vocab = target_lm.cfg.vocab_size  # the head proposes in the target's vocabulary
         self.cache = head.new_cache(max_len)
         self.length = 0
         self.forwards = 0
@@ -67,8 +70,7 @@ class EagleRunner:
         f = torch.cat([self.head.feature_state(x) for x in self._feats]).unsqueeze(0)
         self._embeds, self._feats = [], []
         n = e.shape[1]
-        pos, mask = causal_inputs(self.length, n, device)
-        out = self.head(e, f, positions=pos, cache=self.cache, slots=pos, attn_mask=mask, kv_len=self.length + n)
+        out = cache_new_rows(self.head, self.cache, self.length, n, device, e, f)
         self.forwards += 1
         self.length += n
         base = self.length
@@ -116,14 +118,11 @@ class EagleRunner:
         return tree
 
     def settle(self, tree: Tree, accept_nodes: list[int], bonus: int, budget: int) -> Tree | None:
-        """After `grow_assuming`: the target's real outcome (see `settle_pairs`)."""
-        return self.settle_pairs(*accepted_pairs(self.target, tree, accept_nodes, bonus), budget)
-
-    def settle_pairs(self, tokens: list[int], feats: torch.Tensor, budget: int) -> Tree | None:
-        """After `grow_assuming`, with the outcome's pairs (`accepted_pairs`: the accepted tokens and
-        the bonus, the target's features): forget the speculation's cached rows, queue the real
-        pairs (their rows are recomputed at the next growth) and return the speculative tree's
-        subtree under the bonus when it guessed right (phide.speculation.tree.adopt_subtree), else None."""
+        """After `grow_assuming`, with the target's real outcome: forget the speculation's cached
+        rows, queue the real pairs (`accepted_pairs`; their rows are recomputed at the next growth)
+        and return the speculative tree's subtree under the bonus when it guessed right
+        (phide.speculation.tree.adopt_subtree), else None."""
+        tokens, feats = accepted_pairs(self.target, tree, accept_nodes, bonus)
         (self.length, embeds, feats_before, self.root_token), spec_tokens, spec_tree, node_hidden = self._assumed
         self._embeds, self._feats = list(embeds), list(feats_before)
         self._assumed = None

@@ -14,11 +14,19 @@ import torch
 
 from phide import ops
 from phide.models.llama import CAUSAL, LlamaModel, TreeAttention
-from phide.ops.reference.tree_attention import ancestor_bits
 from phide.runtime.transfers import Transfers
+from phide.speculation.drafter import Drafter
 from phide.speculation.static_step import StaticStep
 from phide.speculation.static_verify import StaticVerify
-from phide.speculation.tree import MAX_TREE_NODES, Tree, TreeGrower, adopt_subtree, verify_layout
+from phide.speculation.tree import MAX_TREE_NODES, Tree, TreeGrower, VerifyLayout, adopt_subtree, tree_layout
+
+
+def cache_new_rows(forward, cache, start: int, n: int, device, *inputs, **kwargs):
+    """The one prefill step of every runner: run `forward` (a model or a head) over `n` new rows
+    cached after `start` committed ones, causally (positions and cache slots start..start+n-1;
+    each row sees every committed row and the new rows up to itself). Returns its output."""
+    pos, mask = causal_inputs(start, n, device)
+    return forward(*inputs, positions=pos, cache=cache, slots=pos, attn_mask=mask, kv_len=start + n, **kwargs)
 
 
 def causal_inputs(start: int, n: int, device):
@@ -64,10 +72,9 @@ class TargetRunner:
         n = len(ids) if embeds is None else embeds.shape[1]
         if n == 0:
             return None
-        pos, mask = causal_inputs(self.length, n, self.model.device)
         ids_dev = None if embeds is not None else self.transfers.upload(torch.tensor([ids], dtype=torch.int64))[0]
-        out = self.model(ids_dev, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
-                         attn_mask=mask, kv_len=self.length + n, capture=self.capture)
+        out = cache_new_rows(self.model, self.cache, self.length, n, self.model.device, ids_dev, inputs_embeds=embeds,
+                             capture=self.capture)
         self.length += n
         self.forwards += 1
         return out[1] if self.capture else out
@@ -84,29 +91,28 @@ class TargetRunner:
         whatever the draft proposed; a child is accepted iff it equals its parent's choice.
         Host traffic: ONE packed upload of the tree (tokens, positions, cache rows, parents,
         ancestor bitmasks, noise positions) and ONE packed read of the outcome; the walk
-        (`ops.tree_accept_greedy`: the CUDA kernel on a GPU) and the commit run on the device.
+        (`ops.accept_path`: the CUDA kernel on a GPU) and the commit run on the device.
         Trees of up to MAX_TREE_NODES nodes are described to the decoder (`ops.tree_attention`);
         larger ones take the dense mask."""
         N = len(tree)
         if self.length + N > self.cache.max_len:
             raise RuntimeError("target KV cache too small for this tree")
-        depths = torch.tensor(tree.depths(), dtype=torch.int64)
-        width = int(depths.max()) + 1  # the longest path the walk can accept: the commit moves no more
         bucket = self.static.bucket_for(N, self.length) if self.static is not None else None
+        # The tree as model inputs (padded to the bucket's size on the static path)
+        layout = tree_layout([tree], [self.length], bucket.n if bucket is not None else N)
+        width = int(layout.depths.max()) + 1  # the longest path the walk can accept: the commit moves no more
         if bucket is not None:  # static shapes: the graph (or its eager twin) over the bucket's buffer
-            self.transfers.upload_into(bucket.buffer, bucket.offsets, *self.static.host_parts(
-                bucket, tree.tokens, depths + self.length, tree.parents, ancestor_bits(tree.parents),
-                depths + produced, self.length))
+            self.transfers.upload_into(bucket.buffer, bucket.offsets, *self.static.host_parts(bucket, layout, produced))
             logits, features = self.static.run(bucket, self.capture, self.length, N)
             p = bucket.parts
             tokens, parents, noise_pos, base = p["tokens"][:N], p["parents"][:N], p["noise_positions"][:N], p["base"]
             logits, features = logits[:N], features[:N]
         else:
-            tokens, parents, noise_pos, base, logits, features = self._forward_dynamic(tree, depths, produced)
+            tokens, parents, noise_pos, base, logits, features = self._forward_dynamic(layout, produced)
         self.forwards += 1
         self.last_features = features
         choice = ops.gumbel_choices(logits, temperature, seed, noise_pos)
-        nodes, out, n_acc = ops.tree_accept_greedy(tokens.view(1, N), parents.view(1, N), choice.view(1, N))
+        nodes, out, n_acc = ops.accept_path(tokens.view(1, N), parents.view(1, N), choice.view(1, N))
         ops.kv_commit(self.cache.k, self.cache.v, base, nodes[:, :width], n_acc)
         n_host, path, emitted = self.transfers.download(n_acc, nodes[0, :width], out[0, : width + 1])
         n = int(n_host[0])
@@ -114,26 +120,21 @@ class TargetRunner:
         self.length += n + 1
         return n, path[: n + 1].tolist(), emitted[: n + 1].tolist()
 
-    def _forward_dynamic(self, tree: Tree, depths: torch.Tensor, produced: int):
+    def _forward_dynamic(self, layout: VerifyLayout, produced: int):
         """The verify forward at the tree's own shape: (tokens, parents, noise positions, base,
         logits [N, V] fp32, features [N, F]), the index arrays on the device from one upload."""
-        N = len(tree)
-        rows = torch.arange(self.length, self.length + N, dtype=torch.int64)
-        host = [torch.tensor(tree.tokens, dtype=torch.int64), depths + self.length, rows,
-                torch.tensor(tree.parents, dtype=torch.int64), depths + produced,
-                torch.tensor([self.length], dtype=torch.int64), torch.tensor([N], dtype=torch.int64)]
-        if N <= MAX_TREE_NODES:
-            host.append(torch.tensor(ancestor_bits(tree.parents), dtype=torch.int64))
-        else:
-            host.append(verify_layout(tree, self.length)[2])  # [1, N, prefix + N] bool
+        N = layout.n
+        structured = N <= MAX_TREE_NODES
+        host = [layout.tokens[0], layout.positions[0], layout.slots[0], layout.parents[0], layout.depths[0] + produced,
+                layout.prefix_lens, layout.n_nodes, layout.ancestors()[0] if structured else layout.mask()]
         # base and n_nodes are parts of their own: each kernel pointer is 16-byte aligned (Transfers)
-        tokens, pos, slots, parents, noise_pos, base, n_nodes, layout = self.transfers.upload(*host)
-        if N <= MAX_TREE_NODES:
+        tokens, pos, slots, parents, noise_pos, base, n_nodes, visible = self.transfers.upload(*host)
+        if structured:
             mask = None
-            tree_attn = TreeAttention(prefix_len=base, tree_start=base, ancestors=layout.view(1, N), n_nodes=n_nodes,
+            tree_attn = TreeAttention(prefix_len=base, tree_start=base, ancestors=visible.view(1, N), n_nodes=n_nodes,
                                       padded=False, sees_every_row=N == 1)
         else:
-            mask, tree_attn = layout, None
+            mask, tree_attn = visible, None  # [1, N, prefix + N] bool
         out = self.model(tokens.view(1, N), positions=pos.view(1, N), cache=self.cache, slots=slots.view(1, N),
                          attn_mask=mask, kv_len=self.length + N, tree=tree_attn, capture=self.capture)
         hidden, features = out if self.capture else (out, out)
@@ -145,7 +146,7 @@ class TargetRunner:
         return self.last_features.index_select(0, self.last_path)
 
 
-class DraftRunner:
+class DraftRunner(Drafter):
     """The draft model for one request: grows EAGLE-2 trees from its committed state.
 
     vocab_limit: draft proposals are restricted to ids < vocab_limit (the vocabulary shared with
@@ -154,25 +155,26 @@ class DraftRunner:
     replaces the draft's own LM head.
     """
 
+    kind = "draft"
     can_grow_ahead = True  # post-verify overlap: grow_assuming / settle (phide.speculation.overlap)
 
     def __init__(self, model: LlamaModel, max_len: int, vocab_limit: int, adapter=None, *,
                  static: StaticStep | None = None, transfers: Transfers | None = None):
         """static: the engine's static-shape tree step (`phide.speculation.static_step`, a CUDA
         graph on a GPU): tree steps of up to `static.rows` candidates run through it, over its
-        cache (which then is this runner's, `static.trash` usable rows >= max_len); else a cache
+        cache (which then is this runner's, `static.capacity` usable rows >= max_len); else a cache
         of max_len rows for this request and dynamic steps."""
         self.model = model
         self.transfers = transfers or Transfers(model.device)
-        self.head = adapter if adapter is not None else model
-        if static is not None and static.trash < max_len:
-            raise ValueError(f"the static step's cache holds {static.trash} rows, this request needs {max_len}")
+        self.output = adapter if adapter is not None else model  # what turns hidden states into logits
+        if static is not None and static.capacity < max_len:
+            raise ValueError(f"the static step's cache holds {static.capacity} rows, this request needs {max_len}")
         self.static = static
         self.cache = static.cache if static is not None else model.new_cache(1, max_len)
-        self.capacity = static.trash if static is not None else max_len  # usable rows (past them: the trash row)
+        self.capacity = static.capacity if static is not None else max_len  # usable rows
         self.length = 0
         self.pending: list[int] = []
-        self.vocab_limit = vocab_limit
+        self.vocab = vocab_limit
         self.forwards = 0
         self._assumed = None  # `grow_assuming`'s (state before, speculated tokens, tree) until `settle`
 
@@ -183,17 +185,18 @@ class DraftRunner:
         the first root."""
         n = len(ids) if embeds is None else embeds.shape[1]
         if n:
-            pos, mask = causal_inputs(0, n, self.model.device)
             ids_dev = None if embeds is not None else self.transfers.upload(torch.tensor([ids], dtype=torch.int64))[0]
-            self.model(ids_dev, inputs_embeds=embeds, positions=pos, cache=self.cache, slots=pos,
-                       attn_mask=mask, kv_len=n)
+            cache_new_rows(self.model, self.cache, 0, n, self.model.device, ids_dev, inputs_embeds=embeds)
             self.forwards += 1
         self.length = n
         self.pending = [] if last_token is None else [int(last_token)]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         # The tree grower normalises (ops.tree_topk), over the shared vocabulary only.
-        return self.head.logits(hidden)[..., : self.vocab_limit]
+        return self.output.logits(hidden)[..., : self.vocab]
+
+    def can_follow(self, token: int) -> bool:
+        return token < self.vocab
 
     @torch.inference_mode()
     def grow(self, *, budget: int, topk: int, max_depth: int, max_expansions: int,
@@ -204,10 +207,8 @@ class DraftRunner:
         """
         device = self.model.device
         n = len(self.pending)
-        pos, mask = causal_inputs(self.length, n, device)
         ids = self.transfers.upload(torch.tensor([self.pending], dtype=torch.int64))[0]
-        hidden = self.model(ids, positions=pos, cache=self.cache, slots=pos, attn_mask=mask,
-                            kv_len=self.length + n)
+        hidden = cache_new_rows(self.model, self.cache, self.length, n, device, ids)
         self.forwards += 1
         self.length += n
         root_token, root_slot = self.pending[-1], self.length - 1
@@ -263,11 +264,10 @@ class DraftRunner:
             if self.pending or tree.draft_slot[node] < 0:
                 break
             src.append(tree.draft_slot[node])
-        if src:
-            k, v = self.cache.k, self.cache.v
-            dst = torch.arange(self.length, self.length + len(src), device=k.device)
-            src_t = self.transfers.upload(torch.tensor(src, dtype=torch.int64))[0]
-            k[:, :, :, dst] = k[:, :, :, src_t].clone()
-            v[:, :, :, dst] = v[:, :, :, src_t].clone()
+        if src:  # the target's commit: the tree's root sits at row length - 1, node i moves next to it
+            root = self.length - 1
+            nodes, n_acc, base = self.transfers.upload(torch.tensor([[0, *(r - root for r in src)]]),
+                                                       torch.tensor([len(src)]), torch.tensor([root]))
+            ops.kv_commit(self.cache.k, self.cache.v, base, nodes, n_acc)
             self.length += len(src)
         self.pending = self.pending + [tree.tokens[n] for n in path[len(src):]] + [int(bonus)]

@@ -32,12 +32,13 @@ class StaticStep:
     def __init__(self, model: LlamaModel, cache: KVCache, rows: int, *, graph: bool = False):
         self.model, self.cache, self.rows = model, cache, rows
         device = model.device
-        self.trash = cache.max_len - 1
+        self.trash_row = cache.max_len - 1  # where padding rows write (only they attend to it)
+        self.capacity = self.trash_row  # rows a request may use: all but the trash row
         self.tokens = torch.zeros(1, rows, dtype=torch.int64, device=device)
         self.positions = torch.zeros(1, rows, dtype=torch.int64, device=device)
-        self.slots = torch.full((1, rows), self.trash, dtype=torch.int64, device=device)
+        self.slots = torch.full((1, rows), self.trash_row, dtype=torch.int64, device=device)
         self.mask = torch.zeros(1, rows, cache.max_len, dtype=torch.bool, device=device)
-        self.mask[0, :, self.trash] = True
+        self.mask[0, :, self.trash_row] = True
         # context key -> (graph, its output buffer); key None: the primary context
         self.graphs: dict = {}
         self._stream_keys: dict[int, object] = {}  # raw stream handle -> its green split's key
@@ -97,17 +98,17 @@ class StaticStep:
         """One step, as `LlamaModel.forward` with the dynamic inputs: tokens/positions/slots [1, n],
         mask [1, n, kv_len] (n <= rows). Returns final hidden states [1, n, H]."""
         n, kv_len = tokens.shape[1], mask.shape[2]
-        if n > self.rows or kv_len > self.trash:
-            raise ValueError(f"static step holds {self.rows} rows over {self.trash} cache rows, got {n} over {kv_len}")
+        if n > self.rows or kv_len > self.capacity:
+            raise ValueError(f"static step holds {self.rows} rows over {self.capacity} cache rows, got {n} over {kv_len}")
         self.tokens.zero_()
         self.positions.zero_()
-        self.slots.fill_(self.trash)
+        self.slots.fill_(self.trash_row)
         self.mask.zero_()
-        self.mask[0, :, self.trash] = True  # padding rows see only the trash row
+        self.mask[0, :, self.trash_row] = True  # padding rows see only the trash row
         self.tokens[:, :n] = tokens
         self.positions[:, :n] = positions
         self.slots[:, :n] = slots
-        self.mask[0, :n, self.trash] = False
+        self.mask[0, :n, self.trash_row] = False
         self.mask[:, :n, :kv_len] = mask
         found = self._graph_here()
         if found is None:

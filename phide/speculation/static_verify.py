@@ -76,16 +76,13 @@ class StaticVerify:
                 return bucket if length + n <= self.rows else None
         return None
 
-    def host_parts(self, bucket: _Bucket, tokens, positions, parents, ancestors, noise_positions, length: int):
-        """The upload of one verify in `bucket`'s layout, padded: padding node j (j >= N) is token 0
-        at row length + j, its own only ancestor, parent -1."""
-        n, pad = bucket.n, bucket.n - len(tokens)
-        rows = torch.arange(length, length + n, dtype=torch.int64)
-        own = [1 << j if j < 63 else -(1 << 63) for j in range(len(tokens), n)]  # int64 bit j
-        return [torch.tensor(list(tokens) + [0] * pad), torch.cat([positions, torch.full((pad,), length)]), rows,
-                torch.tensor(list(ancestors) + own, dtype=torch.int64),
-                torch.tensor(list(parents) + [-1] * pad), torch.cat([noise_positions, torch.zeros(pad, dtype=torch.int64)]),
-                torch.tensor([length]), torch.tensor([len(tokens)])]
+    def host_parts(self, bucket: _Bucket, layout, produced: int):
+        """The upload of one verify in `bucket`'s layout: `layout` (speculation.tree.VerifyLayout)
+        is the tree padded to the bucket's size; noise positions are depth + `produced`."""
+        if layout.n != bucket.n:
+            raise ValueError(f"a layout of {layout.n} nodes for the {bucket.n}-node bucket")
+        return [layout.tokens[0], layout.positions[0], layout.slots[0], layout.ancestors()[0], layout.parents[0],
+                layout.depths[0] + produced, layout.prefix_lens, layout.n_nodes]
 
     def _reset(self, bucket: _Bucket) -> None:
         """Valid contents for warm-ups and capture: a tree of padding nodes over an empty prefix."""

@@ -17,7 +17,7 @@ import torch
 from phide import ops
 from phide.errors import DraftFault
 from phide.models.llama import TreeAttention
-from phide.ops.reference.tree_attention import MAX_TREE_NODES, ancestor_bits
+from phide.ops.reference.tree_attention import MAX_TREE_NODES, ancestor_sets
 from phide.runtime.transfers import Transfers
 
 
@@ -111,15 +111,10 @@ def adopt_subtree(spec_tree: Tree, spec_tokens: list[int], real_tokens: list[int
 
 
 def ancestor_mask(parents: list[int]) -> torch.Tensor:
-    """[N, N] bool: mask[i, j] = j is i or an ancestor of i (padding nodes see only themselves)."""
+    """[N, N] bool: mask[i, j] = j is i or an ancestor of i (`ancestor_sets`, dense)."""
     n = len(parents)
-    mask = torch.zeros(n, n, dtype=torch.bool)
-    for i in range(n):
-        mask[i, i] = True
-        p = parents[i]
-        if p >= 0:
-            mask[i] |= mask[p]
-    return mask
+    sets = ancestor_sets(parents)
+    return torch.tensor([[(sets[i] >> j) & 1 == 1 for j in range(n)] for i in range(n)], dtype=torch.bool).view(n, n)
 
 
 def stack_trees(trees: list[Tree], n: int, pad_token: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,62 +129,64 @@ def stack_trees(trees: list[Tree], n: int, pad_token: int = 0) -> tuple[torch.Te
     return tokens, parents
 
 
-def verify_rows(tree: Tree, prefix_len: int, device="cpu"):
-    """positions [1,N] (prefix_len + depth) and slots [1,N] (prefix_len + i) for verifying one
-    tree in one forward after `prefix_len` cached rows."""
-    depth = torch.tensor(tree.depths(), dtype=torch.int64)
-    positions = (prefix_len + depth).unsqueeze(0)
-    slots = torch.arange(prefix_len, prefix_len + len(tree), dtype=torch.int64).unsqueeze(0)
-    return positions.to(device), slots.to(device)
+@dataclass
+class VerifyLayout:
+    """B trees verified in one forward, each padded to n nodes (padding: token 0, parent -1, seen
+    by nobody, seeing only itself): request b's node j sits at cache row prefix_lens[b] + j after
+    its prefix_lens[b] committed rows, at position prefix_lens[b] + depth. Host tensors; the one
+    place a tree's visibility (`ancestor_sets`: the whole prefix, then ancestors-or-self) becomes
+    model inputs, for the engine's verifies and the batched path alike."""
+
+    tokens: torch.Tensor       # [B, n] int64
+    parents: torch.Tensor      # [B, n] int64
+    depths: torch.Tensor       # [B, n] int64 (padding: 0)
+    positions: torch.Tensor    # [B, n] int64
+    slots: torch.Tensor        # [B, n] int64
+    prefix_lens: torch.Tensor  # [B] int64
+    n_nodes: torch.Tensor      # [B] int64
+    sets: list                 # per request, ancestor_sets of its padded parents
+
+    @property
+    def n(self) -> int:
+        return self.tokens.shape[1]
+
+    def ancestors(self) -> torch.Tensor:
+        """[B, n] int64 bitmasks (n <= MAX_TREE_NODES): what `ops.tree_attention` reads."""
+        if self.n > MAX_TREE_NODES:
+            raise ValueError(f"{self.n} nodes: structured tree attention holds at most {MAX_TREE_NODES}")
+        return torch.tensor([[b - (1 << 64) if b >= 1 << 63 else b for b in sets] for sets in self.sets],
+                            dtype=torch.int64)
+
+    def mask(self) -> torch.Tensor:
+        """[B, n, max(prefix) + n] bool: the dense mask (trees past MAX_TREE_NODES, references)."""
+        B, n = self.tokens.shape
+        kv_len = int(self.prefix_lens.max()) + n
+        mask = torch.zeros(B, n, kv_len, dtype=torch.bool)
+        for b, sets in enumerate(self.sets):
+            plen = int(self.prefix_lens[b])
+            mask[b, :, :plen] = True
+            mask[b, :, plen: plen + n] = torch.tensor([[(s >> j) & 1 == 1 for j in range(n)] for s in sets])
+        return mask
+
+    def tree_attention(self, device="cpu") -> TreeAttention:
+        """The structured form for `LlamaModel.forward(tree=...)` (no dense mask read)."""
+        lens = self.prefix_lens.to(device)
+        return TreeAttention(prefix_len=lens, tree_start=lens, ancestors=self.ancestors().to(device),
+                             n_nodes=self.n_nodes.to(device))
 
 
-def verify_layout(tree: Tree, prefix_len: int, device="cpu"):
-    """Inputs for verifying one tree in one forward after `prefix_len` cached rows.
-
-    Returns positions [1,N] (prefix_len + depth), slots [1,N] (prefix_len + i) and the
-    attention mask [1, N, prefix_len + N] (whole prefix, then ancestors-or-self).
-    """
-    n = len(tree)
-    positions, slots = verify_rows(tree, prefix_len, device)
-    mask = torch.ones(1, n, prefix_len + n, dtype=torch.bool)
-    mask[0, :, prefix_len:] = ancestor_mask(tree.parents)
-    return positions, slots, mask.to(device)
-
-
-def tree_attention_layout(trees: list[Tree], prefix_lens: list[int], n: int, device="cpu") -> TreeAttention:
-    """The structured twin of `verify_batch_layout`'s mask, for `LlamaModel.forward(tree=...)`:
-    request b's tree (padded to n <= MAX_TREE_NODES nodes) sits at cache rows prefix_lens[b] + j
-    after its prefix_lens[b] committed rows. Padding nodes see only themselves, as in the mask."""
-    if n > MAX_TREE_NODES:
-        raise ValueError(f"{n} nodes: structured tree attention holds at most {MAX_TREE_NODES}")
-    ancestors = [ancestor_bits(t.parents + [-1] * (n - len(t))) for t in trees]
+def tree_layout(trees: list[Tree], prefix_lens: list[int], n: int | None = None) -> VerifyLayout:
+    """The VerifyLayout of `trees` (n: nodes per request, default the largest tree)."""
+    n = max(len(t) for t in trees) if n is None else n
+    tokens, parents = stack_trees(trees, n)
+    depths = torch.zeros(len(trees), n, dtype=torch.int64)
+    for b, t in enumerate(trees):
+        depths[b, : len(t)] = torch.tensor(t.depths())
     lens = torch.tensor(prefix_lens, dtype=torch.int64)
-    return TreeAttention(
-        prefix_len=lens.to(device),
-        tree_start=lens.to(device),
-        ancestors=torch.tensor(ancestors, dtype=torch.int64, device=device),
-        n_nodes=torch.tensor([len(t) for t in trees], dtype=torch.int64, device=device),
-    )
-
-
-def verify_batch_layout(trees: list[Tree], prefix_lens: list[int], n: int, device="cpu"):
-    """Batched `verify_layout` for B requests with different trees and prefix lengths, each tree
-    padded to n nodes (see `stack_trees`). Request b's tree occupies rows [prefix_lens[b],
-    prefix_lens[b] + n). Returns positions, slots [B, n] and the mask [B, n, max(prefix) + n].
-    """
-    kv_len = max(prefix_lens) + n
-    B = len(trees)
-    positions = torch.zeros(B, n, dtype=torch.int64)
-    slots = torch.zeros(B, n, dtype=torch.int64)
-    mask = torch.zeros(B, n, kv_len, dtype=torch.bool)
-    for b, (tree, plen) in enumerate(zip(trees, prefix_lens)):
-        parents = tree.parents + [-1] * (n - len(tree))
-        depth = torch.tensor(Tree([0] * n, parents).depths(), dtype=torch.int64)
-        positions[b] = plen + depth
-        slots[b] = torch.arange(plen, plen + n)
-        mask[b, :, :plen] = True
-        mask[b, :, plen : plen + n] = ancestor_mask(parents)
-    return positions.to(device), slots.to(device), mask.to(device)
+    return VerifyLayout(tokens=tokens, parents=parents, depths=depths, positions=lens[:, None] + depths,
+                        slots=lens[:, None] + torch.arange(n, dtype=torch.int64)[None, :], prefix_lens=lens,
+                        n_nodes=torch.tensor([len(t) for t in trees], dtype=torch.int64),
+                        sets=[ancestor_sets(row.tolist()) for row in parents])
 
 
 @dataclass

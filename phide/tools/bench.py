@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from phide.schedules import HEAD_ONLY, HIDE, SEQUENTIAL, TARGET_ONLY
 from phide.errors import PhideError
 from phide.tools.benchlog import CONTEXT_COLUMNS
 
@@ -46,18 +47,18 @@ class Config:
 
 
 CONFIGS: dict[str, Config] = {
-    "target-only": Config("target-only"),
-    "sequential": Config("sequential"),
-    "head-only": Config("head-only"),
-    "hide": Config("hide"),
+    TARGET_ONLY: Config(TARGET_ONLY),
+    SEQUENTIAL: Config(SEQUENTIAL),
+    HEAD_ONLY: Config(HEAD_ONLY),
+    HIDE: Config(HIDE),
     "auto": Config("auto"),
-    "hide --no-head": Config("hide", "no-head"),
-    "hide --no-head --no-adapter": Config("hide", "no-head-no-adapter"),
-    "hide --overlap": Config("hide", "overlap", default=False),
-    "hide --draft-quant int8": Config("hide", "draft-int8", default=False),
-    "hide --draft-quant nf4": Config("hide", "draft-nf4", default=False),
-    "hide --no-head --draft-quant int8": Config("hide", "no-head-draft-int8", default=False),
-    "hide --no-head --draft-quant nf4": Config("hide", "no-head-draft-nf4", default=False),
+    "hide --no-head": Config(HIDE, "no-head"),
+    "hide --no-head --no-adapter": Config(HIDE, "no-head-no-adapter"),
+    "hide --overlap": Config(HIDE, "overlap", default=False),
+    "hide --draft-quant int8": Config(HIDE, "draft-int8", default=False),
+    "hide --draft-quant nf4": Config(HIDE, "draft-nf4", default=False),
+    "hide --no-head --draft-quant int8": Config(HIDE, "no-head-draft-int8", default=False),
+    "hide --no-head --draft-quant nf4": Config(HIDE, "no-head-draft-nf4", default=False),
 }
 # Session variants: load_session arguments (the CLI flags they stand for).
 VARIANTS = {
@@ -70,7 +71,7 @@ VARIANTS = {
     "no-head-draft-int8": {"use_head": False, "draft_quant": "int8"},  # --no-head --draft-quant int8
     "no-head-draft-nf4": {"use_head": False, "draft_quant": "nf4"},   # --no-head --draft-quant nf4
 }
-DEMO_CONFIGS = ("target-only", "sequential", "hide", "auto")
+DEMO_CONFIGS = (TARGET_ONLY, SEQUENTIAL, HIDE, "auto")
 
 
 def config_of(name: str) -> tuple[Config, dict]:
@@ -79,10 +80,10 @@ def config_of(name: str) -> tuple[Config, dict]:
     session's load_session arguments)."""
     if name in CONFIGS:
         return CONFIGS[name], VARIANTS[CONFIGS[name].variant]
-    from phide.modes import MODES
+    from phide import schedules
 
     words = name.split()
-    if not words or words[0] not in MODES:
+    if not words or words[0] not in schedules.modes():
         raise PhideError(f"unknown configuration {name!r} (choose from {', '.join(CONFIGS)}, or MODE --head DIR)")
     kw, rest = {}, words[1:]
     while rest:
@@ -200,8 +201,8 @@ def _run_scenes(configs: dict, samples, items: list[dict], *, max_new_tokens: in
     names = list(configs)
     main = configs[names[0]][0]
     draft_engine = None
-    if draft_alone and main.draft is not None:  # the draft answering on its own, no adapter
-        draft_engine = Engine(main.draft, eos_token_ids=eos_ids(main.draft.tokenizer, main.draft.lm))
+    if draft_alone and main.draft_side is not None:  # the draft answering on its own, no adapter
+        draft_engine = Engine(main.draft_side, eos_token_ids=eos_ids(main.draft_side.tokenizer, main.draft_side.lm))
     for session, mode in configs.values():  # warm-up: first calls allocate and pick kernels
         session.generate(item_request(items[0], {"max_new_tokens": 4}), mode)
     rows = []
@@ -223,8 +224,8 @@ def _run_scenes(configs: dict, samples, items: list[dict], *, max_new_tokens: in
     # The draft alone answers last: between timed runs its weights would evict the target's from
     # the CPU caches and slow the next scene's first configuration.
     for row, item in zip(rows, items) if draft_engine is not None else ():
-        ids = draft_engine.generate(item_request(item, {"max_new_tokens": max_new_tokens}), "target-only").token_ids
-        row["draft_text"] = main.draft.tokenizer.decode(ids, skip_special_tokens=True)
+        ids = draft_engine.generate(item_request(item, {"max_new_tokens": max_new_tokens}), TARGET_ONLY).token_ids
+        row["draft_text"] = main.draft_side.tokenizer.decode(ids, skip_special_tokens=True)
         row["draft_score"] = score_answer(row["sample"].scene, row["sample"].question, row["draft_text"])
     return rows
 
@@ -280,7 +281,7 @@ def summarize(rows: list[dict], names) -> dict:
         if any(st.get("overlap_rounds") for st in stats):
             entry["overlap_rounds"] = sum(st["overlap_rounds"] for st in stats)
             entry["overlap_hits"] = sum(st["overlap_hits"] for st in stats)
-        for ref in ("target-only", "sequential"):
+        for ref in (TARGET_ONLY, SEQUENTIAL):
             if ref in names and ref != name:
                 ratios = [r["results"][ref].stats["wall_s"] / r["results"][name].stats["wall_s"] for r in rows]
                 entry[f"speedup_vs_{ref}"] = round(statistics.median(ratios), 3)
@@ -347,9 +348,9 @@ def run_bench(args) -> int:
     names = [n.strip() for n in args.configs.split(",")] if args.configs else [n for n, c in CONFIGS.items() if c.default]
     for n in names:
         config_of(n)  # an unknown configuration fails before anything loads
-    if "target-only" in names:  # the reference every other configuration is compared with
-        names.remove("target-only")
-    names.insert(0, "target-only")
+    if TARGET_ONLY in names:  # the reference every other configuration is compared with
+        names.remove(TARGET_ONLY)
+    names.insert(0, TARGET_ONLY)
     ctx = run_context()
     csv_path = args.csv or default_csv()
     if ctx["dirty"] and not args.allow_dirty:  # refuse before the run, not after it

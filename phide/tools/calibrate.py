@@ -17,6 +17,8 @@ import time
 
 import torch
 
+from phide import schedules
+from phide.schedules import HEAD_ONLY, HIDE, SEQUENTIAL, TARGET_ONLY
 from phide.engine import Plan, Request
 from phide.planner import Acceptance, Calibration, Costs, SplitCosts
 
@@ -72,19 +74,19 @@ def calibrate(session, requests: list[Request], *, splits: list[dict] | None = N
     splits = default_splits(device) if splits is None else splits
     say = log or (lambda msg: None)
     warm = dataclasses.replace(requests[0], max_new_tokens=4)  # first calls allocate and pick kernels
-    for schedule in ("target-only", "head-only" if eng.head else None, "sequential" if eng.draft_side else None):
+    for schedule in (TARGET_ONLY, HEAD_ONLY if eng.head else None, SEQUENTIAL if eng.draft_side else None):
         if schedule:
             eng.generate(warm, schedule)
     say("target-only requests")
-    solo = [eng.generate(r, "target-only").stats for r in requests]
+    solo = [eng.generate(r, TARGET_ONLY).stats for r in requests]
     head = []
     if eng.head is not None:
         say("head-only requests")
-        head = [eng.generate(r, "head-only").stats for r in requests]
+        head = [eng.generate(r, HEAD_ONLY).stats for r in requests]
     seq = []
     if eng.draft_side is not None:
         say("sequential requests")
-        seq = [eng.generate(r, "sequential").stats for r in requests]
+        seq = [eng.generate(r, SEQUENTIAL).stats for r in requests]
     _, per_node = _verify_costs(eng, requests[0])
     # A decode step as the engine runs it (verify of the lone root + commit + the loop's own
     # overhead): what a drafted round must beat per token.
@@ -98,7 +100,7 @@ def calibrate(session, requests: list[Request], *, splits: list[dict] | None = N
     for split in splits:
         say(f"hide requests, split {split}")
         try:
-            stretch, hide = _split_runs(eng, requests, Plan("hide", **split))
+            stretch, hide = _split_runs(eng, requests, Plan(HIDE, **split))
         except Exception as exc:  # e.g. a GPU too small for this SM split: not a candidate
             say(f"split {split} skipped: {exc}")
             continue
@@ -127,14 +129,14 @@ def _split_runs(eng, requests, plan: Plan) -> tuple[list[float], list[dict]]:
     target-only one, the hide runs' stats). Neighbours, so a drifting machine drifts under both."""
     stretch, hide = [], []
     for r in requests:
-        alone = _phase(eng.generate(r, "target-only").stats, "target_prefill")
+        alone = _phase(eng.generate(r, TARGET_ONLY).stats, "target_prefill")
         st = eng.generate(r, plan).stats
         stretch.append(_phase(st, "target_prefill") / alone)
         hide.append(st)
     return stretch, hide
 
 
-def check(session, requests: list[Request], modes=("target-only", "head-only", "sequential", "hide")) -> list[dict]:
+def check(session, requests: list[Request], modes=(TARGET_ONLY, HEAD_ONLY, SEQUENTIAL, HIDE)) -> list[dict]:
     """The cost model against measurements on `requests` (never seen by the calibration): per
     request and mode, the wall time the planner predicts for the plan that ran, at the answer
     length that came out (so the check measures the cost model, not the length guess), beside
@@ -142,8 +144,7 @@ def check(session, requests: list[Request], modes=("target-only", "head-only", "
     rows = []
     eng = session.engine
     frozen = session.planner.with_calibration(session.planner.calibration)  # the calibration's view only
-    usable = [m for m in modes if not (m == "head-only" and eng.head is None)
-              and not (m in ("sequential", "hide") and eng.draft_side is None)]
+    usable = [m for m in modes if schedules.get(m).runnable(eng)]
     for i, r in enumerate(requests):
         for mode in usable:  # interleaved: a drifting machine drifts under every mode alike
             res = session.generate(r, mode)

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from phide.schedules import HIDE, TARGET_ONLY
 from phide.errors import PhideError
 
 
@@ -44,8 +45,8 @@ def run_demo(args) -> int:
     summary, acc = summarize(rows, names), accuracy(rows)
 
     # The picture: one hide request (the draft lane inside the target's prefill).
-    session, _ = configs["hide"]
-    shown = session.generate(toy_request(rows[0]["sample"], args.max_new_tokens), "hide")
+    session, _ = configs[HIDE]
+    shown = session.generate(toy_request(rows[0]["sample"], args.max_new_tokens), HIDE)
     trace = write_chrome_trace(shown.timeline, out_dir / "trace.json", metadata={"stats": shown.stats})
     lanes = shown.stats.get("window_lanes", "")
     try:
@@ -75,7 +76,7 @@ def run_demo(args) -> int:
             ds = r["draft_score"]
             print(f"    draft alone: {r['draft_text']}  (motion {_mark(ds['motion'])}, colour {_mark(ds['colour'])})")
         print(f"    {'mode (what ran)':24} {'τ':>5} {'window':>6} {'wall ms':>8} {'speedup':>7}")
-        base = r["results"]["target-only"].stats["wall_s"]
+        base = r["results"][TARGET_ONLY].stats["wall_s"]
         for m in names:
             st = r["results"][m].stats
             ran = st["plan"]["schedule"]

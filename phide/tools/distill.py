@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from phide.schedules import TARGET_ONLY
 from phide.errors import PhideError
 from phide.io.rows import open_run_dir
 
@@ -153,7 +154,7 @@ def _distill(args, items: list[dict], out: Path, device: str, dtype) -> dict | N
                          "tokens through text")
 
     def generate(item):
-        res = engine.generate(item_request(item, args.max_new_tokens), "target-only")
+        res = engine.generate(item_request(item, args.max_new_tokens), TARGET_ONLY)
         return res.token_ids, session.decode(res.token_ids)
 
     answers = answer_samples(generate, items, out, quiet=args.json)

@@ -22,6 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from phide.schedules import HIDE, TARGET_ONLY
 from phide.errors import PhideError
 from phide.io import rows as rows_file
 from phide.io.rows import open_run_dir
@@ -162,12 +163,12 @@ def run_serial(items: list[dict], request: dict, load_session, warm: dict | None
 def run_eval(args, load_session) -> int:
     """`load_session()`: the session the pair arguments describe (the CLI's loader), called only
     when rows remain to run (with --ray, once per worker)."""
-    from phide.modes import MODES
+    from phide import schedules
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
+    bad = [m for m in modes if m not in schedules.modes()]
     if bad or not modes:
-        raise PhideError(f"unknown mode {bad[0] if bad else '(none)'!r} in --modes (choose from {', '.join(MODES)})")
+        raise PhideError(f"unknown mode {bad[0] if bad else '(none)'!r} in --modes (choose from {', '.join(schedules.modes())})")
     samples = paired_items(args.data, keep_bad=True)[: args.limit or None]
     ids = [s["sample"] for s in samples]
     if len(set(ids)) != len(ids):
@@ -332,13 +333,13 @@ def _mode_entry(ok: list[dict], refs: list[tuple[dict, dict]], mode: str) -> dic
     e["new_tokens"] = sum(r["stats"]["new_tokens"] for r in ok)
     e["tokens_per_s"] = round(e["new_tokens"] / sum(lat), 3)
     e["acceptance_by_depth"] = _acceptance_by_depth(ok)
-    if refs and mode != "target-only":
+    if refs and mode != TARGET_ONLY:
         speed = [t["stats"]["wall_s"] / r["stats"]["wall_s"] for r, t in refs]
         e["speedup_vs_target_only"] = {"median": round(statistics.median(speed), 3),
                                        "p10": round(_pct(speed, 10), 3), "worst": round(min(speed), 3)}
     if refs:
         e["identical_rate"] = round(sum(r["token_ids"] == t["token_ids"] for r, t in refs) / len(refs), 4)
-    hid = [r for r in ok if r["stats"]["plan"]["schedule"] == "hide"]
+    hid = [r for r in ok if r["stats"]["plan"]["schedule"] == HIDE]
     if hid:
         e["draft_tokens_in_window"] = round(statistics.fmean(r["stats"].get("draft_tokens_in_window", 0)
                                                              for r in hid), 3)
@@ -369,7 +370,7 @@ def summarize(rows: list[dict], modes: list[str], references: dict | None = None
             entry["why"] = {sched: max(_count(r["stats"]["plan"].get("reason", "") for r in ok
                                               if r["stats"]["plan"]["schedule"] == sched).items(),
                                        key=lambda kv: kv[1])[0] for sched in entry["schedules"]}
-            refs = [(r, by.get((r["sample"], "target-only"))) for r in ok]
+            refs = [(r, by.get((r["sample"], TARGET_ONLY))) for r in ok]
             refs = [(r, t) for r, t in refs if t is not None and "error" not in t]
             entry.update(_mode_entry(ok, refs, mode))
             answered = [(r, (references or {}).get(r["sample"])) for r in ok]
@@ -378,11 +379,11 @@ def summarize(rows: list[dict], modes: list[str], references: dict | None = None
                 entry["accuracy"] = round(sum(r["text"].strip() == str(a).strip() for r, a in answered)
                                           / len(answered), 4)
             kinds = {}
-            for r, t in [(r, by.get((r["sample"], "target-only"))) for r in ok]:
+            for r, t in [(r, by.get((r["sample"], TARGET_ONLY))) for r in ok]:
                 k = kinds.setdefault(question_type(r), {"rows": 0, "tau": [], "speedup": []})
                 k["rows"] += 1
                 k["tau"].append(r["stats"]["accepted_per_verify"])
-                if mode != "target-only" and t is not None and "error" not in t:
+                if mode != TARGET_ONLY and t is not None and "error" not in t:
                     k["speedup"].append(t["stats"]["wall_s"] / r["stats"]["wall_s"])
             entry["by_question_type"] = {
                 q: {"rows": k["rows"], "tau_mean": round(statistics.fmean(k["tau"]), 4),
@@ -408,12 +409,12 @@ def without_timings(summary: dict) -> dict:
     """The summary less what differs between two runs of the same samples: timings, and where
     rows ran the hide schedule, the acceptance the window's length decides."""
     def keep(entry: dict, key: str) -> bool:
-        return key not in TIMING_KEYS and not (key in WINDOW_KEYS and "hide" in entry.get("schedules", {}))
+        return key not in TIMING_KEYS and not (key in WINDOW_KEYS and HIDE in entry.get("schedules", {}))
 
     def strip(e: dict) -> dict:
         out = {k: v for k, v in e.items() if keep(e, k)}
         if "by_question_type" in out:  # speedups are timings; τ is the window's where hide ran
-            hide = "hide" in e.get("schedules", {})
+            hide = HIDE in e.get("schedules", {})
             out["by_question_type"] = {q: {k: v for k, v in d.items() if k != "speedup_median"
                                            and not (hide and k == "tau_mean")}
                                        for q, d in out["by_question_type"].items()}
@@ -476,12 +477,12 @@ def summary_png(rows: list[dict], modes: list[str], path: Path, summary: dict | 
         if not lat:
             continue
         a.step(lat, [(i + 1) / len(lat) for i in range(len(lat))], where="post", label=mode)
-        if mode != "target-only":
+        if mode != TARGET_ONLY:
             b.hist([r["stats"]["accepted_per_verify"] for r in ok], bins=20, alpha=0.5, label=mode)
         depth = summary["modes"].get(mode, {}).get("acceptance_by_depth", {})
         if depth:
             c.plot([int(k) for k in depth], list(depth.values()), marker="o", label=mode)
-    kinds = {m: e.get("by_question_type", {}) for m, e in summary["modes"].items() if m != "target-only"}
+    kinds = {m: e.get("by_question_type", {}) for m, e in summary["modes"].items() if m != TARGET_ONLY}
     types = sorted({q for k in kinds.values() for q in k})
     width = 0.8 / max(1, len(kinds))
     for j, (mode, k) in enumerate(kinds.items()):

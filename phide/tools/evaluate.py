@@ -17,6 +17,7 @@ import os
 import sys
 import time
 
+from phide.schedules import TARGET_ONLY
 from phide.tools.benchlog import CONTEXT_COLUMNS
 
 
@@ -29,7 +30,7 @@ def evaluate(pair_dir, scenes: int, max_new_tokens: int = 48) -> dict:
     from phide.tools.bench import accuracy, eval_samples, run_scenes
 
     session = load_session(os.path.join(pair_dir, "target"), os.path.join(pair_dir, "draft"), calibration=None)
-    rows = run_scenes({"target-only": (session, "target-only")}, eval_samples(scenes), max_new_tokens=max_new_tokens)
+    rows = run_scenes({TARGET_ONLY: (session, TARGET_ONLY)}, eval_samples(scenes), max_new_tokens=max_new_tokens)
     by_question: dict[str, list[bool]] = {}
     for r in rows:
         template = " ".join(r["sample"].question.split()[:3])

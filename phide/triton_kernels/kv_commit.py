@@ -8,7 +8,7 @@ One launch moves K and V of every layer. Each program owns one (layer, batch, he
 one cache, so programs touch disjoint memory. Inside a program the moves overlap (path [0, 2, 3]
 reads slot 2 and writes slot 2), so the program loads ALL its source rows, then a barrier, then
 stores: the rows of a tile live in different threads, and without the barrier one warp could
-store slot 2 before another warp has read it (kernels.md 5.3).
+store slot 2 before another warp has read it.
 """
 
 from __future__ import annotations

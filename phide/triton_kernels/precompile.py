@@ -117,8 +117,10 @@ def kernel_variants(dtype: torch.dtype, head_dim: int, n_heads: int, n_kv_heads:
     for greedy in (True, False):
         add("gumbel_choices", logits_dtype, dict(N=max_tree_nodes, V=vocab, greedy=greedy),
             (greedy, gumbel_config(vocab)))
-    for w in range(2, min(max_tree_nodes, MAX_PATH) + 1):  # a one-node path moves nothing
-        add("kv_commit", dtype, dict(H=n_kv_heads, W=w, D=head_dim), commit_config(w, head_dim), w)
+    # the target's commit, and the draft's (its own head dim: `decoders`)
+    for dim in sorted({head_dim} | {d for *_, d in decoders}):
+        for w in range(2, min(max_tree_nodes, MAX_PATH) + 1):  # a one-node path moves nothing
+            add("kv_commit", dtype, dict(H=n_kv_heads, W=w, D=dim), commit_config(w, dim), w)
     for hidden, heads, kv_heads, dim in sorted(set(decoders)):
         for residual in (False, True):  # the first layer's norm and the final one; the fused add
             add("rms_norm", dtype, dict(R=2, H=hidden, residual=residual), (hidden, residual, norm_config(hidden)))

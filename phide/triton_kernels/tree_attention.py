@@ -3,7 +3,7 @@ signature and semantics; the visibility rule is documented there).
 
 Per (request b, KV head) the N tree nodes times the G query heads of the GQA group form
 M = N * G query rows (row m = node * G + g), packed into one tile so every K/V row that is read
-serves all of them (kernels.md 5.1). Two launches:
+serves all of them (the GQA group shares one K/V read). Two launches:
 
 1. _prefix_partial_kernel, grid (B * Hkv, M blocks, splits): split-K over the committed prefix
    rows [0, prefix_len[b]). Each program streams its chunk once, with no mask (the prefix is

@@ -1,6 +1,6 @@
-"""The greedy tree acceptance walk: the torch twin.
+"""The tree acceptance walk (greedy or sampled choices): the torch twin.
 
-`tree_accept_greedy_torch` is the reference semantics for the C++/CUDA walk
+`accept_path_torch` is the reference semantics for the C++/CUDA walk
 (`csrc/tree_accept.h`) and the CPU path when the extension is missing. `phide.ops` dispatches
 between them.
 
@@ -29,7 +29,7 @@ import torch
 
 __all__ = [
     "children_lists",
-    "tree_accept_greedy_torch",
+    "accept_path_torch",
 ]
 
 
@@ -54,7 +54,7 @@ def _empty_outputs(B: int, N: int, device) -> tuple[torch.Tensor, torch.Tensor, 
     return accept_nodes, out_tokens, accept_len
 
 
-def tree_accept_greedy_torch(
+def accept_path_torch(
     tokens: torch.Tensor, parents: torch.Tensor, target_choice: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy walk: accept a child while its token equals the target's choice at its parent.

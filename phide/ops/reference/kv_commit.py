@@ -6,8 +6,8 @@ verification the accepted path (root first) must sit contiguously at `base[b] + 
 node `accept_nodes[b, i]` moves to slot `base[b] + i`.
 
 The moves are done in place, so they race: for a path like [0, 2, 3] the move 3 -> 2 overwrites
-the source of 2 -> 1 unless every source is read before any destination is written
-(kernels.md 5.3). Advanced-index assignment does exactly that: the right-hand side gather
+the source of 2 -> 1 unless every source is read before any destination is written.
+Advanced-index assignment does exactly that: the right-hand side gather
 materialises a temporary holding all sources, then one scatter stores it. All layers move at
 once; there is no host sync (no boolean masks, no .item()), so this is graph-capturable.
 """

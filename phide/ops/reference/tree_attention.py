@@ -22,19 +22,26 @@ import torch.nn.functional as F
 
 from phide.formats import MAX_TREE_NODES  # one int64 ancestor bitmask per node
 
-__all__ = ["MAX_TREE_NODES", "ancestor_bits", "tree_visibility", "tree_masks", "tree_attention_torch"]
+__all__ = ["MAX_TREE_NODES", "ancestor_sets", "ancestor_bits", "tree_visibility", "tree_masks",
+           "tree_attention_torch"]
+
+
+def ancestor_sets(parents: list[int]) -> list[int]:
+    """THE visibility rule of a tree: per node, the set of nodes it sees (itself and its
+    ancestors) as a Python int bitset (bit j = node j, any tree size); `parents` is topologically
+    sorted with -1 for the root and for padding nodes (which see only themselves)."""
+    sets: list[int] = []
+    for i, p in enumerate(parents):
+        sets.append((sets[p] if p >= 0 else 0) | (1 << i))
+    return sets
 
 
 def ancestor_bits(parents: list[int]) -> list[int]:
-    """Per node, the int64 bitmask of itself and its ancestors (bit j = node j); `parents` is
-    topologically sorted with -1 for the root and for padding nodes (which see only themselves).
-    Values are signed 64-bit: a set bit 63 makes the mask negative."""
+    """`ancestor_sets` as the kernels read them: signed int64 bitmasks (a set bit 63 makes the
+    mask negative), so at most MAX_TREE_NODES nodes."""
     if len(parents) > MAX_TREE_NODES:
         raise ValueError(f"{len(parents)} nodes: ancestor bitmasks hold at most {MAX_TREE_NODES}")
-    bits: list[int] = []
-    for i, p in enumerate(parents):
-        bits.append((bits[p] if p >= 0 else 0) | (1 << i))
-    return [b - (1 << 64) if b >= 1 << 63 else b for b in bits]
+    return [b - (1 << 64) if b >= 1 << 63 else b for b in ancestor_sets(parents)]
 
 
 def tree_visibility(prefix_len, tree_start, ancestors, kv_len: int) -> torch.Tensor:
