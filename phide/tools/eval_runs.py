@@ -17,7 +17,6 @@ Exit codes: 0 every row ran, 1 some rows are errors (counted in the summary), 2 
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
