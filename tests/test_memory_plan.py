@@ -178,7 +178,7 @@ def test_toy_pair_predicted_weight_bytes_match_the_loaded_modules(target_quant, 
 
     with contextlib.redirect_stderr(io.StringIO()):
         s = bundled_session("main", calibration=None, draft_quant=draft_quant, target_quant=target_quant)
-    t, d, e = s.target, s.draft, s.engine
+    t, d, e = s.target_side, s.draft_side, s.engine
     measured = {"target": weight_bytes(t.lm, t.tower, t.projector), "draft": weight_bytes(d.lm, d.tower, d.projector,
                                                                                          d.adaptor),
                 "head": weight_bytes(e.head), "adapter": weight_bytes(e.draft_adapter)}
